@@ -1,0 +1,41 @@
+"""Stage `download`: fetch or read CIFAR-10, verify it, write the prepared arrays.
+
+    python -m pipelines.download        (dvc repro download)
+
+The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
+"""
+
+from __future__ import annotations
+
+from src import tracking
+from src.cli import guarded
+from src.config import load_params, resolve_path
+from src.data import atomic_write_json, load_dataset, prepare_dataset
+from src.plots import sample_grid
+
+STAGE = "download"
+
+
+@guarded
+def main() -> None:
+    params = load_params()
+    paths = params.common.paths
+    out_dir, reports = resolve_path(paths.data), resolve_path(paths.reports) / STAGE
+    logged = {"common": params.common, "data": params.data}
+    with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
+        manifest = prepare_dataset(params.data, out_dir, resolve_path(paths.raw))
+        dataset = load_dataset(out_dir)
+        tracking.write_figure(
+            sample_grid(dataset.train.images, dataset.train.labels), reports / "samples.png", run
+        )
+        counts = {f"n_{split}": n for split, n in manifest["counts"].items()}
+        run.log_metrics(counts)
+        run.log_dict(manifest, "manifest.json")
+        run.set_tags({"data_source": manifest["source"]["kind"]})
+        run.log_dataset(manifest, out_dir, dataset.train.images, dataset.train.labels)
+        atomic_write_json(reports / "metrics.json", {**counts, "mlflow_run_id": run.run_id})
+    print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Stages `baseline` (task 2) and `improved` (task 3): one entry point, one builder.
+
+python -m pipelines.train_cnn baseline      (dvc repro baseline)
+python -m pipelines.train_cnn improved      (dvc repro improved)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from src.cli import guarded
+from src.config import load_params
+from src.models import build_cnn, count_parameters
+from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+
+STAGES = ("baseline", "improved")
+
+
+@guarded
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    section = getattr(params, args.stage)
+    device = prepare_device(section.train)
+    dataset, data = load_data(params, device)
+    torch.manual_seed(params.common.seed)
+    model = build_cnn(section.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    pipeline = input_pipeline(section.train, device)
+    example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
+    n_params = count_parameters(model)
+    print(f"[{args.stage}] {n_params:,} parameters on {device}")
+    metrics = run_training_stage(
+        args.stage,
+        params,
+        section,
+        model,
+        train_cfg=section.train,
+        data=data,
+        pipeline=pipeline,
+        dataset=dataset,
+        input_example=example,
+        tags={"n_parameters": n_params, "device": str(device)},
+        progress=not args.no_progress,
+    )
+    print(
+        f"[{args.stage}] test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""Typed, validated configuration loaded from ``params.yaml``.
+
+Every section of ``params.yaml`` maps onto a frozen dataclass below. Loading checks
+every key: an unknown key, a wrong type or an impossible value raises
+:class:`ConfigError` naming the dotted key and what was expected, before any work
+starts. Pipelines turn that error into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = "params.yaml"
+# Overrides `data.source` so an offline user can point the pipeline at a local copy.
+SOURCE_ENV_VAR = "CIFAR10_SOURCE"
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+class ConfigError(ValueError):
+    """A params value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"params: '{key}': {message}" if key else f"params: {message}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data: str = "data/cifar10"  # prepared arrays + manifest (DVC out of `download`)
+    raw: str = "data/raw"  # downloaded archives (not a DVC out: kept across reruns)
+    models: str = "models"
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # One MLflow experiment for every stage, so the UI compares them side by side.
+    experiment: str = "cifar10"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "official" (download), a cifar-10-python.tar.gz path, or an image folder
+    # (directory, .tar, .tar.gz, .tgz or .zip). $CIFAR10_SOURCE overrides it.
+    source: str = "official"
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    md5: str = "c58f30108f718f92721af3b95e74349a"
+    val_fraction: float = 0.1  # of the 50,000 training images: 5,000 as in the course
+    split_seed: int = 0
+    timeout_s: float = 60.0  # per network read
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.retries >= 0, "retries", "must be >= 0")
+        _require(bool(self.source), "source", "must not be empty")
+        _require(
+            len(self.md5) == 32 and all(c in "0123456789abcdef" for c in self.md5),
+            "md5",
+            "must be 32 lowercase hex digits",
+        )
+
+
+Activation = Literal["relu", "leaky_relu", "gelu", "elu"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A CNN of conv blocks then fully connected layers (task 2 and task 3)."""
+
+    filters: tuple[int, ...] = (32, 64, 128)  # one conv block per entry
+    kernel_size: int = 5
+    padding: Literal["same", "valid"] = "same"
+    activation: Activation = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0  # Dropout2d after each conv block, Dropout after each hidden FC
+    fc: tuple[int, ...] = (64,)  # hidden FC widths; the 10-way output layer is added
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(len(self.filters) >= 1, "filters", "needs at least one conv block")
+        _require(all(f >= 1 for f in self.filters), "filters", "every entry must be >= 1")
+        _require(all(f >= 1 for f in self.fc), "fc", "every entry must be >= 1")
+        _require(self.kernel_size >= 1, "kernel_size", "must be >= 1")
+        if self.padding == "same":
+            _require(
+                self.kernel_size % 2 == 1,
+                "kernel_size",
+                f"must be odd with padding 'same' (got {self.kernel_size})",
+            )
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        _require(
+            self.output_size() >= 1,
+            "filters",
+            f"{len(self.filters)} blocks of kernel {self.kernel_size} and 2x2 pooling "
+            f"shrink a {self.image_size}px image to nothing",
+        )
+
+    def output_size(self) -> int:
+        """Spatial size after the last conv block (each block: conv, then 2x2 max pool)."""
+        size = self.image_size
+        for _ in self.filters:
+            if self.padding == "valid":
+                size -= self.kernel_size - 1
+            size //= 2
+        return size
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-split augmentation, applied on whole batches."""
+
+    crop_padding: int = 0  # random crop of the original size from a zero-padded image
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.crop_padding <= 16, "crop_padding", "must be in [0, 16]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 5e-2
+    momentum: float = 0.0  # SGD only
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 10
+    scheduler: Literal["none", "cosine", "onecycle", "step"] = "none"
+    step_gamma: float = 0.1  # "step": lr *= gamma every step_epochs epochs
+    step_epochs: int = 5
+    label_smoothing: float = 0.0
+    validations_per_epoch: int = 2
+    # Course rule: stop when the oldest of the last `early_stop_count` validation
+    # losses is the lowest of them. 0 disables early stopping.
+    early_stop_count: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the course's normalisation
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    eval_batch_size: int = 1000
+    subset: int = 0  # train on the first N images of the (shuffled) training split; 0 = all
+    dry_run: bool = False  # a few batches of a tiny subset: the real code path in seconds
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
+        _require(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        _require(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(0 < self.step_gamma <= 1, "step_gamma", "must be in (0, 1]")
+        _require(self.step_epochs >= 1, "step_epochs", "must be >= 1")
+        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        _require(self.validations_per_epoch >= 1, "validations_per_epoch", "must be >= 1")
+        _require(self.early_stop_count >= 0, "early_stop_count", "must be >= 0")
+        _require(all(s > 0 for s in self.std), "std", "every entry must be > 0")
+        _require(self.subset >= 0, "subset", "must be >= 0 (0 = all images)")
+        _require(self.num_threads >= 0, "num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CNNStageConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    # "imagenet" (torchvision's IMAGENET1K_V1, from its cache or the network), a path
+    # to a state-dict file, or "none" (random init: offline smoke runs only).
+    weights: str = "imagenet"
+    trainable: tuple[str, ...] = ("layer4", "fc")  # blocks that train; the rest is frozen
+    image_size: int = 224  # images are resized on the batch tensor
+    cache_features: bool = True  # run the frozen prefix once when nothing augments
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            optimizer="adam",
+            lr=5e-4,
+            batch_size=32,
+            epochs=5,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            eval_batch_size=256,
+        )
+    )
+
+    def __post_init__(self) -> None:
+        blocks = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+        _require(bool(self.weights), "weights", "must be 'imagenet', 'none' or a file path")
+        bad = [b for b in self.trainable if b not in blocks]
+        _require(not bad, "trainable", f"unknown blocks {bad}; choose from {list(blocks)}")
+        _require("fc" in self.trainable, "trainable", "must include 'fc' (the new 10-way head)")
+        _require(32 <= self.image_size <= 512, "image_size", "must be in [32, 512]")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml. Sections not listed here are rejected."""
+
+    common: CommonConfig = field(default_factory=CommonConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
+    improved: CNNStageConfig = field(default_factory=CNNStageConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    # Sections owned by other modules, validated there (src.tune, src.report).
+    tune: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    # Named sets of overrides (dotted key -> value); `profile` selects one.
+    profile: str = "full"
+    profiles: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the type hint `tp`, converting lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return build(tp, value, prefix=key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            if option is type(None) and value is None:
+                return None
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc.message)
+        raise ConfigError(key, " or ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected a list of {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} for {key}")
+
+
+def build(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking keys, types and ranges."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(key, f"unknown key; expected one of {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if prefix and not exc.key.startswith(prefix):
+            raise ConfigError(f"{prefix}.{exc.key}", exc.message) from None
+        raise
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, "override names a key that is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_profile(raw: dict) -> dict:
+    """Overlay the selected profile's dotted overrides onto the raw params."""
+    name = raw.get("profile", "full")
+    profiles = raw.get("profiles") or {}
+    if name == "full" and "full" not in profiles:
+        return raw
+    if name not in profiles:
+        raise ConfigError("profile", f"unknown profile {name!r}; defined: {sorted(profiles)}")
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in (profiles[name] or {}).items():
+        _set_dotted(merged, dotted, value)
+    return merged
+
+
+def load_raw(path: str | Path | None = None) -> dict:
+    import yaml  # optional at import time: the GPU machine may lack it
+
+    path = Path(path) if path else project_root() / PARAMS_FILE
+    if not path.is_file():
+        raise ConfigError("", f"{path} not found")
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{path} must hold a mapping at top level")
+    return raw
+
+
+def load_params(path: str | Path | None = None, overrides: dict | None = None) -> Params:
+    """Load, profile-merge and validate params.yaml; `overrides` are dotted keys."""
+    raw = load_raw(path)
+    overrides = dict(overrides or {})
+    if "profile" in overrides:
+        raw["profile"] = overrides.pop("profile")
+    raw = apply_profile(raw)
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    params = build(Params, raw)
+    source = os.environ.get(SOURCE_ENV_VAR)
+    if source:
+        params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
+    return params
+
+
+def to_dict(cfg: Any) -> Any:
+    """A dataclass tree as plain JSON-able dicts and lists."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 0.05}} -> {'train.lr': 0.05}; lists stay whole values."""
+    tree = to_dict(tree)
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_hash(cfg: Any) -> str:
+    """A short, stable digest of a resolved config (tags runs and checkpoints)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Project-relative paths resolve against the project (or DVC) root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def project_root() -> Path:
+    """`DVC_ROOT` when DVC runs the stage (experiments may run in a temp copy)."""
+    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT)

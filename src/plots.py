@@ -1,0 +1,122 @@
+"""Figures people would rather look at than read. matplotlib is imported lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from src.config import CIFAR10_CLASSES
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(history: Sequence[dict], title: str):
+    """The course's plot: training loss (with its spread) and validation loss on the
+    left, validation accuracy on the right, against the global step."""
+    plt = _plt()
+    steps = np.array([r["step"] for r in history])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if len(steps):
+        mean = np.array([r["train_loss"] for r in history])
+        std = np.array([r.get("train_loss_std", 0.0) for r in history])
+        left.plot(steps, mean, label="Training loss (mean over interval)")
+        left.fill_between(steps, mean - std, mean + std, alpha=0.25, label="± 1 std")
+        left.plot(steps, [r["val_loss"] for r in history], label="Validation loss", marker=".")
+        right.plot(
+            steps, [r["val_accuracy"] for r in history], label="Validation accuracy", marker="."
+        )
+        if "train_accuracy" in history[0]:
+            right.plot(
+                steps,
+                [r["train_accuracy"] for r in history],
+                label="Training accuracy (running)",
+                alpha=0.6,
+            )
+    left.set(xlabel="Global training step", ylabel="Cross-entropy loss", title=f"{title}: loss")
+    right.set(xlabel="Global training step", ylabel="Accuracy", title=f"{title}: accuracy")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def compare_losses(histories: dict[str, Sequence[dict]], title: str):
+    """Training and validation loss of several stages in one graph (task 3d)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        steps = [r["step"] for r in history]
+        ax.plot(steps, [r["train_loss"] for r in history], color=color, label=f"{name} train")
+        ax.plot(
+            steps,
+            [r["val_loss"] for r in history],
+            color=color,
+            linestyle="--",
+            label=f"{name} validation",
+        )
+    ax.set(xlabel="Global training step", ylabel="Cross-entropy loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """(10, 10) counts; rows are true classes, columns predictions."""
+    k = len(CIFAR10_CLASSES)
+    return np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
+
+
+def confusion_figure(matrix: np.ndarray, title: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(CIFAR10_CLASSES))
+    ax.set_xticks(ticks, CIFAR10_CLASSES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CIFAR10_CLASSES)
+    for i in ticks:
+        for j in ticks:
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
+    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="Share of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8, seed: int = 0):
+    """A row of random samples per class. images: uint8 (N, 32, 32, 3)."""
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    k = len(CIFAR10_CLASSES)
+    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 0.9, k * 0.95))
+    for row, cls in enumerate(CIFAR10_CLASSES):
+        idx = np.flatnonzero(labels == row)
+        picks = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(picks):
+                ax.imshow(images[picks[col]], interpolation="nearest")
+        axes[row, 0].text(-4, 16, cls, ha="right", va="center", fontsize=9)
+    fig.suptitle("CIFAR-10 samples per class (training split)")
+    fig.subplots_adjust(left=0.18, wspace=0.05, hspace=0.05)
+    return fig

@@ -1,0 +1,342 @@
+"""Experiment tracking: the one module that talks to MLflow.
+
+Default store: ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
+``<root>/mlruns/artifacts``, where <root> is ``DVC_ROOT`` when DVC runs the stage
+(experiments may run in a temporary copy) and the project root otherwise.
+``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
+``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
+training and benchmarks run on machines that have only torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from src.config import config_hash, flatten, project_root
+
+TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
+MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
+BATCH_LIMIT = 1000  # metrics per log_batch call
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM while a run is open: ends the run KILLED, like Ctrl-C does."""
+
+
+def tracking_enabled() -> bool:
+    if os.environ.get(TRACKING_SWITCH_ENV, "").lower() in {"off", "0", "false", "no"}:
+        return False
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = project_root() / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def artifact_location(experiment: str) -> str | None:
+    """Local stores keep artifacts inside mlruns/; a server decides for itself."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_root() / "mlruns" / "artifacts" / experiment).as_uri()
+
+
+def git_info(root: Path | None = None) -> dict[str, str]:
+    root = root or project_root()
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def provenance_tags(stage: str, params: Any) -> dict[str, str]:
+    tags = {
+        "stage": stage,
+        "params_hash": config_hash(params),
+        "dvc_stage": os.environ.get("DVC_STAGE", ""),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "python": sys.version.split()[0],
+    }
+    tags.update(git_info())
+    try:
+        import torch
+
+        tags["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return tags
+
+
+def set_experiment(name: str) -> str:
+    """Create (with its artifact root under mlruns/) or select an experiment; its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(name))
+        except Exception:  # another worker created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+class Run:
+    """An open MLflow run, or a no-op stand-in when tracking is off."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _client(self):
+        import mlflow
+
+        return mlflow.MlflowClient()
+
+    def log_params(self, params: Any, prefix: str = "") -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        flat = flatten(params, prefix)
+        existing = self._client().get_run(self.run_id).data.params
+        items = [Param(k, _param_value(v)) for k, v in flat.items() if k not in existing]
+        for start in range(0, len(items), 100):
+            self._client().log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.active:
+            self.log_series({k: [(step or 0, v)] for k, v in metrics.items()})
+
+    def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
+        """Many (step, value) points in as few database writes as possible."""
+        if not self.active:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [
+            Metric(name, float(value), now, int(step))
+            for name, pairs in series.items()
+            for step, value in pairs
+        ]
+        client = self._client()
+        for start in range(0, len(points), BATCH_LIMIT):
+            client.log_batch(self.run_id, metrics=points[start : start + BATCH_LIMIT])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.active:
+            from mlflow.entities import RunTag
+
+            self._client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active:
+            self._client().log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        if self.active:
+            self._client().log_dict(self.run_id, obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.active:
+            self._client().log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        if self.active:
+            self._client().log_figure(self.run_id, figure, artifact_file)
+
+    def log_model(self, model: Any, input_example: Any, name: str = "model") -> None:
+        """The model in MLflow's pytorch flavour with a signature from the example."""
+        if not self.active:
+            return
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.eval().to("cpu")
+        with torch.no_grad():
+            output = model(torch.as_tensor(input_example)).numpy()
+        signature = infer_signature(input_example, output)
+        with _activate(self.run_id):
+            mlflow.pytorch.log_model(
+                model,
+                name=name,
+                input_example=input_example,
+                signature=signature,
+                serialization_format="pickle",
+                pip_requirements=_model_requirements(),
+            )
+
+    def log_dataset(self, manifest: dict, data_dir: Path, images: Any, labels: Any) -> None:
+        """Record the prepared data set as the run's input, with its digest and source."""
+        if not self.active:
+            return
+        import mlflow
+
+        digest = config_hash(manifest.get("sha256", {}))
+        dataset = mlflow.data.from_numpy(
+            features=images,
+            targets=labels,
+            source=str(data_dir),
+            name=f"cifar10-{manifest.get('source', {}).get('kind', 'prepared')}",
+            digest=digest,
+        )
+        with _activate(self.run_id):
+            mlflow.log_input(dataset, context="training")
+
+
+def _model_requirements() -> list[str]:
+    import torch
+    import torchvision
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+    ]
+
+
+@contextlib.contextmanager
+def _activate(run_id: str) -> Iterator[None]:
+    """Make `run_id` the active fluent run for APIs that have no client form."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise RunInterrupted(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Any,
+    *,
+    experiment: str = "cifar10",
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: dict[str, Any] | None = None,
+    log_params: bool = True,
+) -> Iterator[Run]:
+    """Open (or, with `run_id`, reopen) a run named after the stage.
+
+    The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM and FAILED on
+    any other exception; the exception propagates. Resolved params are logged
+    flattened, and provenance tags (git commit, dirty tree, DVC stage and
+    experiment, params hash) are set.
+    """
+    if not tracking_enabled():
+        with _sigterm_as_interrupt():
+            yield Run(None)
+        return
+    import mlflow
+
+    set_experiment(experiment)
+    all_tags = {**provenance_tags(stage, params), **(tags or {})}
+    with _sigterm_as_interrupt():
+        active = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested)
+        run = Run(active.info.run_id)
+        status = "FAILED"
+        try:
+            run.set_tags(all_tags)
+            if log_params:
+                run.log_params(params)
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            mlflow.end_run(status=status)
+
+
+def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:
+    """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    if run is not None and run.active:
+        run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
+    plt.close(figure)
+    return path
+
+
+def mark_run_killed(run_id: str) -> None:
+    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
+    if not tracking_enabled():
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except Exception:  # the run may live in another store; nothing to mend then
+        pass

@@ -1,0 +1,151 @@
+"""Stages end to end on tiny data: every declared out, and the MLflow run read back."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from src.config import PROJECT_ROOT, load_params
+from src.models import WeightsError, build_cnn
+from src.stage import load_model_file
+from tests.conftest import update_params
+
+
+def _client(root):
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    return mlflow.MlflowClient()
+
+
+def _declared_outs(stage: str, root) -> list:
+    """The stage's outs, metrics and plots from dvc.yaml, with paths resolved."""
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    paths = load_params(root / "params.yaml").common.paths
+    names = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in dvc["stages"][stage].get(kind, []):
+            name = entry if isinstance(entry, str) else next(iter(entry))
+            name = (
+                name.replace("${common.paths.data}", paths.data)
+                .replace("${common.paths.models}", paths.models)
+                .replace("${common.paths.reports}", paths.reports)
+            )
+            names.append(root / name)
+    return names
+
+
+def test_download_stage_outputs_and_run(prepared):
+    for path in _declared_outs("download", prepared):
+        assert path.exists(), path
+    metrics = json.loads((prepared / "reports/download/metrics.json").read_text())
+    run = _client(prepared).get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "download"
+    assert run.data.params["data.val_fraction"] == "0.2"
+    assert run.data.metrics["n_val"] == metrics["n_val"]
+    assert run.data.tags["git_commit"] and run.data.tags["params_hash"]
+    artifacts = {a.path for a in _client(prepared).list_artifacts(run.info.run_id)}
+    assert {"manifest.json", "figures"} <= artifacts
+
+
+@pytest.mark.parametrize("stage", ["baseline", "improved"])
+def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
+    from pipelines import train_cnn
+
+    train_cnn.main([stage, "--no-progress"])
+    for path in _declared_outs(stage, prepared):
+        assert path.exists(), path
+    metrics = json.loads((prepared / f"reports/{stage}/metrics.json").read_text())
+    for key in (
+        "final_train_accuracy",
+        "final_val_accuracy",
+        "final_train_loss",
+        "final_val_loss",
+        "test_accuracy",
+        "test_loss",
+        "epochs_run",
+        "early_stop_step",
+        "train_time_s",
+        "images_per_s",
+        "mlflow_run_id",
+    ):
+        assert key in metrics
+    history = (prepared / f"reports/{stage}/history.csv").read_text().splitlines()
+    assert history[0].startswith("step,epoch,train_loss") and len(history) >= 2
+
+    client = _client(prepared)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == stage
+    assert run.data.params[f"{stage}.train.lr"] == "0.05"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    val_history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(val_history) == len(history) - 1
+    assert len(client.get_metric_history(run.info.run_id, "train_step_loss")) > len(val_history)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.csv", "config.json", "metrics.json", "figures"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/learning_curves.png", "figures/confusion_matrix.png"} <= figures
+    assert run.inputs.dataset_inputs, "prepared data set logged as the run's input"
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert any(m.source_run_id == run.info.run_id for m in models)
+
+    # the saved model file reloads into the architecture its config describes
+    params = load_params(prepared / "params.yaml")
+    model = build_cnn(getattr(params, stage).model)
+    payload = load_model_file(prepared / f"models/{stage}.pt", model)
+    assert payload["config"]["model"]["filters"] == list(getattr(params, stage).model.filters)
+
+
+def test_model_file_for_another_architecture_is_refused(prepared):
+    from pipelines import train_cnn
+
+    train_cnn.main(["baseline", "--no-progress"])
+    wrong = build_cnn(load_params(prepared / "params.yaml").improved.model)
+    with pytest.raises(WeightsError, match="another architecture"):
+        load_model_file(prepared / "models/baseline.pt", wrong)
+    (prepared / "models/broken.pt").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_model_file(prepared / "models/broken.pt", wrong)
+
+
+def test_two_runs_with_one_seed_give_identical_metrics(prepared):
+    from pipelines import train_cnn
+
+    update_params(prepared, **{"baseline.train.augment": {"crop_padding": 4, "hflip": True}})
+    results = []
+    for _ in range(2):
+        train_cnn.main(["baseline", "--no-progress"])
+        m = json.loads((prepared / "reports/baseline/metrics.json").read_text())
+        results.append({k: m[k] for k in m if k.endswith(("_loss", "_accuracy"))})
+    assert results[0] == results[1]
+
+
+def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
+    from pipelines import train_cnn
+    from src import stage as stage_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(stage_module, "fit", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_cnn.main(["baseline", "--no-progress"])
+    runs = _client(prepared).search_runs(
+        [_client(prepared).get_experiment_by_name("cifar10").experiment_id],
+        filter_string="attributes.run_name = 'baseline'",
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_dry_run_param_runs_the_real_path_quickly(prepared):
+    from pipelines import train_cnn
+
+    update_params(prepared, **{"improved.train.dry_run": True, "improved.train.epochs": 30})
+    train_cnn.main(["improved", "--no-progress"])
+    metrics = json.loads((prepared / "reports/improved/metrics.json").read_text())
+    assert metrics["steps"] == 4
+    assert torch.load(prepared / "models/improved.pt", weights_only=True)["stage"] == "improved"

@@ -1,0 +1,158 @@
+"""The training loop: learns, stops early by the course rule, restores the best
+checkpoint, is deterministic on CPU and resumes from a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from src.augment import InputPipeline, random_crop, random_hflip
+from src.config import AugmentConfig, ModelConfig, TrainConfig
+from src.models import build_cnn
+from src.train import NonFiniteLossError, TensorSplits, evaluate, fit, should_early_stop
+from tests.conftest import make_images
+
+TINY_MODEL = ModelConfig(filters=(8, 16), kernel_size=3, fc=(16,))
+
+
+def _splits(shuffle_val_labels: bool = False) -> TensorSplits:
+    x, y = make_images(24, seed=3)
+    vx, vy = make_images(4, seed=4)
+    tx, ty = make_images(4, seed=5)
+    if shuffle_val_labels:  # fitting the training set then makes validation loss climb
+        vy = vy[torch.randperm(len(vy), generator=torch.Generator().manual_seed(0)).numpy()]
+    t = torch.from_numpy
+    return TensorSplits(t(x), t(y), t(vx), t(vy), t(tx), t(ty))
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(lr=0.05, batch_size=16, epochs=3, device="cpu", eval_batch_size=64)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fit(cfg: TrainConfig, data: TensorSplits | None = None, **kw):
+    torch.manual_seed(0)
+    model = build_cnn(TINY_MODEL)
+    pipeline = InputPipeline(cfg.mean, cfg.std, cfg.augment)
+    return model, fit(model, data or _splits(), cfg, pipeline, seed=0, progress=False, **kw)
+
+
+def test_learns_on_a_tiny_set():
+    cfg = _cfg(optimizer="adam", lr=3e-3, epochs=6, early_stop_count=0)
+    _, result = _fit(cfg)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] * 0.7
+    assert result.final["final_train_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert len(result.history) == 6 * 2  # two validations per epoch
+
+
+@pytest.mark.parametrize(
+    ("losses", "count", "stop"),
+    [
+        ([3, 2, 1, 1.1, 1.2], 4, False),
+        ([3, 2, 1, 1.1, 1.2, 1.05], 4, True),  # oldest of the last four is the best
+        ([1, 2, 3], 4, False),  # too few validations
+        ([1, 2, 3, 4], 0, False),  # disabled
+    ],
+)
+def test_course_early_stopping_rule(losses, count, stop):
+    assert should_early_stop(losses, count) is stop
+
+
+def test_early_stopping_fires_and_best_checkpoint_is_evaluated():
+    cfg = _cfg(optimizer="adam", lr=1e-2, epochs=20, early_stop_count=3)
+    model, result = _fit(cfg, _splits(shuffle_val_labels=True))
+    assert result.early_stop_step is not None and result.early_stop_step < 20 * 6
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.best_step == best["step"]
+    # the final val figures are those of the restored best weights, in eval mode
+    assert result.final["final_val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    data = _splits(shuffle_val_labels=True)
+    pipeline = InputPipeline(cfg.mean, cfg.std, cfg.augment)
+    again = evaluate(model, data.val_x, data.val_y, pipeline, 7)  # other batch size, same mean
+    assert again["loss"] == pytest.approx(result.final["final_val_loss"], rel=1e-5)
+
+
+def test_same_seed_same_metrics():
+    cfg = _cfg(augment=AugmentConfig(crop_padding=4, hflip=True))
+    _, a = _fit(cfg)
+    _, b = _fit(cfg)
+    assert a.final == b.final
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
+    cfg = _cfg(epochs=3, augment=AugmentConfig(crop_padding=2, hflip=True))
+    _, full = _fit(cfg)
+
+    ckpt = tmp_path / "ckpt.pt"
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_third(row, _):
+        if len(calls) == 2:
+            raise Kill
+        calls.append(row)
+
+    calls: list = []
+    with pytest.raises(Kill):
+        _fit(cfg, checkpoint_path=ckpt, config_key="k", on_validation=kill_at_third)
+    assert ckpt.exists()
+    _, resumed = _fit(cfg, checkpoint_path=ckpt, config_key="k")
+    assert resumed.resumed_from_step > 0
+    assert resumed.final == full.final
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+
+
+def test_checkpoint_of_another_config_is_ignored(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    cfg = _cfg(epochs=1)
+    _fit(cfg, checkpoint_path=ckpt, config_key="a")
+    _, other = _fit(cfg, checkpoint_path=ckpt, config_key="b")
+    assert other.resumed_from_step == 0
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    cfg = _cfg(lr=1e30, epochs=2)
+    with pytest.raises(NonFiniteLossError, match="non-finite .* at step"):
+        _fit(cfg)
+
+
+def test_dry_run_is_a_few_batches():
+    cfg = _cfg(dry_run=True, epochs=50, batch_size=4)
+    _, result = _fit(cfg)
+    assert result.steps == 4
+
+
+def test_batch_crop_and_flip():
+    x = torch.arange(2 * 4 * 4 * 1, dtype=torch.uint8).reshape(2, 4, 4, 1)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, g)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    # every crop is a window of the zero-padded image
+    padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, i : i + 4, j : j + 4] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) for w in windows)
+    flipped = random_hflip(x, torch.Generator().manual_seed(1))
+    for b in range(2):
+        assert torch.equal(flipped[b], x[b]) or torch.equal(flipped[b], x[b].flip(1))
+
+
+def test_augmentation_only_touches_training_batches():
+    pipeline = InputPipeline((0.5,) * 3, (0.25,) * 3, AugmentConfig(crop_padding=4, hflip=True))
+    x = torch.from_numpy(make_images(2, seed=0)[0])
+    assert torch.equal(pipeline(x, train=False), pipeline(x, train=False))
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(pipeline(x, train=True, generator=g), pipeline(x, train=False))
+
+
+def test_train_config_rejects_nesterov_without_momentum():
+    from src.config import ConfigError
+
+    with pytest.raises(ConfigError, match="nesterov"):
+        dataclasses.replace(_cfg(), nesterov=True)
