@@ -1,0 +1,97 @@
+"""A stage logs to a real `mlflow server` (database backend, served artifacts) on
+127.0.0.1 through MLFLOW_TRACKING_URI, and the run reads back over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination",
+            (store / "artifacts").as_uri(),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not come up in 120 s")
+    yield url, store
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path):
+    url, store = mlflow_server
+    env = {**os.environ, "DVC_ROOT": str(prepared), "MLFLOW_TRACKING_URI": url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train_cnn", "baseline", "--no-progress"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = json.loads((prepared / "reports/baseline/metrics.json").read_text())["mlflow_run_id"]
+
+    # Read back over HTTP only: REST for the run, served artifacts for the files.
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}") as resp:
+        run = json.load(resp)["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"test_accuracy", "val_loss"}
+    mlflow.set_tracking_uri(url)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl"))
+    downloaded = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert {"history.csv", "metrics.json", "figures/learning_curves.png"} <= downloaded
+    # the artifacts live in the server's store, not in the project
+    assert any((store / "artifacts").rglob("learning_curves.png"))
+    assert not (prepared / "mlruns" / "artifacts").exists() or not any(
+        (prepared / "mlruns" / "artifacts").rglob("learning_curves.png")
+    )
