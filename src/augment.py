@@ -14,6 +14,17 @@ import torch.nn.functional as F
 from src.config import AugmentConfig
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor onto `device` without stalling the host.
+
+    The random numbers are drawn on the CPU generator (the same on every device);
+    a plain copy to CUDA would wait for all queued GPU work, a sync per step.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
     """Random crop of the original size from a zero-padded batch, per image.
 
@@ -25,7 +36,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     b, h, w, _ = x.shape
     padded = F.pad(x, (0, 0, padding, padding, padding, padding))  # pads W and H, not C
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device="cpu")
-    offsets = offsets.to(x.device)
+    offsets = to_device_async(offsets, x.device)
     rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # (B, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -35,7 +46,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Flip each image left-right with probability 1/2. x: (B, H, W, C)."""
     flip = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
-    flip = flip.to(x.device)[:, None, None, None]
+    flip = to_device_async(flip, x.device)[:, None, None, None]
     return torch.where(flip, x.flip(2), x)
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config import ModelConfig, ResNetConfig
+from src.config import ModelConfig, ResNetConfig, resolve_path
 
 NUM_CLASSES = 10
-RESNET_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -65,30 +64,64 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 # --------------------------------------------------------------------------- ResNet18
 
+# torchvision ResNet's children in forward order (`torch.flatten` runs between
+# avgpool and fc). The blocks with parameters are what `resnet.trainable` names.
+RESNET_ORDER = (
+    "conv1",
+    "bn1",
+    "relu",
+    "maxpool",
+    "layer1",
+    "layer2",
+    "layer3",
+    "layer4",
+    "avgpool",
+    "fc",
+)
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"
+DOWNLOAD_TIMEOUT_S = 30  # per network read; urllib's default is to wait forever
 
-def imagenet_weights_path() -> Path:
-    """Where torchvision keeps IMAGENET1K_V1 resnet18 weights (honours $TORCH_HOME)."""
+
+def imagenet_weights_url() -> str:
     from torchvision.models import ResNet18_Weights
 
-    url = ResNet18_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return ResNet18_Weights[IMAGENET_WEIGHTS].url
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision caches IMAGENET1K_V1 resnet18 weights (honours $TORCH_HOME):
+    ``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``, by default under ~/.cache/torch."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_weights_url()).name
 
 
 def _load_imagenet_state() -> dict:
+    """The cached file when present (no network, no hash check: torchvision's own
+    behaviour), else torchvision's download into that cache, hash-checked."""
+    import socket
+
     from torchvision.models import ResNet18_Weights
 
     path = imagenet_weights_path()
     if path.is_file():
-        return _load_state_file(path)
+        try:
+            return _load_state_file(path)
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}; delete it to download it again") from exc
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # urllib errors, hash mismatch, ...
+        return ResNet18_Weights[IMAGENET_WEIGHTS].get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # urllib errors, timeouts, hash mismatch, ...
         raise WeightsError(
-            f"Could not fetch ImageNet ResNet18 weights ({type(exc).__name__}: {exc}).\n"
-            f"  Offline? Put the file at {path} (torchvision's cache; $TORCH_HOME moves it),\n"
-            "  or set resnet.weights to a state-dict file path, or to 'none' for a random-init\n"
-            "  smoke run (its results are not pretrained results)."
+            f"could not fetch the ImageNet ResNet18 weights ({type(exc).__name__}: {exc}).\n"
+            f"  Offline? Download {imagenet_weights_url()} elsewhere and put it at\n"
+            f"    {path}\n"
+            "  (torchvision's cache; $TORCH_HOME moves it), or set resnet.weights to the\n"
+            "  path of that state-dict file, or to 'none' for a random-init smoke run\n"
+            "  (not a pretrained result)."
         ) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _load_state_file(path: Path) -> dict:
@@ -97,7 +130,7 @@ def _load_state_file(path: Path) -> dict:
     except Exception as exc:
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a checkpoint of this project
+        state = state["model"]  # a model file of this project (src.stage.save_model_file)
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
@@ -127,37 +160,73 @@ def load_state_strict(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state)
 
 
-def build_resnet(cfg: ResNetConfig) -> nn.Module:
-    """torchvision resnet18 with weights per `cfg.weights`, a 10-way `fc`, frozen blocks.
+def resnet_weights_file(weights: str) -> Path | None:
+    """The file `resnet.weights` reads: torchvision's cache path for 'imagenet', the
+    (project-relative) path itself, or None for 'none'."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return imagenet_weights_path()
+    return resolve_path(weights)
 
-    Frozen blocks have requires_grad False; `set_train_mode` keeps them in eval mode
-    so their BatchNorm statistics never move.
+
+def build_resnet(cfg: ResNetConfig) -> nn.Module:
+    """torchvision resnet18 with weights per `cfg.weights`, a new 10-way `fc`, and every
+    block not in `cfg.trainable` frozen (requires_grad False).
+
+    The file's own `fc` (ImageNet's 1000 classes) is never used. `set_train_mode`
+    keeps frozen BatchNorm layers in eval mode so their statistics never move.
+    Raises WeightsError (before any data is touched) when weights are unavailable.
     """
     from torchvision.models import resnet18
 
     model = resnet18(weights=None)
     if cfg.weights == "imagenet":
-        load_state_strict(model, _load_imagenet_state(), "ImageNet resnet18 weights")
+        state, source = _load_imagenet_state(), f"{imagenet_weights_path()} (ImageNet weights)"
     elif cfg.weights != "none":
-        path = Path(cfg.weights).expanduser()
+        path = resnet_weights_file(cfg.weights)
         if not path.is_file():
-            raise WeightsError(f"resnet.weights: {path} does not exist")
-        state = _load_state_file(path)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            raise WeightsError(
+                f"resnet.weights: {path} does not exist (expected a resnet18 state-dict file; "
+                "'imagenet' uses torchvision's cache, 'none' random init)"
+            )
+        state, source = _load_state_file(path), str(path)
+    if cfg.weights != "none":
+        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
         own_fc = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}
-        load_state_strict(model, {**state, **own_fc}, str(path))
+        load_state_strict(model, {**backbone, **own_fc}, source)
     model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
-    for name in RESNET_BLOCKS:
+    for name in RESNET_ORDER:
         getattr(model, name).requires_grad_(name in cfg.trainable)
     return model
 
 
-def frozen_prefix(model: nn.Module, trainable: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Split ResNet blocks (in forward order) into the frozen prefix and the rest.
+def split_resnet(trainable: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split RESNET_ORDER at the first trainable block: (frozen prefix, the rest).
 
-    Feature caching is possible only when everything before the first trainable
-    block is frozen, which this split makes explicit.
+    Everything in the prefix is frozen, so its output can be computed once when
+    the inputs never change (no augmentation). With only `fc` trainable the prefix
+    ends after avgpool: 512 features per image.
     """
-    order = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
-    first = next((i for i, name in enumerate(order) if name in trainable), len(order))
-    return order[:first], order[first:]
+    first = next(i for i, name in enumerate(RESNET_ORDER) if name in trainable)
+    return RESNET_ORDER[:first], RESNET_ORDER[first:]
+
+
+class ResNetPart(nn.Module):
+    """Consecutive children of a torchvision ResNet, sharing (not copying) its
+    modules: training a part trains the whole model."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        bad = [n for n in names if n not in RESNET_ORDER]
+        if bad:
+            raise ValueError(f"not ResNet blocks: {bad}")
+        self.names = tuple(names)
+        self.blocks = nn.ModuleDict({name: getattr(model, name) for name in names})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            if name == "fc":
+                x = torch.flatten(x, 1)  # (B, 512, 1, 1) -> (B, 512)
+            x = self.blocks[name](x)
+        return x

@@ -122,6 +122,9 @@ class Run:
 
     def __init__(self, run_id: str | None):
         self.run_id = run_id
+        # The status `stage_run` ends the run with when its block exits normally
+        # (default FINISHED); e.g. KILLED for a pruned Optuna trial.
+        self.end_status: str | None = None
 
     @property
     def active(self) -> bool:
@@ -301,7 +304,7 @@ def stage_run(
             if log_params:
                 run.log_params(params)
             yield run
-            status = "FINISHED"
+            status = run.end_status or "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -325,6 +328,27 @@ def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
     plt.close(figure)
     return path
+
+
+def run_summary(run_id: str | None) -> dict[str, Any] | None:
+    """Name, status, tags and latest metrics of a run; None when tracking is off or
+    the run is not in this store (the report says so rather than failing)."""
+    if not run_id or not tracking_enabled():
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # another store, or a deleted run
+        return None
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "tags": dict(run.data.tags),
+        "metrics": dict(run.data.metrics),
+    }
 
 
 def mark_run_killed(run_id: str) -> None:

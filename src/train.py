@@ -70,6 +70,7 @@ class FitResult:
     images_per_s: float  # training images per second
     test_predictions: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     resumed_from_step: int = 0
+    final_eval_time_s: float = 0.0  # the part of eval_time_s spent on the final figures
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +125,12 @@ def set_train_mode(model: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if not any(p.requires_grad for p in module.parameters()):
                 module.eval()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a host timer covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def autocast(device: torch.device):
@@ -209,6 +216,10 @@ class _Progress:
                 self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
             except ImportError:
                 pass
+
+    @property
+    def active(self) -> bool:
+        return self.bar is not None
 
     def update(self, n: int, **postfix) -> None:
         if self.bar is not None:
@@ -350,16 +361,17 @@ def fit(
             step_losses.append(loss.detach())
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if global_step % 25 == 0:  # a host sync every 25 steps, not every step
+            if bar.active and global_step % 25 == 0:  # a host sync every 25 steps, if shown
                 rate = seen / max(time.perf_counter() - tic, 1e-9)
                 bar.update(25, loss=f"{loss.item():.3f}", img_s=f"{rate:,.0f}")
             if global_step % val_every:
                 continue
 
+            # .cpu() waits for the queued steps, so the interval's time includes them
+            losses = torch.stack(step_losses).float().cpu()
             interval_time = time.perf_counter() - tic
             train_time += interval_time
             images_done += seen
-            losses = torch.stack(step_losses).float().cpu()
             if not torch.isfinite(losses).all():
                 first_bad = (
                     global_step - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
@@ -427,6 +439,7 @@ def fit(
         if stop:
             break
     if step_losses:  # steps after the last validation
+        synchronize(device)
         train_time += time.perf_counter() - tic
         images_done += seen
 
@@ -450,7 +463,8 @@ def fit(
         final[f"{prefix}_accuracy"] = result["accuracy"]
         if split == "test":
             test_predictions = result["predictions"]
-    eval_time += time.perf_counter() - t_eval
+    final_eval_time = time.perf_counter() - t_eval
+    eval_time += final_eval_time
     return FitResult(
         history=history,
         final=final,
@@ -463,6 +477,7 @@ def fit(
         images_per_s=images_done / max(train_time, 1e-9),
         test_predictions=test_predictions,
         resumed_from_step=resumed_from,
+        final_eval_time_s=final_eval_time,
     )
 
 

@@ -1,0 +1,74 @@
+"""Stage `resnet` (task 4a): ImageNet ResNet18, layer4 and a new fc fine-tuned.
+
+python -m pipelines.resnet      (dvc repro resnet)
+
+Weights come first: when they cannot be had, the stage stops before loading data.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from src.cli import guarded
+from src.config import load_params
+from src.models import build_resnet, count_parameters
+from src.resnet import describe_weights, prepare_resnet_training
+from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+
+STAGE = "resnet"
+
+
+@guarded
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    section = params.resnet
+    device = prepare_device(section.train)
+    torch.manual_seed(params.common.seed)
+    model = build_resnet(section).to(device)  # WeightsError here, before any data is read
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    dataset, data = load_data(params, device)
+    pipeline = input_pipeline(section.train, device, section.image_size)
+    example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
+    training = prepare_resnet_training(model, section, data, pipeline, params.common.seed)
+    del data  # the cached features replace the images
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    print(
+        f"[{STAGE}] weights {section.weights}; {n_trainable:,} of {n_params:,} parameters "
+        f"train on {device}; {'cached ' if training.cached else 'not cached: '}{training.note}"
+    )
+    metrics = run_training_stage(
+        STAGE,
+        params,
+        section,
+        model,
+        train_cfg=training.train_cfg,
+        data=training.data,
+        pipeline=training.pipeline,
+        dataset=dataset,
+        fit_model=training.fit_model,
+        input_example=example,
+        tags={
+            **describe_weights(section.weights),
+            "n_parameters": n_params,
+            "n_trainable_parameters": n_trainable,
+            "feature_cache": training.note if training.cached else f"off: {training.note}",
+            "device": str(device),
+        },
+        extra_metrics=training.metrics(),
+        progress=not args.no_progress,
+    )
+    print(
+        f"[{STAGE}] test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Task 4a around `fit`: what the ResNet stage trains on, and on which inputs.
+
+With augmentation off, the frozen prefix of the network (everything before the
+first trainable block: conv1 … layer3 by default) maps each image to the same
+features in every epoch. `prepare_resnet_training` then runs that prefix once
+over train/val/test (eval mode, no grad, batched, on the data's device) and hands
+`fit` a head (the remaining blocks → avgpool → flatten → fc) that shares its
+modules with the full model, so training the head trains the model that is saved
+and logged. Otherwise `fit` trains the full model on uint8 images through the
+InputPipeline, which resizes on the batch tensor.
+
+Memory: cached features take N x C x H x W elements (layer3 at 224 px: 256x14x14
+per image, 6 GB for CIFAR-10's 60,000 images in bf16 on CUDA, 12 GB in float32 on
+CPU). They are written batch by batch into one preallocated tensor; when they
+would need more than half the free memory the stage trains uncached instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from src.config import ResNetConfig, TrainConfig
+from src.models import ResNetPart, resnet_weights_file, split_resnet
+from src.train import DRY_RUN_EVAL_IMAGES, DRY_RUN_TRAIN_BATCHES, Pipeline, TensorSplits, autocast
+
+MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
+
+
+@dataclass
+class ResNetTraining:
+    """Everything `run_training_stage` needs besides the full model."""
+
+    fit_model: nn.Module  # the head on cached features, or the full model
+    data: TensorSplits  # features, or uint8 images (already cut to the training budget)
+    pipeline: Pipeline
+    train_cfg: TrainConfig  # `subset` already applied, so 0 here
+    cached: bool
+    note: str  # what is cached, or why not
+    cache_time_s: float = 0.0
+
+    def metrics(self) -> dict:
+        return {"features_cached": int(self.cached), "feature_cache_time_s": self.cache_time_s}
+
+
+class FeatureInput:
+    """The pipeline for cached features: nothing to augment or normalise.
+
+    On CUDA 4-D features go channels_last, as the InputPipeline's images do.
+    """
+
+    def __init__(self, channels_last: bool = False):
+        self.channels_last = channels_last
+
+    def __call__(
+        self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def describe_weights(weights: str) -> dict[str, str]:
+    """MLflow tags: `weights` (imagenet | none | the path) and `pretrained`, so a
+    random-init smoke run is never mistaken for a pretrained result."""
+    tags = {"weights": weights, "pretrained": str(weights != "none").lower()}
+    path = resnet_weights_file(weights)
+    if path is not None:
+        tags["weights_file"] = str(path)
+    return tags
+
+
+def select_budget(
+    data: TensorSplits, cfg: TrainConfig, seed: int
+) -> tuple[TensorSplits, TrainConfig]:
+    """Apply `subset` and the dry run's cuts up front, picking the training images
+    `fit` itself would pick, so only those go through the frozen prefix.
+
+    Returns the cut data and `cfg` with `subset` 0 (`fit` must not cut again).
+    """
+    n = DRY_RUN_TRAIN_BATCHES * cfg.batch_size if cfg.dry_run else cfg.subset
+    train_x, train_y = data.train_x, data.train_y
+    if n and n < len(train_y):
+        keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))[:n]
+        keep = keep.to(train_y.device)
+        train_x, train_y = train_x[keep], train_y[keep]
+    cut = DRY_RUN_EVAL_IMAGES if cfg.dry_run else None
+    data = TensorSplits(
+        train_x, train_y, data.val_x[:cut], data.val_y[:cut], data.test_x[:cut], data.test_y[:cut]
+    )
+    return data, dataclasses.replace(cfg, subset=0)
+
+
+def _free_memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _feature_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@torch.no_grad()
+def feature_shape(prefix: nn.Module, image_size: int) -> tuple[int, ...]:
+    """The prefix's output shape for one image, e.g. (256, 4, 4) after layer3 at 64 px.
+
+    Leaves the (frozen) prefix in eval mode, where it stays."""
+    prefix.eval()
+    param = next(prefix.parameters())
+    probe = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+    return tuple(prefix(probe).shape[1:])
+
+
+def cache_plan(
+    model: nn.Module, cfg: ResNetConfig, n_images: int, device: torch.device
+) -> tuple[nn.Module | None, str]:
+    """The frozen prefix to cache, or None and the reason caching is off."""
+    prefix_names, rest = split_resnet(cfg.trainable)
+    if not cfg.cache_features:
+        return None, "resnet.cache_features is false"
+    if cfg.train.augment.enabled:
+        return None, "augmentation is on: the frozen blocks must see every augmented image"
+    prefix = ResNetPart(model, prefix_names)
+    if not any(True for _ in prefix.parameters()):
+        return None, f"nothing frozen before the first trainable block ({rest[0]})"
+    if any(p.requires_grad for p in prefix.parameters()):
+        return None, "the blocks before the first trainable one are not all frozen"
+    shape = feature_shape(prefix, cfg.image_size)
+    needed = n_images * torch.Size(shape).numel() * _feature_dtype(device).itemsize
+    free = _free_memory_bytes(device)
+    if free is not None and needed > MAX_CACHE_SHARE * free:
+        return None, (
+            f"features {shape} for {n_images:,} images need {needed / 1e9:.1f} GB, "
+            f"over {MAX_CACHE_SHARE:.0%} of the {free / 1e9:.1f} GB free on {device.type}"
+        )
+    return prefix, (
+        f"features after {prefix_names[-1]}: {shape} per image, {n_images:,} images, "
+        f"{needed / 1e9:.2f} GB"
+    )
+
+
+@torch.no_grad()
+def compute_features(
+    prefix: nn.Module, x: torch.Tensor, pipeline: Pipeline, batch_size: int
+) -> torch.Tensor:
+    """The prefix's outputs for uint8 images `x` (N, H, W, C), in eval mode, batched,
+    into one preallocated tensor on x's device (bf16 on CUDA, float32 on CPU).
+
+    Leaves the (frozen) prefix in eval mode, where it stays."""
+    prefix.eval()
+    device = x.device
+    out: torch.Tensor | None = None
+    for start in range(0, len(x), batch_size):
+        with autocast(device):
+            features = prefix(pipeline(x[start : start + batch_size], train=False))
+        if out is None:
+            out = torch.empty(
+                (len(x), *features.shape[1:]), dtype=_feature_dtype(device), device=device
+            )
+        out[start : start + len(features)].copy_(features)
+    if out is None:  # an empty split
+        out = torch.empty((0,), dtype=_feature_dtype(device), device=device)
+    return out
+
+
+def cache_features(
+    prefix: nn.Module, data: TensorSplits, pipeline: Pipeline, batch_size: int
+) -> TensorSplits:
+    """train/val/test images → prefix features; labels are shared, not copied."""
+    parts = []
+    for split in ("train", "val", "test"):
+        x, y = data.split(split)
+        parts += [compute_features(prefix, x, pipeline, batch_size), y]
+    return TensorSplits(*parts)
+
+
+def prepare_resnet_training(
+    model: nn.Module,
+    cfg: ResNetConfig,
+    data: TensorSplits,
+    pipeline: Pipeline,
+    seed: int,
+) -> ResNetTraining:
+    """Cut `data` to the training budget and, when the plan allows, cache the frozen
+    prefix's features; `model` and `data` must be on the same device."""
+    data, train_cfg = select_budget(data, cfg.train, seed)
+    device = data.train_x.device
+    n_images = sum(len(data.split(s)[1]) for s in ("train", "val", "test"))
+    prefix, note = cache_plan(model, cfg, n_images, device)
+    if prefix is None:
+        return ResNetTraining(model, data, pipeline, train_cfg, cached=False, note=note)
+    print(f"[resnet] caching {note} ...", flush=True)  # minutes on a CPU at 64 px
+    tic = time.perf_counter()
+    features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - tic
+    _, rest = split_resnet(cfg.trainable)
+    return ResNetTraining(
+        ResNetPart(model, rest),
+        features,
+        FeatureInput(channels_last=device.type == "cuda"),
+        train_cfg,
+        cached=True,
+        note=f"{note}, computed in {elapsed:.1f} s",
+        cache_time_s=round(elapsed, 2),
+    )

@@ -1,0 +1,352 @@
+"""Task 4a: the three weight modes (offline), the frozen/trainable split, feature
+caching that trains exactly like the uncached path, and the stage end to end.
+
+Everything runs at 32-48 px on a few hundred tiny images: seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from src.augment import InputPipeline
+from src.config import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
+from src.models import (
+    ResNetPart,
+    WeightsError,
+    build_resnet,
+    imagenet_weights_path,
+    split_resnet,
+)
+from src.resnet import cache_plan, describe_weights, prepare_resnet_training, select_budget
+from src.stage import load_model_file
+from src.train import TensorSplits, fit
+from tests.conftest import make_images, update_params
+
+FROZEN_BY_DEFAULT = ("conv1", "bn1", "layer1", "layer2", "layer3")
+
+
+def _cfg(**kw) -> ResNetConfig:
+    train = dict(
+        optimizer="adam",
+        lr=5e-4,
+        batch_size=16,
+        epochs=2,
+        device="cpu",
+        eval_batch_size=64,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+    train.update(kw.pop("train", {}))
+    return ResNetConfig(**{"weights": "none", "image_size": 32, **kw}, train=TrainConfig(**train))
+
+
+def _fake_imagenet_state(seed: int = 123) -> dict:
+    """A state dict in torchvision's format (1000-way fc), with recognisable values."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(seed)
+    return resnet18(weights=None).state_dict()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def _write_imagenet_cache(torch_home: Path) -> dict:
+    state = _fake_imagenet_state()
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return state
+
+
+def _assert_backbone_is(model, state) -> None:
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(own[key], value), key
+    assert model.fc.out_features == 10
+
+
+def _splits(n_train: int = 4, n_eval: int = 2) -> TensorSplits:
+    t = torch.from_numpy
+    parts = []
+    for n, seed in ((n_train, 3), (n_eval, 4), (n_eval, 5)):
+        x, y = make_images(n, seed=seed)
+        parts += [t(x), t(y)]
+    return TensorSplits(*parts)
+
+
+def _pipeline(cfg: ResNetConfig) -> InputPipeline:
+    return InputPipeline(cfg.train.mean, cfg.train.std, cfg.train.augment, cfg.image_size)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_imagenet_cache_path_is_torchvisions(torch_home):
+    from torchvision.models import ResNet18_Weights
+
+    assert ResNet18_Weights.IMAGENET1K_V1.url.endswith("/resnet18-f37072fd.pth")
+    assert imagenet_weights_path() == torch_home / "hub/checkpoints/resnet18-f37072fd.pth"
+
+
+def test_imagenet_mode_loads_the_cached_file_without_network(torch_home):
+    state = _write_imagenet_cache(torch_home)
+    model = build_resnet(_cfg(weights="imagenet"))  # conftest makes any download raise
+    _assert_backbone_is(model, state)
+
+
+def test_path_mode_loads_the_same_file(tmp_path, monkeypatch):
+    state = _fake_imagenet_state()
+    torch.save(state, tmp_path / "r18.pth")
+    _assert_backbone_is(build_resnet(_cfg(weights=str(tmp_path / "r18.pth"))), state)
+    # relative paths are project-relative; a model file of this project works too
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    torch.save({"stage": "x", "model": state}, tmp_path / "wrapped.pt")
+    _assert_backbone_is(build_resnet(_cfg(weights="wrapped.pt")), state)
+
+
+def test_missing_imagenet_file_offline_is_one_clear_error(torch_home):
+    tic = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        build_resnet(_cfg(weights="imagenet"))
+    assert time.perf_counter() - tic < 10
+    message = str(info.value)
+    assert str(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "resnet.weights" in message and "'none'" in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+
+
+def test_bad_weight_files_are_named(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_resnet(_cfg(weights=str(tmp_path / "nope.pth")))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="not a readable"):
+        build_resnet(_cfg(weights=str(tmp_path / "junk.pth")))
+    from torchvision.models import resnet34
+
+    torch.save(resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(WeightsError, match="another architecture"):
+        build_resnet(_cfg(weights=str(tmp_path / "r34.pth")))
+
+
+# --------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize(
+    ("trainable", "prefix_end"),
+    [(("layer4", "fc"), "layer3"), (("fc",), "avgpool"), (("layer2", "fc"), "layer1")],
+)
+def test_frozen_and_trainable_blocks(trainable, prefix_end):
+    model = build_resnet(_cfg(trainable=trainable))
+    for name in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"):
+        flags = {p.requires_grad for p in getattr(model, name).parameters()}
+        assert flags == {name in trainable}, name
+    prefix, rest = split_resnet(trainable)
+    assert prefix[-1] == prefix_end and rest[-1] == "fc"
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    # the two parts share the model's modules and compose to its forward
+    torch.testing.assert_close(ResNetPart(model, rest)(ResNetPart(model, prefix)(x)), model(x))
+    assert ResNetPart(model, rest).blocks["fc"] is model.fc
+
+
+def test_a_training_step_moves_only_trainable_blocks():
+    cfg = _cfg(cache_features=False, train={"epochs": 1, "batch_size": 20})  # one step
+    torch.manual_seed(0)
+    model = build_resnet(cfg)
+    before = copy.deepcopy(model.state_dict())
+    training = prepare_resnet_training(model, cfg, _splits(2, 1), _pipeline(cfg), seed=0)
+    assert not training.cached and training.fit_model is model
+    fit(training.fit_model, training.data, training.train_cfg, training.pipeline, progress=False)
+    after = model.state_dict()
+    for key, value in before.items():
+        block = key.split(".")[0]
+        if block in FROZEN_BY_DEFAULT:  # weights and BatchNorm running statistics alike
+            assert torch.equal(after[key], value), key
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    assert not torch.equal(after["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
+    # layer4 trains, so its BatchNorm statistics follow the new data
+    assert not torch.equal(after["layer4.1.bn2.running_mean"], before["layer4.1.bn2.running_mean"])
+
+
+# --------------------------------------------------------------------------- caching
+
+
+@pytest.mark.parametrize(
+    ("trainable", "image_size"), [(("layer4", "fc"), 32), (("fc",), 40)], ids=["layer4", "fc"]
+)
+def test_cached_features_train_like_the_uncached_path(trainable, image_size):
+    results = {}
+    for cached in (True, False):
+        cfg = _cfg(
+            trainable=trainable,
+            image_size=image_size,
+            cache_features=cached,
+            train={"batch_size": 8, "epochs": 1},
+        )
+        torch.manual_seed(0)
+        model = build_resnet(cfg)
+        data = _splits(n_train=2, n_eval=1)  # 20 training images: 3 steps, 3 validations
+        training = prepare_resnet_training(model, cfg, data, _pipeline(cfg), seed=0)
+        assert training.cached is cached
+        result = fit(
+            training.fit_model,
+            training.data,
+            training.train_cfg,
+            training.pipeline,
+            seed=0,
+            progress=False,
+        )
+        results[cached] = (result, model.state_dict())
+    (cached, cached_state), (plain, plain_state) = results[True], results[False]
+    assert len(cached.history) == len(plain.history) == 3
+    for a, b in zip(cached.history, plain.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    for key in cached.final:
+        assert cached.final[key] == pytest.approx(plain.final[key], rel=1e-4, abs=1e-6), key
+    assert torch.equal(cached.test_predictions, plain.test_predictions)
+    for key, value in plain_state.items():  # the full model trained the same way
+        torch.testing.assert_close(cached_state[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
+    model = build_resnet(_cfg())
+    prefix, note = cache_plan(model, _cfg(), 1000, torch.device("cpu"))
+    assert prefix is not None and "(256, 2, 2)" in note  # after layer3 at 32 px
+    flip = {"augment": AugmentConfig(hflip=True)}
+    cases = {
+        "augmentation is on": _cfg(train=flip),
+        "cache_features is false": _cfg(cache_features=False),
+        "nothing frozen": _cfg(trainable=("conv1", "layer4", "fc")),
+    }
+    for reason, cfg in cases.items():
+        prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, torch.device("cpu"))
+        assert prefix is None and reason in note
+    monkeypatch.setattr("src.resnet._free_memory_bytes", lambda device: 10_000_000)
+    prefix, note = cache_plan(model, _cfg(), 60_000, torch.device("cpu"))
+    assert prefix is None and "GB" in note  # 60k x 256x2x2 floats would not fit
+
+
+def test_budget_is_cut_once_before_caching():
+    data = _splits(n_train=10)
+    cut, cfg = select_budget(data, _cfg(train={"subset": 30}).train, seed=0)
+    assert len(cut.train_y) == 30 and cfg.subset == 0 and len(cut.test_y) == len(data.test_y)
+    cut, cfg = select_budget(data, _cfg(train={"dry_run": True, "batch_size": 4}).train, seed=0)
+    assert len(cut.train_y) == 16 and cfg.dry_run
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _client(root):
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    return mlflow.MlflowClient()
+
+
+def _declared_outs(root) -> list[Path]:
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    paths = load_params(root / "params.yaml").common.paths
+    names = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in dvc["stages"]["resnet"].get(kind, []):
+            name = entry if isinstance(entry, str) else next(iter(entry))
+            name = name.replace("${common.paths.models}", paths.models)
+            names.append(root / name.replace("${common.paths.reports}", paths.reports))
+    return names
+
+
+def test_resnet_stage_end_to_end_random_init(prepared):
+    from pipelines import resnet
+
+    update_params(prepared, **{"resnet.train.dry_run": True})  # 4 steps, 2 validations
+    resnet.main(["--no-progress"])
+    for path in _declared_outs(prepared):
+        assert path.exists(), path
+    metrics = json.loads((prepared / "reports/resnet/metrics.json").read_text())
+    assert metrics["features_cached"] == 1 and metrics["steps"] == 4
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+    client = _client(prepared)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "resnet"
+    assert run.data.tags["weights"] == "none" and run.data.tags["pretrained"] == "false"
+    assert run.data.tags["feature_cache"].startswith("features after layer3")
+    assert run.data.params["resnet.train.lr"] == "0.0005"
+    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "final_val_loss"):
+        assert name in run.data.metrics, name
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/learning_curves.png", "figures/confusion_matrix.png"} <= figures
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert any(m.source_run_id == run.info.run_id for m in models)
+    # the saved file is the full network, trained head included
+    model = build_resnet(load_params(prepared / "params.yaml").resnet)
+    payload = load_model_file(prepared / "models/resnet.pt", model)
+    assert payload["stage"] == "resnet" and payload["config"]["weights"] == "none"
+
+
+def test_runs_are_tagged_with_their_weights(torch_home, tmp_path):
+    assert describe_weights("none") == {"weights": "none", "pretrained": "false"}
+    tags = describe_weights("imagenet")
+    assert tags["pretrained"] == "true" and tags["weights_file"] == str(imagenet_weights_path())
+    tags = describe_weights(str(tmp_path / "r18.pth"))
+    assert tags["weights"] == str(tmp_path / "r18.pth") and tags["pretrained"] == "true"
+
+
+def test_stage_without_weights_stops_before_reading_data(project, torch_home, monkeypatch, capsys):
+    from pipelines import resnet
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the weights were checked")
+
+    monkeypatch.setattr(resnet, "load_data", no_data)
+    update_params(project, **{"resnet.weights": "imagenet"})
+    with pytest.raises(SystemExit) as info:
+        resnet.main(["--no-progress"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not fetch") and "Traceback" not in err
+    assert str(imagenet_weights_path()) in err
+    assert not (project / "reports/resnet").exists() and not (project / "mlruns").exists()
+
+
+def test_dvc_stage_depends_on_exactly_the_code_it_imports():
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in ast.walk(tree):  # nested (lazy) imports too
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("src."))
+            elif isinstance(node, ast.ImportFrom) and node.module == "src":
+                found.update(f"src.{a.name}" for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src."):
+                found.add(node.module)
+        return found
+
+    seen, todo = set(), ["pipelines.resnet"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo += imports(PROJECT_ROOT / (module.replace(".", "/") + ".py"))
+    expected = {m.replace(".", "/") + ".py" for m in seen}
+    stage = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["resnet"]
+    code = {d for d in stage["deps"] if d.endswith(".py")}
+    assert code == expected
