@@ -389,7 +389,13 @@ def open_storage(spec: str, heartbeat_s: int = 60) -> StudyStorage:
             url = url.set(drivername=f"postgresql+{_postgres_driver()}")
     display = url.render_as_string(hide_password=True)
     try:
-        with warnings.catch_warnings():
+        # Workers starting together on a fresh database would race to create Optuna's
+        # schema (PostgreSQL: duplicate pg_type rows); one at a time, the rest find it.
+        schema_lock = contextlib.nullcontext()
+        if backend == "postgresql":
+            engine = sqlalchemy.create_engine(url, **engine_kwargs)
+            schema_lock = _pg_lock(engine, "optuna-schema")
+        with schema_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
                 url.render_as_string(hide_password=False),
@@ -397,6 +403,8 @@ def open_storage(spec: str, heartbeat_s: int = 60) -> StudyStorage:
                 heartbeat_interval=heartbeat_s,
                 heartbeat_stale_trial_callback=_on_stale_heartbeat,
             )
+        if backend == "postgresql":
+            engine.dispose()
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TuneError(f"cannot open the Optuna storage {display}: {reason}") from None

@@ -113,20 +113,29 @@ def tiny_params(root: Path, source: str) -> dict:
     return raw
 
 
+def write_project(root: Path, archive: Path) -> Path:
+    """A project root holding the shrunk params.yaml that reads `archive`."""
+    from src.data import file_digest
+
+    root.mkdir(parents=True)
+    raw = tiny_params(root, str(archive))
+    raw["data"]["md5"] = file_digest(archive, "md5")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root
+
+
+def _isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Point the code at `root`; no tracking server, data override or switch leaks in."""
+    mp.setenv("DVC_ROOT", str(root))
+    for var in ("MLFLOW_TRACKING_URI", "CIFAR10_SOURCE", "CIFAR_MLOPS_TRACKING"):
+        mp.delenv(var, raising=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch, official_archive) -> Path:
     """A temporary project root: params.yaml here, outputs and mlruns/ under it."""
-    root = tmp_path / "project"
-    root.mkdir()
-    raw = tiny_params(root, str(official_archive))
-    from src.data import file_digest
-
-    raw["data"]["md5"] = file_digest(official_archive, "md5")
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    monkeypatch.setenv("DVC_ROOT", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("CIFAR10_SOURCE", raising=False)
-    monkeypatch.delenv("CIFAR_MLOPS_TRACKING", raising=False)
+    root = write_project(tmp_path / "project", official_archive)
+    _isolate(monkeypatch, root)
     return root
 
 
@@ -161,3 +170,26 @@ def _no_network_fetch(monkeypatch):
         raise OSError("network access is disabled in tests")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture(scope="module")
+def tune_project(tmp_path_factory, tiny_cifar):
+    """One prepared tiny project for a whole module (preparing one, MLflow's database
+    included, takes most of the time); every test uses its own study."""
+    tmp = tmp_path_factory.mktemp("tune")
+    archive = write_official_archive(tmp / "cifar-10-python.tar.gz", tiny_cifar)
+    root = write_project(tmp / "project", archive)
+    update_params(
+        root,
+        **{
+            "improved.train.num_threads": 1,  # two workers share two cores
+            "tune.budget": {"epochs": 2, "subset": None},
+            "tune.sampler.n_startup_trials": 2,
+        },
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, root)
+        from pipelines import download
+
+        download.main()
+        yield root

@@ -22,35 +22,9 @@ from optuna.trial import TrialState
 
 from src import tune
 from src.config import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
-from src.data import file_digest
 from src.train import FitResult, NonFiniteLossError
-from tests.conftest import tiny_params, write_official_archive
 
 PARAMS = PROJECT_ROOT / "params.yaml"
-
-
-@pytest.fixture(scope="module")
-def tune_project(tmp_path_factory, tiny_cifar):
-    """One prepared tiny project for the whole module (preparing one, MLflow's
-    database included, takes most of the time); every test uses its own study."""
-    tmp = tmp_path_factory.mktemp("tune")
-    archive = write_official_archive(tmp / "cifar-10-python.tar.gz", tiny_cifar)
-    root = tmp / "project"
-    root.mkdir()
-    raw = tiny_params(root, str(archive))
-    raw["data"]["md5"] = file_digest(archive, "md5")
-    raw["improved"]["train"]["num_threads"] = 1  # two workers share two cores
-    raw["tune"]["budget"] = {"epochs": 2, "subset": None}
-    raw["tune"]["sampler"]["n_startup_trials"] = 2
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DVC_ROOT", str(root))
-        for var in ("MLFLOW_TRACKING_URI", "CIFAR10_SOURCE", "CIFAR_MLOPS_TRACKING"):
-            mp.delenv(var, raising=False)
-        from pipelines import download
-
-        download.main()
-        yield root
 
 
 @pytest.fixture(autouse=True)
