@@ -39,6 +39,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OFFICIAL_DIR = "cifar-10-batches-py"
 OFFICIAL_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class DataError(RuntimeError):
@@ -78,6 +80,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -366,6 +369,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, raw_dir: Path) -> dict:
             "sha256": files,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,9 +18,15 @@ def _plt():
     return plt
 
 
-def learning_curves(history: Sequence[dict], title: str):
+def learning_curves(
+    history: Sequence[dict],
+    title: str,
+    reference: float | None = None,
+    reference_label: str = "Reference test accuracy",
+):
     """The course's plot: training loss (with its spread) and validation loss on the
-    left, validation accuracy on the right, against the global step."""
+    left, validation accuracy on the right, against the global step. `reference`
+    draws an accuracy to compare with as a dotted line on the right."""
     plt = _plt()
     steps = np.array([r["step"] for r in history])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -40,6 +46,10 @@ def learning_curves(history: Sequence[dict], title: str):
                 label="Training accuracy (running)",
                 alpha=0.6,
             )
+    if reference is not None:
+        right.axhline(
+            reference, color="k", linestyle=":", label=f"{reference_label} {reference:.3f}"
+        )
     left.set(xlabel="Global training step", ylabel="Cross-entropy loss", title=f"{title}: loss")
     right.set(xlabel="Global training step", ylabel="Accuracy", title=f"{title}: accuracy")
     for ax in (left, right):
@@ -68,6 +78,51 @@ def compare_losses(histories: dict[str, Sequence[dict]], title: str):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def compare_accuracy(
+    accuracies: dict[str, dict[str, float]],
+    reference: dict[str, float],
+    title: str,
+    reference_label: str = "Reference test accuracy",
+):
+    """Grouped bars of train/val/test accuracy per stage; `reference` test accuracies
+    (by stage) are black markers beside the test bar."""
+    plt = _plt()
+    splits = {"train": "Training", "val": "Validation", "test": "Test"}
+    names = list(accuracies)
+    fig, ax = plt.subplots(figsize=(1.9 * max(len(names), 2) + 2, 4.5))
+    width = 0.8 / len(splits)
+    x = np.arange(len(names))
+    for i, split in enumerate(splits):
+        values = [accuracies[n].get(split, np.nan) for n in names]
+        bars = ax.bar(x + (i - 1) * width, values, width, label=splits[split], color=f"C{i}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    refs = [(j, reference[n]) for j, n in enumerate(names) if n in reference]
+    if refs:
+        ax.scatter(
+            [j + 1.5 * width for j, _ in refs],
+            [v for _, v in refs],
+            marker="D",
+            color="k",
+            zorder=3,
+            label=reference_label,
+        )
+        for j, v in refs:
+            ax.annotate(
+                f"{v:.3f}",
+                (j + 1.5 * width, v),
+                xytext=(4, -3),
+                fontsize=8,
+                textcoords="offset points",
+            )
+    ax.set_xticks(x, names)
+    ax.set(ylabel="Accuracy", ylim=(0, 1.08), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    # below the axes: inside, it would cover bars whatever the accuracies are
+    fig.legend(loc="lower center", ncol=len(splits) + 1, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

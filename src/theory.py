@@ -36,6 +36,7 @@ SOBEL_X: np.ndarray = np.array(
 )
 
 TASK1_IMAGE_SIZE = 512
+TASK1_FEATURE_SIZE = 508  # 1c: first-layer feature maps are 508x508
 
 
 def convolve2d_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -84,6 +85,19 @@ def conv_output_size(size: int, kernel: int, padding: int = 0, stride: int = 1) 
     return span // stride + 1
 
 
+def kernel_size_for(size: int, output: int, padding: int = 0, stride: int = 1) -> int:
+    """The kernel side ``K`` that maps ``size`` to ``output``: ``K = W + 2P - (W_out - 1) S``.
+
+    Raises ``ValueError`` when no positive kernel does it.
+    """
+    kernel = size + 2 * padding - (output - 1) * stride
+    if output <= 0 or kernel <= 0:
+        raise ValueError(
+            f"no kernel maps {size} to {output} with padding {padding} and stride {stride}"
+        )
+    return kernel
+
+
 def same_padding(kernel: int, stride: int = 1) -> int:
     """Zero padding ``P`` that keeps ``W_out == W_in``: ``P = ((S - 1) W + K - S) / 2``.
 
@@ -106,7 +120,8 @@ def task1_answers() -> dict[str, dict[str, Any]]:
     ``list(task1_answers().values())`` renders directly as a table.
     """
     padding = same_padding(7, stride=1)
-    after_conv5 = conv_output_size(TASK1_IMAGE_SIZE, kernel=5, padding=0, stride=1)
+    kernel = kernel_size_for(TASK1_IMAGE_SIZE, TASK1_FEATURE_SIZE)
+    after_conv5 = conv_output_size(TASK1_IMAGE_SIZE, kernel=kernel, padding=0, stride=1)
     after_pool = conv_output_size(after_conv5, kernel=2, padding=0, stride=2)
     after_conv3 = conv_output_size(after_pool, kernel=3, padding=0, stride=1)
     rows = [
@@ -122,8 +137,10 @@ def task1_answers() -> dict[str, dict[str, Any]]:
                 f"Kernel size giving {after_conv5}x{after_conv5} feature maps from "
                 f"{TASK1_IMAGE_SIZE}x{TASK1_IMAGE_SIZE} input (stride 1, no padding)"
             ),
-            "formula": f"W_out = (W - K + 2P) / S + 1 = ({TASK1_IMAGE_SIZE} - 5 + 0) / 1 + 1",
-            "answer": after_conv5,
+            "formula": (
+                f"K = W + 2P - (W_out - 1) S = {TASK1_IMAGE_SIZE} + 0 - ({after_conv5} - 1) * 1"
+            ),
+            "answer": kernel,
         },
         {
             "task": "1d",

@@ -11,11 +11,11 @@ training and benchmarks run on machines that have only torch.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,14 +316,11 @@ def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file:
     """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from src.data import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
     if run is not None and run.active:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
     plt.close(figure)

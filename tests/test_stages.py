@@ -68,7 +68,7 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
         "epochs_run",
         "early_stop_step",
         "train_time_s",
-        "images_per_s",
+        "train_images_per_s",
         "mlflow_run_id",
     ):
         assert key in metrics

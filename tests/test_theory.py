@@ -10,6 +10,7 @@ from src.theory import (
     TASK1_IMAGE,
     conv_output_size,
     convolve2d_same,
+    kernel_size_for,
     layer_parameter_table,
     same_padding,
     task1_answers,
@@ -116,6 +117,15 @@ def test_conv_output_size_invalid(size: int, kernel: int, padding: int, stride: 
         conv_output_size(size, kernel, padding=padding, stride=stride)
 
 
+def test_kernel_size_for_inverts_the_output_size() -> None:
+    assert kernel_size_for(512, 508) == 5  # 1c
+    for size, kernel, padding, stride in [(32, 5, 2, 1), (33, 3, 0, 2), (512, 7, 3, 1)]:
+        out = conv_output_size(size, kernel, padding=padding, stride=stride)
+        assert kernel_size_for(size, out, padding=padding, stride=stride) == kernel
+    with pytest.raises(ValueError):
+        kernel_size_for(8, 10)
+
+
 def test_same_padding() -> None:
     assert same_padding(7) == 3
     assert same_padding(5) == 2
@@ -133,7 +143,7 @@ def test_same_padding() -> None:
 def test_task1_answers() -> None:
     answers = task1_answers()
     assert list(answers) == ["1b", "1c", "1d", "1e"]
-    assert [row["answer"] for row in answers.values()] == [3, 508, 254, 252]
+    assert [row["answer"] for row in answers.values()] == [3, 5, 254, 252]  # 1c: a 5x5 kernel
     for task, row in answers.items():
         assert set(row) == {"task", "question", "formula", "answer"}
         assert row["task"] == task

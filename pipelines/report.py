@@ -1,0 +1,60 @@
+"""Stage `report`: reports/report.md and its figures from every stage's outputs.
+
+python -m pipelines.report                   (dvc repro report)
+python -m pipelines.report --allow-missing   render what exists; missing stages say so
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from src import report, tracking
+from src.cli import EXIT_FAILED, guarded
+from src.config import load_params, project_root, resolve_path
+from src.data import atomic_write_bytes
+
+STAGE = "report"
+
+
+@guarded
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="render even when some stage has not run (its section says so)",
+    )
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    try:
+        inputs = report.load_inputs(project_root(), params, allow_missing=args.allow_missing)
+    except report.ReportInputError as exc:
+        print(f"error: {exc}\n(or render what exists with --allow-missing)", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    runs = {
+        stage: tracking.run_summary(outputs.metrics.get("mlflow_run_id"))
+        for stage, outputs in inputs.stages.items()
+        if outputs is not None
+    }
+    rendered = report.render_report(inputs, runs)
+
+    out = resolve_path(params.common.paths.reports) / report.REPORT_FILE
+    figure_dir = out.parent / report.FIGURE_DIR
+    logged = {"common": params.common}
+    with tracking.stage_run(
+        STAGE, logged, experiment=params.common.experiment, tags=rendered.tags
+    ) as run:
+        for name, figure in rendered.figures.items():
+            tracking.write_figure(figure, figure_dir / name, run, f"{report.FIGURE_DIR}/{name}")
+        for stale in figure_dir.glob("*.png"):  # from an earlier render with other stages
+            if stale.name not in rendered.figures:
+                stale.unlink()
+        atomic_write_bytes(out, rendered.markdown.encode())
+        run.log_artifact(out)
+    print(f"[{STAGE}] wrote {out} and {len(rendered.figures)} figures in {figure_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The report stage: task 1 as rendered, and the whole report on tiny-data stage outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import mlflow
+import pytest
+
+from src import report
+from src.config import PROJECT_ROOT, load_params, to_dict
+from src.models import build_cnn
+from tests.conftest import update_params
+
+HEADINGS = [
+    "# CIFAR-10 with convolutional networks: TDT4265 assignment 3",
+    "## Where the numbers come from",
+    "## Summary",
+    "## Task 1: theory",
+    "### Task 1a: convolution with the Sobel-x kernel",
+    "### Task 1b–1e: output sizes",
+    "### Task 1f: parameters of the baseline network",
+    "## Task 2: baseline CNN",
+    "## Task 3: improved CNN",
+    "### Task 3d: before and after",
+    "## Task 4a: ResNet18 transfer learning",
+    "## Tuning study",
+]
+STAGE_SUBSECTIONS = ["architecture", "hyperparameters", "learning curves", "accuracy and loss"]
+HAS_RESNET_STAGE = importlib.util.find_spec("pipelines.resnet") is not None
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The text under `heading` up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = markdown.index(heading + "\n") + len(heading) + 1
+    nxt = re.search(rf"^#{{1,{len(level)}}} ", markdown[start:], flags=re.M)
+    return markdown[start : start + nxt.start()] if nxt else markdown[start:]
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """The first markdown table in `text` as rows of header -> cell."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = lambda ln: [c.strip() for c in ln.strip("|").split(" | ")]  # noqa: E731
+    header = split(lines[0])
+    rows = []
+    for line in lines[2:]:
+        rows.append(dict(zip(header, split(line))))
+    return rows
+
+
+def test_task1_renders_the_theory_values():
+    baseline = to_dict(load_params(PROJECT_ROOT / "params.yaml").baseline)
+    text = "\n".join(report.task1_section(baseline, "params.yaml's baseline"))
+    result = _section(text, "### Task 1a: convolution with the Sobel-x kernel")
+    for row in ([-11, 2, 4, -1, 7], [-24, 8, 12, -5, 12], [-19, 10, 4, -3, 15]):
+        assert "  ".join(f"{v:4d}" for v in row) in result
+    assert "**identical**" in result
+    answers = _table(_section(text, "### Task 1b–1e: output sizes"))
+    assert [(r["Task"], r["Answer"]) for r in answers] == [
+        ("1b", "3"),
+        ("1c", "5"),
+        ("1d", "254"),
+        ("1e", "252"),
+    ]
+    params = _table(_section(text, "### Task 1f: parameters of the baseline network"))
+    assert [r["Parameters"] for r in params] == [
+        "2,432",
+        "51,264",
+        "204,928",
+        "131,136",
+        "650",
+        "**390,410**",
+    ]
+    assert "Total **390,410** parameters; course report: 390,410 (equal)" in text
+    assert "on params.yaml's baseline:" in text
+
+
+def test_reference_values_are_the_course_reports():
+    assert report.REFERENCE["baseline"] == {"test_accuracy": 0.756, "n_parameters": 390_410}
+    assert report.REFERENCE["improved"]["test_accuracy"] == 0.811
+    assert report.REFERENCE["resnet"]["test_accuracy"] == 0.889
+
+
+def test_missing_outputs_name_what_to_run(project, capsys, monkeypatch):
+    from pipelines import report as stage
+
+    monkeypatch.setenv("CIFAR_MLOPS_TRACKING", "off")  # nothing here needs the MLflow store
+    with pytest.raises(SystemExit) as info:
+        stage.main([])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    for name in ("download", "baseline", "improved", "resnet"):
+        assert f"dvc repro {name}" in err
+    assert "reports/baseline/metrics.json" in err and "models/improved.pt" in err
+    assert "Traceback" not in err and not (project / "reports/report.md").exists()
+
+    stage.main(["--allow-missing"])  # every heading; what to run for what is missing
+    text = (project / "reports/report.md").read_text()
+    for heading in HEADINGS:
+        assert f"\n{heading}\n" in f"\n{text}", heading
+    assert "Not available: `reports/baseline/metrics.json`" in text
+    assert "Run `dvc repro improved`" in text
+    assert "`data/cifar10/manifest.json` is missing (run `dvc repro download`)" in text
+    assert "No training stage has run yet." in text
+    assert "on params.yaml's `baseline` network (the stage has not run)" in text
+    assert not list((project / "reports/report").glob("*.png"))
+
+
+def test_report_stage_end_to_end(prepared):
+    from pipelines import report as stage
+    from pipelines import train_cnn
+
+    stages = ["baseline", "improved"]
+    for name in stages:
+        train_cnn.main([name, "--no-progress"])
+    if HAS_RESNET_STAGE:
+        from pipelines import resnet
+
+        # the fixture's params (weights none, 32 px, 1 epoch), and only fc trains: the
+        # report reads the same outputs in a third of the time
+        update_params(prepared, **{"resnet.trainable": ["fc"]})
+        resnet.main(["--no-progress"])
+        stages.append("resnet")
+    tune = prepared / "reports/tune/cifar10-improved"  # as src.tune.write_best_params lays it out
+    tune.mkdir(parents=True)
+    (tune / "best_params.yaml").write_text(
+        "# Best trial of Optuna study 'cifar10-improved': trial 7, val_accuracy 0.6123\n"
+        "improved.train.lr: 0.02\nimproved.model.dropout: 0.1\n"
+    )
+
+    stage.main([] if HAS_RESNET_STAGE else ["--allow-missing"])
+    text = (prepared / "reports/report.md").read_text()
+    metrics = {s: json.loads((prepared / f"reports/{s}/metrics.json").read_text()) for s in stages}
+
+    for heading in HEADINGS:
+        assert f"\n{heading}\n" in f"\n{text}", heading
+    for info in report.STAGES:
+        if info.name in stages:
+            for sub in STAGE_SUBSECTIONS:
+                assert f"### Task {info.task}: {sub}\n" in text
+
+    # every figure it links exists, and every stage's learning curves are among them
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    expected = {"summary_accuracy.png", "task3d_loss_comparison.png"}
+    expected |= {f"{s}_learning_curves.png" for s in stages}
+    assert {link.split("/")[-1] for link in links} == expected
+    for link in links:
+        assert (prepared / "reports" / link).stat().st_size > 10_000, link
+
+    # the numbers are metrics.json's, in the summary and in each stage's table
+    summary = {r["Stage"].strip("`"): r for r in _table(_section(text, "## Summary"))}
+    assert sorted(summary) == sorted(stages)
+    columns = {
+        "Training accuracy": "final_train_accuracy",
+        "Validation accuracy": "final_val_accuracy",
+        "Test accuracy": "test_accuracy",
+        "Test loss": "test_loss",
+    }
+    for name in stages:
+        for column, key in columns.items():
+            assert summary[name][column] == f"{metrics[name][key]:.4f}", (name, column)
+        task = report.STAGE_INFO[name].task
+        split_rows = _table(_section(text, f"### Task {task}: accuracy and loss"))
+        test_row = next(r for r in split_rows if r["Split"] == "Test")
+        assert test_row["Accuracy"] == f"{metrics[name]['test_accuracy']:.4f}"
+        assert test_row["Loss"] == f"{metrics[name]['test_loss']:.4f}"
+        assert (
+            test_row["Course report accuracy"] == f"{report.REFERENCE[name]['test_accuracy']:.3f}"
+        )
+        assert f"MLflow run `{metrics[name]['mlflow_run_id']}`" in text
+    assert text.count("MLflow and model file agree") == len(stages)
+
+    # task 1f counts the network the baseline stage trained (the fixture's narrow one)
+    tiny = build_cnn(load_params(prepared / "params.yaml").baseline.model)
+    total = sum(p.numel() for p in tiny.parameters())
+    assert f"Total **{total:,}** parameters; course report: 390,410 (**different**" in text
+    assert summary["baseline"]["Parameters"] == f"{total:,}"
+
+    if HAS_RESNET_STAGE:  # provenance: a random-init ResNet is never passed off as pretrained
+        assert "Weights: `none`, **not pretrained**" in text
+        assert "not a transfer-learning result" in text
+    tuning = _section(text, "## Tuning study")
+    assert "`reports/tune/cifar10-improved/best_params.yaml`" in tuning
+    assert "trial 7, val_accuracy 0.6123" in tuning and "| `improved.train.lr` | 0.02 |" in tuning
+
+    # one MLflow run `report` with the report, its figures and the source run ids
+    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("cifar10")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.run_name = 'report'"
+    )
+    assert run.info.status == "FINISHED"
+    for name in stages:
+        assert run.data.tags[f"source_run.{name}"] == metrics[name]["mlflow_run_id"]
+    if HAS_RESNET_STAGE:
+        assert run.data.tags["resnet_pretrained"] == "false"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "report"} <= artifacts
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert logged == {f"report/{name}" for name in expected}
