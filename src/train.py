@@ -361,9 +361,9 @@ def fit(
             step_losses.append(loss.detach())
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if bar.active and global_step % 25 == 0:  # a host sync every 25 steps, if shown
+            if bar.active and (batch + 1) % 25 == 0:  # a host sync every 25 steps, if shown
                 rate = seen / max(time.perf_counter() - tic, 1e-9)
-                bar.update(25, loss=f"{loss.item():.3f}", img_s=f"{rate:,.0f}")
+                bar.update(batch + 1 - bar.bar.n, loss=f"{loss.item():.3f}", img_s=f"{rate:,.0f}")
             if global_step % val_every:
                 continue
 
@@ -433,6 +433,8 @@ def fit(
             if stop:
                 bar.write(f"[{name}] early stop at step {global_step}; best step {best['step']}")
                 break
+        if bar.active and not stop:
+            bar.update(steps_per_epoch - bar.bar.n)
         bar.close()
         start_batch = 0
         perm = None
