@@ -50,10 +50,15 @@ def tracking_uri() -> str:
 
 
 def artifact_location(experiment: str) -> str | None:
-    """Local stores keep artifacts inside mlruns/; a server decides for itself."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """A SQLite store keeps artifacts beside its database (mlruns/artifacts/<experiment>);
+    a tracking server or another database decides for itself."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
         return None
-    return (project_root() / "mlruns" / "artifacts" / experiment).as_uri()
+    # Decided from the URI, not from $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri sets
+    # that variable itself, so its presence says nothing about a server.
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "artifacts" / experiment).as_uri()
 
 
 def git_info(root: Path | None = None) -> dict[str, str]:

@@ -48,6 +48,7 @@ def test_download_stage_outputs_and_run(prepared):
     assert run.data.tags["git_commit"] and run.data.tags["params_hash"]
     artifacts = {a.path for a in _client(prepared).list_artifacts(run.info.run_id)}
     assert {"manifest.json", "figures"} <= artifacts
+    assert any((prepared / "mlruns" / "artifacts" / "cifar10").rglob("manifest.json"))
 
 
 @pytest.mark.parametrize("stage", ["baseline", "improved"])
