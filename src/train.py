@@ -204,16 +204,16 @@ def load_checkpoint(path: Path | None, config_key: str) -> dict | None:
     return ckpt
 
 
-class _Progress:
-    """A tqdm bar per epoch when tqdm is installed; silent otherwise."""
+class Progress:
+    """A tqdm bar when tqdm is installed and `enabled`; lines are printed either way."""
 
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, **tqdm_kwargs):
         self.bar = None
         if enabled:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+                self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, **tqdm_kwargs)
             except ImportError:
                 pass
 
@@ -343,7 +343,7 @@ def fit(
     for epoch in range(start_epoch, epochs):
         if perm is None or start_batch == 0:
             perm = torch.randperm(n_train, generator=generator).to(device)
-        bar = _Progress(steps_per_epoch, f"{name} epoch {epoch}", progress)
+        bar = Progress(steps_per_epoch, f"{name} epoch {epoch}", progress, leave=False)
         bar.update(start_batch)
         for batch in range(start_batch, steps_per_epoch):
             idx = perm[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]

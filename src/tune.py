@@ -66,7 +66,7 @@ from src.config import (
 from src.data import atomic_write_bytes, load_dataset
 from src.models import build_cnn
 from src.stage import input_pipeline, prepare_device
-from src.train import NonFiniteLossError, TensorSplits, fit
+from src.train import NonFiniteLossError, Progress, TensorSplits, fit
 
 # Knobs that set one field of the base stage's config (its dotted path there).
 FIELD_KNOBS = {
@@ -749,22 +749,14 @@ def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
         retry(study, frozen)
 
 
-class _TrialsBar:
+class _TrialsBar(Progress):
     """A progress bar over the study's trials (all workers) with the best value so far."""
 
     def __init__(self, s: Search, n_trials: int):
-        self.bar = None
-        if s.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=n_trials,
-                initial=min(trials_done(s.study), n_trials),
-                desc=f"study {s.study.study_name}",
-                unit="trial",
-                dynamic_ncols=True,
-            )
-            self.show(s.study)
+        initial = min(trials_done(s.study), n_trials)
+        name = f"study {s.study.study_name}"
+        super().__init__(n_trials, name, s.progress, initial=initial, unit="trial")
+        self.show(s.study)
 
     def show(self, study: optuna.Study) -> None:
         if self.bar is not None:
@@ -773,16 +765,6 @@ class _TrialsBar:
             if best is not None:
                 self.bar.set_postfix(best=f"{best.value:.4f}", trial=best.number, refresh=False)
             self.bar.refresh()
-
-    def write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def describe(trial: FrozenTrial) -> str:
