@@ -53,11 +53,14 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 def to_float_nchw(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False
 ) -> torch.Tensor:
-    """uint8 (B, H, W, C) → normalised float32 (B, C, H, W)."""
-    out = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
-    return out.contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
+    """uint8 (B, H, W, C) → normalised float32 (B, C, H, W).
+
+    (x / 255 - mean) / std, as one converting copy into the target layout and then
+    in place: the same operations in the same order, without temporaries.
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    out = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=memory_format, copy=True)
+    return out.div_(255.0).sub_(mean).div_(std)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

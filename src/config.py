@@ -174,7 +174,10 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the course's normalisation
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    eval_batch_size: int = 1000
+    # Evaluation chunk: the stages' training batch. On CPU, evaluation then reuses the
+    # memory the training steps freed; 1000-image chunks page-fault their activations
+    # in afresh every batch (baseline evaluation 1.6x slower, BENCHMARKS.md).
+    eval_batch_size: int = 64
     subset: int = 0  # train on the first N images of the (shuffled) training split; 0 = all
     dry_run: bool = False  # a few batches of a tiny subset: the real code path in seconds
     device: Literal["auto", "cpu", "cuda"] = "auto"

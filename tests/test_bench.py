@@ -1,0 +1,134 @@
+"""The benchmark runs its three paths and writes every figure (no timing asserted),
+and the training path imports nothing beyond torch, torchvision, numpy and pillow."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from src import bench
+from src.config import PROJECT_ROOT
+from tests.conftest import tiny_params
+
+LIGHT_MODULES = ("src.train", "src.augment", "src.data", "src.models", "src.stage", "src.bench")
+HEAVY_PACKAGES = ("mlflow", "optuna", "dvc", "pandas", "matplotlib", "yaml", "sqlalchemy")
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path):
+    """The real params.yaml, shrunk (narrow models, batch 16), as a file."""
+    raw = tiny_params(tmp_path, "unused")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _finite_numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in _finite_numbers(value)]
+    if isinstance(tree, list):
+        return [v for value in tree for v in _finite_numbers(value)]
+    return [tree] if isinstance(tree, float) else []
+
+
+@pytest.fixture
+def one_thread():
+    """Figures are not asserted here; one thread keeps a loaded CI machine quick."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    out = tmp_path / "bench.json"
+    result = bench.main(
+        [
+            "--params",
+            str(tiny_params_file),
+            "--synthetic",
+            "128",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--resnet-size",
+            "32",
+            "--eval-images",
+            "16",
+            "--tracking",
+            "on",
+            "--json",
+            str(out),
+        ]
+    )
+    written = json.loads(out.read_text())
+    assert written["models"].keys() == set(bench.MODELS)
+    for name, model in written["models"].items():
+        for path in bench.PATHS:
+            assert model[path]["images_per_s"] > 0, (name, path)
+        assert len(model["rounds"]) == 1
+        for ratio in model["ratios"].values():
+            assert math.isfinite(ratio) and ratio > 0
+        project = model["project"]
+        assert project["tracked"] is True
+        assert 0 <= project["tracking_share"] < 1
+        assert 0 < project["eval_share"] < 1
+        assert project["tracking_per_validation_s"] > 0
+    assert written["models"]["resnet"]["project"]["cache_images_per_s"] > 0
+    assert all(math.isfinite(v) for v in _finite_numbers(written))
+    assert len(written["loadavg_start"]) == len(written["loadavg_end"]) == 3
+    assert written["machine"]["cpu_cores"] >= 1
+    assert result["models"]["baseline"]["batch_size"] == 16
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_eval_epoch_splits_validation_and_final_evaluation(tiny_params_file, tmp_path, one_thread):
+    out = tmp_path / "epoch.json"
+    bench.main(
+        [
+            "--params",
+            str(tiny_params_file),
+            "--synthetic",
+            "96",
+            "--device",
+            "cpu",
+            "--eval-epoch",
+            "baseline",
+            "--json",
+            str(out),
+        ]
+    )
+    epoch = json.loads(out.read_text())["eval_epoch"]
+    assert epoch["steps"] == 96 // 16 and epoch["validations"] == 2
+    assert epoch["validation_s"] > 0 and epoch["final_eval_s"] > 0
+    assert 0 < epoch["eval_share_one_epoch"] < 1
+
+
+def test_steps_argument():
+    assert bench.parse_steps(["5"], "cpu") == dict.fromkeys(bench.MODELS, 5)
+    steps = bench.parse_steps(["improved=3"], "cuda")
+    assert steps["improved"] == 3 and steps["baseline"] == bench.DEFAULT_STEPS["cuda"]["baseline"]
+    with pytest.raises(SystemExit):
+        bench.parse_steps(["vgg=3"], "cpu")
+
+
+def test_training_path_imports_only_torch_and_friends():
+    code = (
+        "import sys\n"
+        f"for name in {LIGHT_MODULES!r}: __import__(name)\n"
+        f"print(sorted(p for p in {HEAVY_PACKAGES!r} if p in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", f"imported at module level: {out.stdout.strip()}"
