@@ -1,8 +1,8 @@
 """Training throughput, side by side: the project's path, a course-style loop, the floor.
 
-    python -m src.bench --models baseline improved resnet --repeats 3 --resnet-size 64 \\
-        --json reports/bench/cpu.json
-    python -m src.bench --eval-epoch baseline --json reports/bench/eval_epoch.json
+    python -m src.bench --models baseline improved resnet --repeats 5 --resnet-size 64 \\
+        --json benchmarks/cpu.json
+    python -m src.bench --eval-epoch baseline --json benchmarks/cpu_eval_epoch_baseline.json
 
 For each model (its stage's section of params.yaml: model, optimizer, batch size,
 augmentation), on one device and in one process:
@@ -430,6 +430,7 @@ def time_project(
 
 def _median(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    values = [v for v in values if math.isfinite(v)]
     return statistics.median(values) if values else math.nan
 
 
