@@ -77,12 +77,12 @@ from src.train import (
     FitResult,
     Pipeline,
     TensorSplits,
-    autocast,
     build_optimizer,
     fit,
     resolve_device,
     set_train_mode,
     synchronize,
+    train_step,
 )
 
 MODELS = ("baseline", "improved", "resnet")
@@ -249,13 +249,7 @@ def load_bench_data(
 
 def _train_step(model, optimizer, loss_fn, x, y, device) -> torch.Tensor:
     """The step `fit` takes, without the data work."""
-    with autocast(device):
-        logits = model(x)
-        loss = loss_fn(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
+    return train_step(model, optimizer, loss_fn, x, y)[1]
 
 
 def time_floor(bench: ModelBench, data: BenchData, steps: int, warmup: int) -> dict:

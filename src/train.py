@@ -14,7 +14,6 @@ ends with the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 import os
@@ -238,6 +237,17 @@ class Progress:
             self.bar.close()
 
 
+def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor):
+    """One optimisation step on a prepared batch; (logits, loss), neither synced."""
+    with autocast(x.device):
+        logits = model(x)
+        loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
 def fit(
     model: nn.Module,
     data: TensorSplits,
@@ -349,12 +359,7 @@ def fit(
             idx = perm[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
             xb = pipeline(train_x[idx], train=True, generator=generator)
             yb = train_y[idx]
-            with autocast(device):
-                logits = model(xb)
-                loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, loss = train_step(model, optimizer, loss_fn, xb, yb)
             if scheduler is not None:
                 scheduler.step()
             global_step += 1
@@ -481,7 +486,3 @@ def fit(
         resumed_from_step=resumed_from,
         final_eval_time_s=final_eval_time,
     )
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
