@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from src import tune
 from src.config import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
 from src.train import FitResult, NonFiniteLossError
+from src.tune import search
 
 PARAMS = PROJECT_ROOT / "params.yaml"
 
@@ -31,7 +32,7 @@ PARAMS = PROJECT_ROOT / "params.yaml"
 def _figures_only_where_checked(request, monkeypatch):
     """Drawing Optuna's figures takes seconds; only the end-to-end test checks them."""
     if "three_trial" not in request.node.name:
-        monkeypatch.setattr(tune, "write_figures", lambda study, out_dir: {})
+        monkeypatch.setattr(search, "write_figures", lambda study, out_dir: {})
 
 
 def _search(*args: str) -> None:
@@ -170,7 +171,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     assert (report / "optimization_history.png").is_file()
 
     # the same command with a larger budget adds trials to the study
-    monkeypatch.setattr(tune, "write_figures", lambda study, out_dir: {})  # checked above
+    monkeypatch.setattr(search, "write_figures", lambda study, out_dir: {})  # checked above
     _search("--study-name", "e2e", "--n-trials", "5")
     again = _study("e2e").get_trials()
     assert len(again) == 5 and all(t.state.is_finished() for t in again)
@@ -200,7 +201,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
 
 def test_pruning_and_a_crash_are_recorded_and_the_search_goes_on(tune_project, monkeypatch):
     outcomes = {1: 0.2, 2: NonFiniteLossError("[trial-002] non-finite training loss at step 3")}
-    monkeypatch.setattr(tune, "fit", _contrived_fit(lambda n: outcomes.get(n, 0.8 + n / 100)))
+    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: outcomes.get(n, 0.8 + n / 100)))
     pruner = "tune.pruner.args={n_startup_trials: 1, n_warmup_steps: 1}"
     _search("--study-name", "contrived", "--n-trials", "4", "-S", pruner)
     trials = _study("contrived").get_trials()
@@ -216,7 +217,7 @@ def test_pruning_and_a_crash_are_recorded_and_the_search_goes_on(tune_project, m
 
 
 def test_a_dead_workers_trial_is_failed_and_rerun(tune_project, monkeypatch):
-    monkeypatch.setattr(tune, "fit", _contrived_fit(lambda n: 0.5))
+    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: 0.5))
     _search("--study-name", "dead", "--n-trials", "1")
     study = _study("dead")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -252,7 +253,7 @@ def test_two_processes_share_one_study(tune_project, monkeypatch):
         other.wait(timeout=300)
         return 0.5
 
-    monkeypatch.setattr(tune, "fit", _contrived_fit(accuracy))
+    monkeypatch.setattr(search, "fit", _contrived_fit(accuracy))
     try:
         _search("--study-name", "pair", "--n-trials", "4")
     finally:
@@ -285,7 +286,7 @@ def test_an_unreachable_storage_fails_fast_without_leaking_the_password(tune_pro
 def test_a_postgresql_storage(tune_project, monkeypatch):
     """`postgresql://` (SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is installed)."""
     url = os.environ["CIFAR_MLOPS_PG_URL"]
-    monkeypatch.setattr(tune, "fit", _contrived_fit(lambda n: 0.5 + n / 100))
+    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: 0.5 + n / 100))
     name = f"pg-{uuid.uuid4().hex[:8]}"
     try:
         _search("--storage", url, "--study-name", name, "--n-trials", "2")
