@@ -56,6 +56,7 @@ from src.config import (
     ConfigError,
     Params,
     build,
+    check_device,
     config_hash,
     flatten,
     load_params,
@@ -1170,6 +1171,7 @@ def main(argv: list[str] | None = None) -> None:
             if code:
                 sys.exit(code)
             return
+        check_device(getattr(params, tcfg.base).train, f"{tcfg.base}.train")  # exit 2
         run_search(
             params,
             tcfg,
