@@ -22,8 +22,10 @@ def main() -> None:
     paths = params.common.paths
     out_dir, reports = resolve_path(paths.data), resolve_path(paths.reports) / STAGE
     logged = {"common": params.common, "data": params.data}
+    # Before the tracking run: a bad source, a too-small split or a folder the stage
+    # may not replace stops it (exit 1 or 2) with no run started.
+    manifest = prepare_dataset(params.data, out_dir, resolve_path(paths.raw))
     with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
-        manifest = prepare_dataset(params.data, out_dir, resolve_path(paths.raw))
         dataset = load_dataset(out_dir)
         tracking.write_figure(
             sample_grid(dataset.train.images, dataset.train.labels), reports / "samples.png", run

@@ -7,7 +7,9 @@ python -m pipelines.report --allow-missing   render what exists; missing stages 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from src import report, tracking
 from src.cli import EXIT_FAILED, guarded
@@ -15,6 +17,16 @@ from src.config import load_params, project_root, resolve_path
 from src.data import atomic_write_bytes
 
 STAGE = "report"
+
+
+def linked_figures(report_md: Path) -> set[str]:
+    """Names of the figures the report at `report_md` links (none if it does not exist)."""
+    try:
+        text = report_md.read_text()
+    except OSError:
+        return set()
+    pattern = rf"\]\({re.escape(report.FIGURE_DIR)}/([\w.-]+\.png)\)"
+    return set(re.findall(pattern, text))
 
 
 @guarded
@@ -42,15 +54,15 @@ def main(argv: list[str] | None = None) -> None:
 
     out = resolve_path(params.common.paths.reports) / report.REPORT_FILE
     figure_dir = out.parent / report.FIGURE_DIR
+    previous = linked_figures(out)  # only figures an earlier render wrote are ever removed
     logged = {"common": params.common}
     with tracking.stage_run(
         STAGE, logged, experiment=params.common.experiment, tags=rendered.tags
     ) as run:
         for name, figure in rendered.figures.items():
             tracking.write_figure(figure, figure_dir / name, run, f"{report.FIGURE_DIR}/{name}")
-        for stale in figure_dir.glob("*.png"):  # from an earlier render with other stages
-            if stale.name not in rendered.figures:
-                stale.unlink()
+        for stale in previous - set(rendered.figures):
+            (figure_dir / stale).unlink(missing_ok=True)
         atomic_write_bytes(out, rendered.markdown.encode())
         run.log_artifact(out)
     print(f"[{STAGE}] wrote {out} and {len(rendered.figures)} figures in {figure_dir}")

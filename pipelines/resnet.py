@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from src.cli import guarded
-from src.config import load_params
+from src.config import check_device, load_params
 from src.models import build_resnet, count_parameters
 from src.resnet import describe_weights, prepare_resnet_training
 from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params()
     section = params.resnet
+    check_device(section.train, f"{STAGE}.train")  # exit 2 before any work
     device = prepare_device(section.train)
     torch.manual_seed(params.common.seed)
     model = build_resnet(section).to(device)  # WeightsError here, before any data is read

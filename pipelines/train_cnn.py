@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from src.cli import guarded
-from src.config import load_params
+from src.config import check_device, load_params
 from src.models import build_cnn, count_parameters
 from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params()
     section = getattr(params, args.stage)
+    check_device(section.train, f"{args.stage}.train")  # exit 2 before any work
     device = prepare_device(section.train)
     dataset, data = load_data(params, device)
     torch.manual_seed(params.common.seed)

@@ -7,6 +7,8 @@ transfer-learning network.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -110,7 +112,9 @@ def _load_imagenet_state() -> dict:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return ResNet18_Weights[IMAGENET_WEIGHTS].get_state_dict(progress=True, check_hash=True)
+        return ResNet18_Weights[IMAGENET_WEIGHTS].get_state_dict(
+            progress=True, check_hash=True, weights_only=True
+        )
     except Exception as exc:  # urllib errors, timeouts, hash mismatch, ...
         raise WeightsError(
             f"could not fetch the ImageNet ResNet18 weights ({type(exc).__name__}: {exc}).\n"
@@ -125,9 +129,17 @@ def _load_imagenet_state() -> dict:
 
 
 def _load_state_file(path: Path) -> dict:
+    """A state dict from `path`, read weights-only: a file that names any other class or
+    function (arbitrary unpickling, which could run code) is refused."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        refused = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and refused:
+            raise WeightsError(
+                f"{path}: refused: reading it needs arbitrary unpickling, which could run "
+                f"code; only plain state dicts of tensors are read ({refused.group(1).strip()})"
+            ) from exc
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a model file of this project (src.stage.save_model_file)

@@ -583,8 +583,9 @@ def _summary_section(inputs: ReportInputs, runs: dict, figures: dict) -> list[st
 
 
 def task1_section(baseline_config: dict, config_source: str) -> list[str]:
-    """Task 1a-1f; 1f counts the network `baseline_config` (a resolved `baseline`
-    section) describes, `config_source` saying where that config comes from."""
+    """Task 1a-1g, numbered as the course numbers them; 1g counts the network
+    `baseline_config` (a resolved `baseline` section) describes, `config_source` saying
+    where that config comes from."""
     from scipy import ndimage
 
     result = theory.convolve2d_same(theory.TASK1_IMAGE, theory.SOBEL_X)
@@ -617,17 +618,25 @@ def task1_section(baseline_config: dict, config_source: str) -> list[str]:
         'Checked against `scipy.ndimage.convolve(image, kernel, mode="constant", cval=0)`: '
         + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/theory.py`)."),
         "",
-        "### Task 1b–1e: output sizes",
+    ]
+    answers = theory.task1_answers()
+    layer = answers.pop("1b")
+    lines += [
+        "### Task 1b: the layer that reduces sensitivity to translation",
+        "",
+        f"**{layer['answer'].capitalize()}.** {layer['working']}",
+        "",
+        "### Task 1c–1f: padding, kernel and output sizes",
         "",
         "W_out = (W − K + 2P) / S + 1, for width and height alike.",
         "",
     ]
-    answers = pd.DataFrame(theory.task1_answers().values())
-    answers.columns = ["Task", "Question", "Formula", "Answer"]
-    answers["Formula"] = [f"`{f}`" for f in answers["Formula"]]
-    lines += [markdown_table(answers, right=["Answer"]), ""]
+    sizes = pd.DataFrame(answers.values())[["task", "question", "working", "answer"]]
+    sizes.columns = ["Task", "Question", "Formula", "Answer"]
+    sizes["Formula"] = [f"`{f}`" for f in sizes["Formula"]]
+    lines += [markdown_table(sizes, right=["Answer"]), ""]
 
-    lines += ["### Task 1f: parameters of the baseline network", ""]
+    lines += ["### Task 1g: parameters of the baseline network", ""]
     model, _ = build_stage_model("baseline", baseline_config)
     table = pd.DataFrame(theory.layer_parameter_table(model))
     total = int(table["total"].sum())

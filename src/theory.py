@@ -1,8 +1,12 @@
 """Task 1 (theory) of TDT4265 assignment 3, computed rather than typed in.
 
+Numbered as the course's report numbers it:
+
 * Task 1a: a 2-D convolution of a small image with the Sobel-x kernel.
-* Task 1b-e: output sizes of convolution and pooling layers.
-* Parameter counts per layer of any ``torch.nn.Module``.
+* Task 1b: the layer that reduces sensitivity to translation (max pooling), and why.
+* Task 1c-1f: padding, kernel and output sizes of convolution and pooling layers.
+* Task 1g: parameter counts per layer of any ``torch.nn.Module`` (the report counts the
+  baseline network: 390,410).
 
 Only numpy is imported at module level; torch is needed only by the caller of
 :func:`layer_parameter_table`, which receives an already built model.
@@ -36,7 +40,15 @@ SOBEL_X: np.ndarray = np.array(
 )
 
 TASK1_IMAGE_SIZE = 512
-TASK1_FEATURE_SIZE = 508  # 1c: first-layer feature maps are 508x508
+TASK1_FEATURE_SIZE = 508  # 1d: first-layer feature maps are 508x508
+
+TASK1B_LAYER = "max pooling"
+TASK1B_REASON = (
+    "It keeps the largest activation of each window, so a feature that moves by a pixel "
+    "or two inside the window gives the same output, and stacked pooling layers widen that "
+    "tolerance. Convolution alone is translation-equivariant, not invariant: its feature "
+    "maps move with the input."
+)
 
 
 def convolve2d_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -114,10 +126,10 @@ def same_padding(kernel: int, stride: int = 1) -> int:
 
 
 def task1_answers() -> dict[str, dict[str, Any]]:
-    """Answers to Task 1b-e keyed by task id ("1b" .. "1e"), in order.
+    """Answers to Task 1b-1f keyed by task id ("1b" .. "1f"), in the course's order.
 
-    Each value is a table row with keys "task", "question", "formula" and "answer", so
-    ``list(task1_answers().values())`` renders directly as a table.
+    Each value has keys "task", "question", "answer" and "working": the reason for 1b
+    (a word answer), the formula with the numbers for 1c-1f (integer answers).
     """
     padding = same_padding(7, stride=1)
     kernel = kernel_size_for(TASK1_IMAGE_SIZE, TASK1_FEATURE_SIZE)
@@ -127,32 +139,38 @@ def task1_answers() -> dict[str, dict[str, Any]]:
     rows = [
         {
             "task": "1b",
-            "question": "Padding for a 7x7 kernel (stride 1) that keeps width and height",
-            "formula": "P = (K - 1) / 2 = (7 - 1) / 2",
-            "answer": padding,
+            "question": "Which layer reduces the network's sensitivity to translation?",
+            "answer": TASK1B_LAYER,
+            "working": TASK1B_REASON,
         },
         {
             "task": "1c",
+            "question": "Padding for a 7x7 kernel (stride 1) that keeps width and height",
+            "answer": padding,
+            "working": "P = (K - 1) / 2 = (7 - 1) / 2",
+        },
+        {
+            "task": "1d",
             "question": (
                 f"Kernel size giving {after_conv5}x{after_conv5} feature maps from "
                 f"{TASK1_IMAGE_SIZE}x{TASK1_IMAGE_SIZE} input (stride 1, no padding)"
             ),
-            "formula": (
+            "answer": kernel,
+            "working": (
                 f"K = W + 2P - (W_out - 1) S = {TASK1_IMAGE_SIZE} + 0 - ({after_conv5} - 1) * 1"
             ),
-            "answer": kernel,
-        },
-        {
-            "task": "1d",
-            "question": "Output size after 2x2 max pooling with stride 2",
-            "formula": f"W_out = (W - K) / S + 1 = ({after_conv5} - 2) / 2 + 1",
-            "answer": after_pool,
         },
         {
             "task": "1e",
+            "question": "Output size after 2x2 max pooling with stride 2",
+            "answer": after_pool,
+            "working": f"W_out = (W - K) / S + 1 = ({after_conv5} - 2) / 2 + 1",
+        },
+        {
+            "task": "1f",
             "question": "Output size after a 3x3 convolution (stride 1, no padding)",
-            "formula": f"W_out = (W - K + 2P) / S + 1 = ({after_pool} - 3 + 0) / 1 + 1",
             "answer": after_conv3,
+            "working": f"W_out = (W - K + 2P) / S + 1 = ({after_pool} - 3 + 0) / 1 + 1",
         },
     ]
     return {row["task"]: row for row in rows}

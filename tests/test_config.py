@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from src.config import PROJECT_ROOT, ConfigError, flatten, load_params, load_raw, to_dict
+from src.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    check_required,
+    flatten,
+    load_params,
+    load_raw,
+    required_keys,
+    to_dict,
+)
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def test_params_yaml_loads_and_matches_the_course_recipe():
@@ -101,3 +117,170 @@ def _env(root):
     import os
 
     return {**os.environ, "DVC_ROOT": str(root)}
+
+
+# --------------------------------------------------------------------------- required keys
+
+
+def _keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        if isinstance(value, dict) and key.split(".")[0] in DATACLASS_SECTIONS:
+            keys += _keys(value, key)
+    return keys
+
+
+DATACLASS_SECTIONS = ("common", "data", "baseline", "improved", "resnet")
+PARAMS_RAW = load_raw(PROJECT_ROOT / "params.yaml")
+
+
+def test_every_key_in_params_yaml_is_required():
+    raw = load_raw(PROJECT_ROOT / "params.yaml")
+    assert set(_keys(raw)) == set(required_keys())
+
+
+@pytest.mark.parametrize("key", required_keys())
+def test_a_missing_key_is_an_error_naming_it(key):
+    raw = copy.deepcopy(PARAMS_RAW)
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    del node[last]
+    with pytest.raises(ConfigError, match="missing from params.yaml") as info:
+        check_required(raw)  # what load_params runs first (test_a_missing_key_stops_...)
+    assert info.value.key == key
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _run(root, *module):
+    return subprocess.run(
+        [sys.executable, "-m", *module],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(root),
+        timeout=120,
+    )
+
+
+def _tree(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def _assert_config_error(proc, root, *expected):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: params: "), proc.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (root / "mlruns").exists()  # no work started: not even a tracking run
+
+
+def _drop(root, key):
+    path = root / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    del node[last]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (".", "is the project root"),
+        ("", "must not be empty"),
+        ("..", "is a parent of the project root"),
+        ("../victim", "outside the project"),
+        ("VICTIM", "outside the project"),  # an absolute folder elsewhere
+        ("link/cifar10", "outside the project"),  # a symlink out of the project
+        (".git/cifar10", "is inside .git"),
+    ],
+)
+def test_a_data_path_outside_the_project_deletes_nothing(project, value, expected):
+    from tests.conftest import update_params
+
+    victim = project.parent / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    (project / ".git").mkdir()
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / "link").symlink_to(victim)
+    value = str(victim) if value == "VICTIM" else value
+    update_params(project, **{"common.paths.data": value})
+    before = _tree(project)
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, "'common.paths.data'", expected)
+    assert _tree(project) == before
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("common.paths.reports", "..", ["'common.paths.reports'", "parent of the project root"]),
+        ("common.paths.raw", "data/cifar10/raw", ["'common.paths.data'", "overlaps"]),
+        ("data.source", "data/cifar10/c.tar.gz", ["'data.source'", "lies inside"]),
+        ("common.experiment", "  ", ["'common.experiment'", "must not be empty"]),
+        ("data.split_seed", -1, ["'data.split_seed'", "must be >= 0"]),
+    ],
+)
+def test_bad_values_stop_the_download_stage_before_reading(project, key, value, expected):
+    from tests.conftest import update_params
+
+    if key == "data.source":
+        value = str(project / value)
+    else:  # a source that does not exist: reading it would fail differently (exit 1)
+        update_params(project, **{"data.source": str(project / "no-such-archive.tar.gz")})
+    update_params(project, **{key: value})
+    _assert_config_error(_run(project, "pipelines.download"), project, *expected)
+    assert not (project / "data").exists()
+
+
+def test_a_tab_in_params_yaml_names_line_and_column(project):
+    path = project / "params.yaml"
+    lines = path.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith("seed:"))
+    lines[index] = "\t" + lines[index].lstrip()
+    path.write_text("\n".join(lines) + "\n")
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, f"params.yaml:{index + 1}:1:", "not tabs")
+
+
+def test_a_missing_key_stops_the_download_stage(project):
+    _drop(project, "improved.model.filters")
+    _assert_config_error(
+        _run(project, "pipelines.download"), project, "'improved.model.filters'", "missing"
+    )
+
+
+def test_a_class_left_without_validation_images_names_val_fraction(project):
+    from tests.conftest import update_params
+
+    update_params(project, **{"data.val_fraction": 0.01})  # 20 images a class: 0 for val
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, "'data.val_fraction'", "leaves 0 for validation")
+    assert not (project / "data" / "cifar10").exists()
+
+
+def test_a_missing_section_stops_training(project):
+    _drop(project, "baseline")
+    proc = _run(project, "pipelines.train_cnn", "baseline")
+    _assert_config_error(proc, project, "'baseline': missing from params.yaml")
+
+
+@pytest.mark.skipif(torch_has_cuda(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_config_error(project):
+    from tests.conftest import update_params
+
+    update_params(project, **{"baseline.train.device": "cuda"})
+    proc = _run(project, "pipelines.train_cnn", "baseline")
+    _assert_config_error(proc, project, "'baseline.train.device'", "no CUDA device")

@@ -5,14 +5,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from src.config import DataConfig
-from src.data import DataError, file_digest, load_dataset, prepare_dataset
+from src.config import ConfigError, DataConfig
+from src.data import (
+    PRODUCER,
+    BatchUnpickler,
+    DataError,
+    file_digest,
+    load_dataset,
+    prepare_dataset,
+)
 from tests.conftest import (
     N_TEST_PER_CLASS,
     N_TRAIN_PER_CLASS,
@@ -198,3 +212,190 @@ def test_tampered_prepared_file_is_detected(tmp_path, official_archive):
     np.savez(out / "val.npz", images=np.zeros((1, 32, 32, 3), np.uint8), labels=np.zeros(1))
     with pytest.raises(DataError, match="sha256"):
         load_dataset(out, verify=True)
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _official_cfg(archive: Path) -> DataConfig:
+    return _cfg(source=str(archive), md5=file_digest(archive, "md5"))
+
+
+def test_only_a_prepared_folder_of_this_project_is_replaced(tmp_path, official_archive):
+    out = tmp_path / "out"
+    cfg = _official_cfg(official_archive)
+    assert prepare_dataset(cfg, out, tmp_path)["producer"] == PRODUCER
+    first = load_dataset(out).manifest
+    prepare_dataset(dataclasses.replace(cfg, split_seed=5), out, tmp_path)  # ours: replaced
+    assert load_dataset(out).manifest["split"]["seed"] == 5 != first["split"]["seed"]
+
+    # a user's folder: refused before the source is even read (it does not exist here)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    missing = _cfg(source=str(tmp_path / "no-such-source"))
+    with pytest.raises(DataError, match="not a prepared data folder of this project") as info:
+        prepare_dataset(missing, mine, tmp_path)
+    assert "thesis.tex" in str(info.value) and "touched nothing" in str(info.value)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+    # a manifest.json that is not ours, or only prepared-looking files, is not enough
+    (mine / "thesis.tex").unlink()
+    (mine / "manifest.json").write_text('{"name": "someone else"}')
+    with pytest.raises(DataError, match="was not written by this project"):
+        prepare_dataset(cfg, mine, tmp_path)
+    assert (mine / "manifest.json").exists()
+    (mine / "manifest.json").unlink()
+    (mine / "train.npz").write_bytes(b"mine")
+    with pytest.raises(DataError, match="no readable manifest.json"):
+        prepare_dataset(cfg, mine, tmp_path)
+    assert (mine / "train.npz").read_bytes() == b"mine"
+
+
+def test_a_prepared_folder_from_before_the_marker_is_still_replaced(tmp_path, official_archive):
+    out = tmp_path / "out"
+    cfg = _official_cfg(official_archive)
+    prepare_dataset(cfg, out, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["producer"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    prepare_dataset(cfg, out, tmp_path)
+    assert load_dataset(out, verify=True).manifest["producer"] == PRODUCER
+
+
+def test_a_killed_runs_temp_folders_are_removed_by_the_next_run(tmp_path, official_archive):
+    out = tmp_path / "data" / "cifar10"
+    cfg = _official_cfg(official_archive)
+    prepare_dataset(cfg, out, tmp_path)
+    parent = out.parent
+    # what SIGKILL leaves at each point of a run: mid-write, mid-swap, and the old naming
+    stale = [parent / ".cifar10.tmp-k1ll3d_a", parent / ".cifar10.old-k1ll3d_b"]
+    stale.append(parent / ".cifar10.abcd1234")
+    for folder in stale:
+        shutil.copytree(out, folder)
+    (stale[0] / "val.npz").unlink()  # killed halfway through writing
+    (stale[0] / ".manifest.json.x1y2.tmp").write_text("{")
+    # look-alikes that are not its own: other names, or holding other files
+    keep = [parent / ".cifar10.backup", parent / ".other.tmp-abcd1234", parent / "cifar10-old"]
+    for folder in keep:
+        shutil.copytree(out, folder)
+    foreign = parent / ".cifar10.tmp-zzzz9999"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    keep.append(foreign)
+
+    prepare_dataset(cfg, out, tmp_path)
+    assert not [folder for folder in stale if folder.exists()]
+    assert all(folder.exists() for folder in keep)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".cifar10.")) == [
+        ".cifar10.backup",
+        ".cifar10.tmp-zzzz9999",
+    ]
+
+
+def _crafted_pickle(marker: Path) -> bytes:
+    """A pickle that, unpickled with plain `pickle`, creates `marker`."""
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    return pickle.dumps({b"data": Payload(), b"labels": [0]})
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def test_a_crafted_official_archive_cannot_run_code(tmp_path, official_archive):
+    marker = tmp_path / "pwned"
+    payload = _crafted_pickle(marker)
+    pickle.loads(payload)  # the payload is live: plain unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+
+    with tarfile.open(official_archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    members["cifar-10-batches-py/data_batch_1"] = payload
+    crafted = _write_tar(tmp_path / "crafted.tar.gz", members)
+
+    # data.md5 set to the crafted file's md5 (the trust anchor misconfigured): refused
+    with pytest.raises(DataError, match="refused to unpickle builtins.exec") as info:
+        prepare_dataset(_official_cfg(crafted), tmp_path / "out", tmp_path)
+    assert "data_batch_1" in str(info.value) and str(crafted) in str(info.value)
+    # the official md5 (any other file): rejected before anything is unpickled
+    with pytest.raises(DataError, match="md5 mismatch.*Nothing was unpickled"):
+        prepare_dataset(_cfg(source=str(crafted)), tmp_path / "out", tmp_path)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_batch_unpickler_reads_numpy_arrays_of_any_protocol():
+    data = np.arange(24, dtype=np.uint8).reshape(2, 12)
+    for protocol in (2, 4, 5):
+        blob = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=protocol)
+        batch = BatchUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        np.testing.assert_array_equal(batch[b"data"], data)
+        assert batch[b"labels"] == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize("member", ["imgs/../../train/cat/x.png", "/abs/train/cat/x.png"])
+def test_archive_members_outside_the_tree_are_refused(tmp_path, tiny_cifar, kind, member):
+    folder = write_image_folder(tmp_path / "imgs", tiny_cifar)
+    archive = archive_folder(folder, tmp_path / f"imgs.{kind}")
+    png = (folder / "train" / "cat").iterdir().__next__().read_bytes()
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "a") as zf:
+            zf.writestr(zipfile.ZipInfo(member), png)
+    else:
+        info = tarfile.TarInfo(member)
+        info.size = len(png)
+        with tarfile.open(archive, "a") as tar:
+            tar.addfile(info, io.BytesIO(png))
+    with pytest.raises(DataError, match="has an absolute path or '..'; refused") as info:
+        prepare_dataset(_cfg(source=str(archive)), tmp_path / "out", tmp_path)
+    assert repr(member) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_folder_is_named_not_reported_empty(tmp_path, tiny_cifar, monkeypatch):
+    folder = write_image_folder(tmp_path / "imgs", tiny_cifar)
+    locked = folder / "train" / "cat"
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # what chmod 000 does for a user other than root
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=f"cannot read folder {locked}: permission denied"):
+        prepare_dataset(_cfg(source=str(folder)), tmp_path / "out", tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 folder")
+def test_a_chmod_000_folder_is_named(tmp_path, tiny_cifar):
+    folder = write_image_folder(tmp_path / "imgs", tiny_cifar)
+    locked = folder / "train" / "cat"
+    locked.chmod(0)
+    try:
+        with pytest.raises(DataError, match="permission denied"):
+            prepare_dataset(_cfg(source=str(folder)), tmp_path / "out", tmp_path)
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_a_split_that_empties_a_class_names_val_fraction(tmp_path, official_archive, fraction):
+    cfg = dataclasses.replace(_official_cfg(official_archive), val_fraction=fraction)
+    with pytest.raises(ConfigError, match="at least one") as info:
+        prepare_dataset(cfg, tmp_path / "out", tmp_path)
+    assert info.value.key == "data.val_fraction"
+    assert f"of the {N_TRAIN_PER_CLASS} training images of class 'airplane'" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -20,8 +20,9 @@ HEADINGS = [
     "## Summary",
     "## Task 1: theory",
     "### Task 1a: convolution with the Sobel-x kernel",
-    "### Task 1b–1e: output sizes",
-    "### Task 1f: parameters of the baseline network",
+    "### Task 1b: the layer that reduces sensitivity to translation",
+    "### Task 1c–1f: padding, kernel and output sizes",
+    "### Task 1g: parameters of the baseline network",
     "## Task 2: baseline CNN",
     "## Task 3: improved CNN",
     "### Task 3d: before and after",
@@ -58,14 +59,17 @@ def test_task1_renders_the_theory_values():
     for row in ([-11, 2, 4, -1, 7], [-24, 8, 12, -5, 12], [-19, 10, 4, -3, 15]):
         assert "  ".join(f"{v:4d}" for v in row) in result
     assert "**identical**" in result
-    answers = _table(_section(text, "### Task 1b–1e: output sizes"))
+    layer = _section(text, "### Task 1b: the layer that reduces sensitivity to translation")
+    assert layer.strip().startswith("**Max pooling.**") and "window" in layer
+    answers = _table(_section(text, "### Task 1c–1f: padding, kernel and output sizes"))
     assert [(r["Task"], r["Answer"]) for r in answers] == [
-        ("1b", "3"),
-        ("1c", "5"),
-        ("1d", "254"),
-        ("1e", "252"),
+        ("1c", "3"),
+        ("1d", "5"),
+        ("1e", "254"),
+        ("1f", "252"),
     ]
-    params = _table(_section(text, "### Task 1f: parameters of the baseline network"))
+    assert "`P = (K - 1) / 2 = (7 - 1) / 2`" in answers[0]["Formula"]
+    params = _table(_section(text, "### Task 1g: parameters of the baseline network"))
     assert [r["Parameters"] for r in params] == [
         "2,432",
         "51,264",
@@ -107,6 +111,19 @@ def test_missing_outputs_name_what_to_run(project, capsys, monkeypatch):
     assert "No training stage has run yet." in text
     assert "on params.yaml's `baseline` network (the stage has not run)" in text
     assert not list((project / "reports/report").glob("*.png"))
+
+
+def test_a_rerender_removes_only_figures_the_last_report_linked(project, monkeypatch):
+    from pipelines import report as stage
+
+    monkeypatch.setenv("CIFAR_MLOPS_TRACKING", "off")
+    figures = project / "reports" / "report"
+    figures.mkdir(parents=True)
+    for name in ("old_stage.png", "mine.png"):
+        (figures / name).write_bytes(b"png")
+    (project / "reports" / "report.md").write_text("![old](report/old_stage.png)\n")
+    stage.main(["--allow-missing"])  # renders no figures: nothing has run
+    assert sorted(p.name for p in figures.iterdir()) == ["mine.png"]
 
 
 def test_report_stage_end_to_end(prepared):
@@ -173,7 +190,7 @@ def test_report_stage_end_to_end(prepared):
         assert f"MLflow run `{metrics[name]['mlflow_run_id']}`" in text
     assert text.count("MLflow and model file agree") == len(stages)
 
-    # task 1f counts the network the baseline stage trained (the fixture's narrow one)
+    # task 1g counts the network the baseline stage trained (the fixture's narrow one)
     tiny = build_cnn(load_params(prepared / "params.yaml").baseline.model)
     total = sum(p.numel() for p in tiny.parameters())
     assert f"Total **{total:,}** parameters; course report: 390,410 (**different**" in text

@@ -143,6 +143,32 @@ def test_bad_weight_files_are_named(tmp_path):
         build_resnet(_cfg(weights=str(tmp_path / "r34.pth")))
 
 
+class _Payload:
+    """Unpickled by plain torch.load (weights_only=False), it creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("where", ["path", "imagenet cache"])
+def test_a_weights_file_that_needs_unpickling_is_refused(tmp_path, torch_home, where):
+    marker = tmp_path / "pwned"
+    state = {**_fake_imagenet_state(), "extra": _Payload(marker)}
+    path = tmp_path / "r18.pth" if where == "path" else imagenet_weights_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    weights = str(path) if where == "path" else "imagenet"
+    with pytest.raises(WeightsError, match="refused: reading it needs arbitrary unpickling") as e:
+        build_resnet(_cfg(weights=weights))
+    assert str(path) in str(e.value) and "exec" in str(e.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: full unpickling runs it
+    assert marker.exists()
+
+
 # --------------------------------------------------------------------------- split
 
 

@@ -88,10 +88,10 @@ def test_convolution_rejects_bad_input() -> None:
 @pytest.mark.parametrize(
     ("size", "kernel", "padding", "stride", "expected"),
     [
-        (512, 7, 3, 1, 512),  # 1b: "same" padding for a 7x7 kernel
-        (512, 5, 0, 1, 508),  # 1c
-        (508, 2, 0, 2, 254),  # 1d: 2x2 pooling, stride 2
-        (254, 3, 0, 1, 252),  # 1e
+        (512, 7, 3, 1, 512),  # 1c: "same" padding for a 7x7 kernel
+        (512, 5, 0, 1, 508),  # 1d
+        (508, 2, 0, 2, 254),  # 1e: 2x2 pooling, stride 2
+        (254, 3, 0, 1, 252),  # 1f
         (32, 5, 2, 1, 32),
         (32, 2, 0, 2, 16),
         (1, 1, 0, 1, 1),
@@ -118,7 +118,7 @@ def test_conv_output_size_invalid(size: int, kernel: int, padding: int, stride: 
 
 
 def test_kernel_size_for_inverts_the_output_size() -> None:
-    assert kernel_size_for(512, 508) == 5  # 1c
+    assert kernel_size_for(512, 508) == 5  # 1d
     for size, kernel, padding, stride in [(32, 5, 2, 1), (33, 3, 0, 2), (512, 7, 3, 1)]:
         out = conv_output_size(size, kernel, padding=padding, stride=stride)
         assert kernel_size_for(size, out, padding=padding, stride=stride) == kernel
@@ -140,15 +140,32 @@ def test_same_padding() -> None:
         same_padding(3, stride=2)
 
 
-def test_task1_answers() -> None:
+def test_task1_answers_follow_the_course_numbering() -> None:
+    # 1a is the convolution above; 1b names a layer; 1c-1f are sizes; 1g counts parameters
     answers = task1_answers()
-    assert list(answers) == ["1b", "1c", "1d", "1e"]
-    assert [row["answer"] for row in answers.values()] == [3, 5, 254, 252]  # 1c: a 5x5 kernel
+    assert list(answers) == ["1b", "1c", "1d", "1e", "1f"]
+    assert [row["answer"] for row in answers.values()] == ["max pooling", 3, 5, 254, 252]
     for task, row in answers.items():
-        assert set(row) == {"task", "question", "formula", "answer"}
+        assert set(row) == {"task", "question", "answer", "working"}
         assert row["task"] == task
-        assert isinstance(row["answer"], int)
-        assert row["question"] and row["formula"]
+        assert row["question"] and row["working"]
+    assert all(isinstance(answers[t]["answer"], int) for t in ("1c", "1d", "1e", "1f"))
+    assert "translation" in answers["1b"]["question"]
+    assert "window" in answers["1b"]["working"]  # the reason, not only the name
+    assert "(7 - 1) / 2" in answers["1c"]["working"]
+    assert "512" in answers["1d"]["question"] and "508" in answers["1d"]["question"]
+    assert "2x2 max pooling" in answers["1e"]["question"]
+    assert "3x3 convolution" in answers["1f"]["question"]
+
+
+def test_task1g_counts_the_course_baseline() -> None:
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    layers = [nn.Conv2d(3, 32, 5, padding=2), nn.Conv2d(32, 64, 5, padding=2)]
+    layers += [nn.Conv2d(64, 128, 5, padding=2), nn.Linear(128 * 4 * 4, 64), nn.Linear(64, 10)]
+    rows = layer_parameter_table(nn.Sequential(*layers))
+    assert [r["total"] for r in rows] == [2432, 51264, 204928, 131136, 650]
+    assert sum(r["total"] for r in rows) == 390_410
 
 
 def test_layer_parameter_table() -> None:

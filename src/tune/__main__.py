@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from src.cli import EXIT_FAILED, guarded
-from src.config import ConfigError, load_params
+from src.config import ConfigError, check_device, load_params
 from src.tune.apply import apply_best
 from src.tune.search import run_search
 from src.tune.space import load_tune_config
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             if code:
                 sys.exit(code)
             return
+        check_device(getattr(params, tcfg.base).train, f"{tcfg.base}.train")  # exit 2
         run_search(
             params,
             tcfg,
