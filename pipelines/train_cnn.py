@@ -14,6 +14,7 @@ from src.cli import guarded
 from src.config import load_params
 from src.models import build_cnn, count_parameters
 from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+from src.train import check_train_size
 
 STAGES = ("baseline", "improved")
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     section = getattr(params, args.stage)
     device = prepare_device(section.train)
     dataset, data = load_data(params, device)
+    check_train_size(len(dataset.train), section.train, f"{args.stage}.train")
     torch.manual_seed(params.common.seed)
     model = build_cnn(section.model).to(device)
     if device.type == "cuda":

@@ -6,6 +6,11 @@ directory, .tar, .tar.gz, .tgz or .zip) becomes the same prepared directory:
     train.npz, val.npz, test.npz   images uint8 (N, 32, 32, 3), labels int64 (N,)
     manifest.json                  source, split, counts per class, sha256 of each file
 
+Every split is stored in one seeded shuffled order (`data.split_seed`), whatever the
+order of the source: the images are first put in a canonical order (by label, then
+by a digest of their pixels), so the official archive and an image folder of the
+same images give the same arrays, and any "first N images" cut sees every class.
+
 Writes are atomic (a temporary sibling, then rename), so a failure never leaves
 something that looks complete. Only numpy and pillow are imported here.
 """
@@ -318,8 +323,25 @@ def read_source(cfg: DataConfig, raw_dir: Path) -> tuple[Split, Split, dict]:
 # --------------------------------------------------------------------------- preparing
 
 
+def canonical_order(split: Split) -> Split:
+    """The same images in an order that does not depend on the source's: by label,
+    then by a digest of the pixels (identical images are interchangeable)."""
+    digests = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "big")
+            for img in split.images
+        ),
+        dtype=np.uint64,
+        count=len(split),
+    )
+    order = np.lexsort((digests, split.labels))
+    return Split(split.images[order], split.labels[order])
+
+
 def split_train_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Stratified split: the same share of every class goes to validation."""
+    """Stratified split: the same share of every class goes to validation. Both parts
+    come back shuffled (seeded); the result depends on the order of `train`, so pass
+    it in `canonical_order`."""
     rng = np.random.default_rng(seed)
     val_idx = []
     for label in np.unique(train.labels):
@@ -328,8 +350,23 @@ def split_train_val(train: Split, val_fraction: float, seed: int) -> tuple[Split
         val_idx.append(rng.choice(idx, size=n_val, replace=False))
     val_mask = np.zeros(len(train), dtype=bool)
     val_mask[np.concatenate(val_idx)] = True
-    pick = lambda mask: Split(train.images[mask], train.labels[mask])  # noqa: E731
-    return pick(~val_mask), pick(val_mask)
+    keep = np.flatnonzero(~val_mask)
+    val = np.flatnonzero(val_mask)
+    return _take(train, rng.permutation(keep)), _take(train, rng.permutation(val))
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
+
+
+def make_splits(train_full: Split, test: Split, val_fraction: float, seed: int) -> dict[str, Split]:
+    """train, val and test as stored: the same for every source of the same images,
+    each in a seeded shuffled order (no class-sorted runs)."""
+    train, val = split_train_val(canonical_order(train_full), val_fraction, seed)
+    test = canonical_order(test)
+    # its own stream (seed, 1): adding a test image does not reshuffle train and val
+    test = _take(test, np.random.default_rng([seed, 1]).permutation(len(test)))
+    return {"train": train, "val": val, "test": test}
 
 
 def class_counts(split: Split) -> dict[str, int]:
@@ -346,8 +383,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, raw_dir: Path) -> dict:
     for split_name, split in (("train", train_full), ("test", test)):
         if split.images.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{split_name}: images must be {IMAGE_SHAPE}, got {split.images.shape}")
-    train, val = split_train_val(train_full, cfg.val_fraction, cfg.split_seed)
-    splits = {"train": train, "val": val, "test": test}
+    splits = make_splits(train_full, test, cfg.val_fraction, cfg.split_seed)
 
     out_dir = Path(out_dir)
     if out_dir.exists():
