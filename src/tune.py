@@ -29,10 +29,8 @@ import contextlib
 import fcntl
 import hashlib
 import inspect
-import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -67,6 +65,7 @@ from src.data import atomic_write_bytes, load_dataset
 from src.models import build_cnn
 from src.stage import input_pipeline, prepare_device
 from src.train import NonFiniteLossError, Progress, TensorSplits, fit
+from src.workers import worker_alive, worker_id
 
 # Knobs that set one field of the base stage's config (its dotted path there).
 FIELD_KNOBS = {
@@ -453,43 +452,6 @@ def _pg_lock(engine: Any, study_name: str) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             conn.commit()
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or None without that process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
-
-
-def worker_id() -> str:
-    """host:pid:start-time; the start time tells a reused pid from the original."""
-    pid = os.getpid()
-    fields = _proc_stat(pid)
-    return f"{socket.gethostname()}:{pid}:{fields[19] if fields else ''}"
-
-
-def worker_alive(worker: str) -> bool | None:
-    """Whether the worker process runs; None when it ran on another host."""
-    try:
-        host, pid_text, start = worker.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    if not Path("/proc").is_dir():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X") and fields[19] == start
 
 
 @contextlib.contextmanager
