@@ -16,6 +16,7 @@ from src.config import check_device, load_params
 from src.models import build_resnet, count_parameters
 from src.resnet import describe_weights, prepare_resnet_training
 from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+from src.train import check_train_size
 
 STAGE = "resnet"
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     dataset, data = load_data(params, device)
+    check_train_size(len(dataset.train), section.train, f"{STAGE}.train")  # before caching
     pipeline = input_pipeline(section.train, device, section.image_size)
     example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
     training = prepare_resnet_training(model, section, data, pipeline, params.common.seed)

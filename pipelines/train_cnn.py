@@ -14,6 +14,7 @@ from src.cli import guarded
 from src.config import check_device, load_params
 from src.models import build_cnn, count_parameters
 from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+from src.train import check_train_size
 
 STAGES = ("baseline", "improved")
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     check_device(section.train, f"{args.stage}.train")  # exit 2 before any work
     device = prepare_device(section.train)
     dataset, data = load_data(params, device)
+    check_train_size(len(dataset.train), section.train, f"{args.stage}.train")
     torch.manual_seed(params.common.seed)
     model = build_cnn(section.model).to(device)
     if device.type == "cuda":

@@ -6,6 +6,11 @@ directory, .tar, .tar.gz, .tgz or .zip) becomes the same prepared directory:
     train.npz, val.npz, test.npz   images uint8 (N, 32, 32, 3), labels int64 (N,)
     manifest.json                  source, split, counts per class, sha256 of each file
 
+Every split is stored in one seeded shuffled order (`data.split_seed`), whatever the
+order of the source: the images are first put in a canonical order (by label, then
+by a digest of their pixels), so the official archive and an image folder of the
+same images give the same arrays, and any "first N images" cut sees every class.
+
 Writes are atomic (a temporary sibling, then rename), so a failure never leaves
 something that looks complete; a run killed mid-write leaves a temporary sibling that the
 next run removes. A prepared directory is replaced only when it is recognisably one
@@ -393,18 +398,55 @@ def read_source(cfg: DataConfig, raw_dir: Path) -> tuple[Split, Split, dict]:
 # --------------------------------------------------------------------------- preparing
 
 
+def canonical_order(split: Split) -> Split:
+    """The same images in an order that does not depend on the source's: by label,
+    then by a digest of the pixels (identical images are interchangeable)."""
+    digests = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "big")
+            for img in split.images
+        ),
+        dtype=np.uint64,
+        count=len(split),
+    )
+    order = np.lexsort((digests, split.labels))
+    return Split(split.images[order], split.labels[order])
+
+
+def validation_count(n: int, val_fraction: float) -> int:
+    """How many of a class's `n` training images go to validation."""
+    return int(round(n * val_fraction))
+
+
 def split_train_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Stratified split: the same share of every class goes to validation."""
+    """Stratified split: the same share of every class goes to validation. Both parts
+    come back shuffled (seeded); the result depends on the order of `train`, so pass
+    it in `canonical_order`."""
     rng = np.random.default_rng(seed)
     val_idx = []
     for label in np.unique(train.labels):
         idx = np.flatnonzero(train.labels == label)
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = validation_count(len(idx), val_fraction)
         val_idx.append(rng.choice(idx, size=n_val, replace=False))
     val_mask = np.zeros(len(train), dtype=bool)
     val_mask[np.concatenate(val_idx)] = True
-    pick = lambda mask: Split(train.images[mask], train.labels[mask])  # noqa: E731
-    return pick(~val_mask), pick(val_mask)
+    keep = np.flatnonzero(~val_mask)
+    val = np.flatnonzero(val_mask)
+    return _take(train, rng.permutation(keep)), _take(train, rng.permutation(val))
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
+
+
+def make_splits(train_full: Split, test: Split, val_fraction: float, seed: int) -> dict[str, Split]:
+    """train, val and test as stored: the same for every source of the same images,
+    each in a seeded shuffled order (no class-sorted runs)."""
+    train, val = split_train_val(canonical_order(train_full), val_fraction, seed)
+    test = canonical_order(test)
+    # its own stream (seed, 1): adding a test image does not reshuffle train and val
+    test = _take(test, np.random.default_rng([seed, 1]).permutation(len(test)))
+    return {"train": train, "val": val, "test": test}
 
 
 def class_counts(split: Split) -> dict[str, int]:
@@ -416,7 +458,7 @@ def check_val_split(train: Split, cfg: DataConfig) -> None:
     """ConfigError (data.val_fraction) when some class would get no validation or no
     training image; the same per-class rounding as :func:`split_train_val`."""
     for label, n in enumerate(np.bincount(train.labels, minlength=len(CIFAR10_CLASSES))):
-        n_val = int(round(n * cfg.val_fraction))
+        n_val = validation_count(n, cfg.val_fraction)
         if n and (n_val == 0 or n_val == n):
             raise ConfigError(
                 "data.val_fraction",
@@ -523,8 +565,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, raw_dir: Path) -> dict:
                     f"{split_name}: images must be {IMAGE_SHAPE}, got {split.images.shape}"
                 )
         check_val_split(train_full, cfg)
-        train, val = split_train_val(train_full, cfg.val_fraction, cfg.split_seed)
-        splits = {"train": train, "val": val, "test": test}
+        splits = make_splits(train_full, test, cfg.val_fraction, cfg.split_seed)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
         try:
             files = {}

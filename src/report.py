@@ -132,7 +132,46 @@ def _read_model_file(path: Path) -> dict:
         raise ReportInputError(f"{path}: corrupt or not a model file ({exc})") from exc
     if not isinstance(payload, dict) or "config" not in payload:
         raise ReportInputError(f"{path}: no resolved 'config' in this model file")
-    return {"config": payload["config"], "metrics": payload.get("metrics") or {}}
+    links = ("stage", "mlflow_run_id", "history_sha256")
+    return {
+        "config": payload["config"],
+        "metrics": payload.get("metrics") or {},
+        **{k: payload[k] for k in links if k in payload},
+    }
+
+
+def check_outputs_belong_together(
+    stage: str, files: dict[str, Path], metrics: dict, model: dict, root: Path
+) -> None:
+    """ReportInputError when the stage's model file, metrics.json and history.csv come
+    from different runs (a kill while the stage wrote them). The model file carries
+    its stage, the final figures and MLflow run id written to metrics.json, and the
+    sha256 of history.csv; files of older versions lack the last two, so only what
+    is there is compared."""
+    problems = []
+    if model.get("stage", stage) != stage:
+        problems.append(f"the model file is of stage {model['stage']!r}")
+    if "mlflow_run_id" in model and model["mlflow_run_id"] != metrics.get("mlflow_run_id"):
+        problems.append(
+            f"MLflow run {model['mlflow_run_id']} in the model file, "
+            f"{metrics.get('mlflow_run_id')} in metrics.json"
+        )
+    for key in (k for pair in SPLIT_METRICS.values() for k in pair):
+        mine, theirs = metrics.get(key), model["metrics"].get(key)
+        if mine is None or theirs is None or not math.isclose(mine, theirs, rel_tol=1e-9):
+            problems.append(f"{key} {theirs} in the model file, {mine} in metrics.json")
+    if model.get("history_sha256"):
+        import hashlib
+
+        digest = hashlib.sha256(files["history"].read_bytes()).hexdigest()
+        if digest != model["history_sha256"]:
+            problems.append("history.csv is not the one the model file was written with")
+    if problems:
+        names = ", ".join(_relative(p, root) for p in files.values())
+        raise ReportInputError(
+            f"{stage}: {names} do not belong to one run ({'; '.join(problems)}); the stage "
+            f"was stopped while writing them. Rerun `dvc repro {stage}`."
+        )
 
 
 def stage_files(root: Path, params: Params, stage: str) -> dict[str, Path]:
@@ -179,13 +218,15 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
             continue
         files = stage_files(root, params, info.name)
         model = _read_model_file(files["model"])
+        metrics = _read_json(files["metrics"])
         try:
             history = pd.read_csv(files["history"])
         except (OSError, ValueError) as exc:
             raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
+        check_outputs_belong_together(info.name, files, metrics, model, root)
         stages[info.name] = StageOutputs(
             stage=info.name,
-            metrics=_read_json(files["metrics"]),
+            metrics=metrics,
             history=history,
             config=model["config"],
             model_metrics=model["metrics"],

@@ -1,16 +1,22 @@
 """What every training stage does around `fit`: data onto the device, tracking,
 checkpoint/resume, and the outputs DVC tracks.
 
-Outputs of stage <name> (paths from params.yaml `common.paths`):
-    models/<name>.pt                 weights + resolved config + final metrics
-    reports/<name>/metrics.json      final figures, timings, MLflow run id (DVC metrics)
+Outputs of stage <name> (paths from params.yaml `common.paths`), in the order
+they are written:
     reports/<name>/history.csv       one row per validation (DVC plots)
     reports/<name>/learning_curves.png, confusion_matrix.png
+    models/<name>.pt                 weights + resolved config + final metrics + MLflow
+                                     run id + sha256 of history.csv
+    reports/<name>/metrics.json      final figures, timings, MLflow run id (DVC metrics)
+A kill between two writes leaves files of two runs side by side; the links (run id
+and final figures shared with metrics.json, the history digest) let the report
+refuse such a mix (`src.report.load_inputs`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -76,7 +82,17 @@ def history_csv(history: list[dict]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def save_model_file(path: Path, model: nn.Module, stage: str, config: Any, final: dict) -> None:
+def save_model_file(
+    path: Path,
+    model: nn.Module,
+    stage: str,
+    config: Any,
+    final: dict,
+    run_id: str | None = None,
+    history_sha256: str | None = None,
+) -> None:
+    """Weights with what ties them to the stage's other outputs: the resolved config,
+    the final figures and MLflow run id (as in metrics.json) and history.csv's sha256."""
     buffer = io.BytesIO()
     torch.save(
         {
@@ -85,6 +101,8 @@ def save_model_file(path: Path, model: nn.Module, stage: str, config: Any, final
             "config": to_dict(config),
             "config_hash": config_hash(config),
             "metrics": final,
+            "mlflow_run_id": run_id,
+            "history_sha256": history_sha256,
         },
         buffer,
     )
@@ -176,6 +194,7 @@ def run_training_stage(
             config_key=key,
             progress=progress,
             name=stage,
+            params_key=f"{stage}.train",
         )
         tic = time.perf_counter()
         metrics = {**stage_metrics(result, run.run_id), **(extra_metrics or {})}
@@ -222,9 +241,9 @@ def write_outputs(
     dataset: Dataset,
     run,
 ) -> None:
+    """Everything but metrics.json (written last, by the caller), model file last."""
     from src import plots
 
-    save_model_file(paths.model, model, stage, section, result.final)
     history = history_csv(result.history)
     atomic_write_bytes(paths.reports / "history.csv", history)
     curves = plots.learning_curves(result.history, stage)
@@ -235,6 +254,15 @@ def write_outputs(
         matrix, f"{stage}: test accuracy {result.final['test_accuracy']:.3f}"
     )
     tracking.write_figure(confusion, paths.reports / "confusion_matrix.png", run)
+    save_model_file(
+        paths.model,
+        model,
+        stage,
+        section,
+        result.final,
+        run_id=run.run_id,
+        history_sha256=hashlib.sha256(history).hexdigest(),
+    )
     run.log_text(history.decode(), "history.csv")
     run.log_dict(to_dict(section), "config.json")
     run.log_dict(metrics, "metrics.json")

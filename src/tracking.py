@@ -6,6 +6,12 @@ Default store: ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
 ``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
 ``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
 training and benchmarks run on machines that have only torch.
+
+Every run is tagged, from its creation, with the process that runs it (`worker`:
+host, pid, start time) and the project root. A killed process cannot end its run,
+so each stage's next start closes, KILLED, the RUNNING runs of that stage from this
+project root whose process is gone from this host (any store: SQLite, a tracking
+server, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import config_hash, flatten, project_root
+from src.workers import worker_alive, worker_id
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
@@ -94,6 +101,46 @@ def provenance_tags(stage: str, params: Any) -> dict[str, str]:
     except ImportError:
         pass
     return tags
+
+
+def identity_tags(stage: str) -> dict[str, str]:
+    """What `close_dead_runs` matches on: the stage, the process running it and the
+    project root (a DVC experiment in a temporary copy has its own)."""
+    return {"stage": stage, "worker": worker_id(), "project_root": str(project_root())}
+
+
+def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> list[str]:
+    """End KILLED the RUNNING runs of `stage` from this project root whose process is
+    gone from this host; their ids. `keep` (a run about to be resumed) is left alone,
+    and so are runs from other hosts, other roots or without a `worker` tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    root = str(project_root())
+    query = "attributes.status = 'RUNNING'"
+    if "'" not in stage:  # otherwise filtered below only
+        query += f" AND tags.stage = '{stage}'"
+    closed, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=500, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if (
+                run.info.run_id == keep
+                or tags.get("stage") != stage
+                or tags.get("project_root") != root
+                or worker_alive(tags.get("worker", "")) is not False
+            ):
+                continue
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+            print(
+                f"[{stage}] MLflow run {run.info.run_id} was left RUNNING by a process that "
+                f"is gone ({tags['worker']}); marked KILLED"
+            )
+        token = page.token
+        if not token:
+            return closed
 
 
 def set_experiment(name: str) -> str:
@@ -290,7 +337,8 @@ def stage_run(
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM and FAILED on
     any other exception; the exception propagates. Resolved params are logged
     flattened, and provenance tags (git commit, dirty tree, DVC stage and
-    experiment, params hash) are set.
+    experiment, params hash) are set. A top-level run first closes the runs its
+    dead predecessors left RUNNING (`close_dead_runs`).
     """
     if not tracking_enabled():
         with _sigterm_as_interrupt():
@@ -298,10 +346,18 @@ def stage_run(
         return
     import mlflow
 
-    set_experiment(experiment)
+    experiment_id = set_experiment(experiment)
+    if not nested:
+        close_dead_runs(stage, experiment_id, keep=run_id)
     all_tags = {**provenance_tags(stage, params), **(tags or {})}
     with _sigterm_as_interrupt():
-        active = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested)
+        # identity tags at creation: a kill right after start_run leaves a closable run
+        active = mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else stage,
+            nested=nested,
+            tags=identity_tags(stage),
+        )
         run = Run(active.info.run_id)
         status = "FAILED"
         try:

@@ -6,9 +6,16 @@ last `early_stop_count` validation losses is the lowest; the best checkpoint is
 restored and evaluated in eval mode; losses and accuracies are per-image means;
 augmentation touches the training split only.
 
+An epoch is `n_train // batch_size` full batches: the last partial batch is
+dropped, as the course's loader does (one plain-SGD step on a handful of images
+throws the model off); evaluation sees every image.
+
 The loop checkpoints at every validation and resumes from a checkpoint written
 with the same config, so a killed stage carries on where it stopped and (on CPU)
-ends with the same numbers as an uninterrupted run.
+ends with the same numbers as an uninterrupted run. The checkpoint carries the
+early-stopping decision too: a run killed during its final evaluation does not
+train on when resumed. Checkpoints hold only tensors and plain containers and are
+read with `weights_only=True`; a file that needs unpickling is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import contextlib
 import io
 import math
 import os
+import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,17 +34,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config import TrainConfig
+from src.config import ConfigError, TrainConfig
+from src.models import WeightsError
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: full batches only, early-stop decision, weights_only
 
 Pipeline = Callable[..., torch.Tensor]  # (x, train, generator) -> model input
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and last checkpoint."""
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint holds objects that only unpickling could rebuild: refused, since a
+    crafted pickle runs code. (A WeightsError, so the stages report it in one line.)"""
 
 
 @dataclass
@@ -78,6 +93,31 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
+
+
+def train_size(n_available: int, cfg: TrainConfig) -> int:
+    """Training images per epoch: all, or `subset` of them (the dry run's few batches)."""
+    subset = DRY_RUN_TRAIN_BATCHES * cfg.batch_size if cfg.dry_run else cfg.subset
+    return min(subset, n_available) if subset else n_available
+
+
+def check_train_size(n_available: int, cfg: TrainConfig, params_key: str = "train") -> None:
+    """ConfigError naming `<params_key>.subset` or `.batch_size` when the training set
+    is smaller than one batch: an epoch drops the last partial batch, so nothing
+    would train."""
+    n = train_size(n_available, cfg)
+    if n >= cfg.batch_size:
+        return
+    if cfg.subset and not cfg.dry_run and cfg.subset < n_available:
+        raise ConfigError(
+            f"{params_key}.subset",
+            f"{cfg.subset} training images are fewer than one batch "
+            f"({params_key}.batch_size = {cfg.batch_size}); an epoch uses full batches only",
+        )
+    raise ConfigError(
+        f"{params_key}.batch_size",
+        f"{cfg.batch_size} is more than the {n} training images; an epoch uses full batches only",
+    )
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -189,13 +229,28 @@ def _atomic_torch_save(obj: object, path: Path) -> None:
 
 
 def load_checkpoint(path: Path | None, config_key: str) -> dict | None:
-    """The checkpoint at `path` if it was written for the same config, else None."""
+    """The checkpoint at `path` if it was written for the same config, else None.
+
+    Read with `weights_only=True`: a file that needs unpickling raises
+    CheckpointError naming it (nothing in it runs); a torn one is ignored, loudly.
+    """
     if path is None or not Path(path).is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asks for
+        found = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
+        why = found.group(1).strip() if found else "weights_only refused it"
+        raise CheckpointError(
+            f"{path}: refused, it holds objects only unpickling could rebuild ({why}); "
+            "a checkpoint of this project holds tensors and plain containers. Delete the "
+            "file to start the stage over."
+        ) from None
     except Exception as exc:  # a torn or foreign file: start over, loudly
         print(f"[train] ignoring unreadable checkpoint {path}: {exc}")
+        return None
+    if not isinstance(ckpt, dict):
+        print(f"[train] ignoring checkpoint {path}: not a checkpoint of this project")
         return None
     if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("config_key") != config_key:
         print(f"[train] ignoring checkpoint {path}: written for another config")
@@ -261,6 +316,7 @@ def fit(
     config_key: str = "",
     progress: bool = True,
     name: str = "train",
+    params_key: str = "train",
 ) -> FitResult:
     """Train `model` on `data` (already on its device) and evaluate the best checkpoint.
 
@@ -269,6 +325,7 @@ def fit(
     Optuna pruner does) to stop training. `checkpoint_extra` is stored in each
     checkpoint (a tracking run id, say) and handed back in `checkpoint_extra` of
     the resumed state through `FitResult`-independent `load_checkpoint`.
+    `params_key` is where `cfg` sits in params.yaml (`baseline.train`), for errors.
     """
     device = data.train_x.device
     generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation
@@ -277,16 +334,16 @@ def fit(
     train_x, train_y = data.train_x, data.train_y
     val_x, val_y = data.val_x, data.val_y
     test_x, test_y = data.test_x, data.test_y
-    subset = DRY_RUN_TRAIN_BATCHES * cfg.batch_size if cfg.dry_run else cfg.subset
-    if subset and subset < len(train_y):
-        keep = torch.randperm(len(train_y), generator=generator)[:subset].to(device)
+    check_train_size(len(train_y), cfg, params_key)
+    n_train = train_size(len(train_y), cfg)
+    if n_train < len(train_y):
+        keep = torch.randperm(len(train_y), generator=generator)[:n_train].to(device)
         train_x, train_y = train_x[keep], train_y[keep]
     if cfg.dry_run:
         val_x, val_y = val_x[:DRY_RUN_EVAL_IMAGES], val_y[:DRY_RUN_EVAL_IMAGES]
         test_x, test_y = test_x[:DRY_RUN_EVAL_IMAGES], test_y[:DRY_RUN_EVAL_IMAGES]
     epochs = 1 if cfg.dry_run else cfg.epochs
-    n_train = len(train_y)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = n_train // cfg.batch_size  # full batches: the remainder is dropped
     val_every = max(1, steps_per_epoch // cfg.validations_per_epoch)
 
     optimizer = build_optimizer(model.parameters(), cfg)
@@ -299,6 +356,7 @@ def fit(
     perm = None
     train_time = eval_time = 0.0
     images_done = 0
+    early_stop_step = None
     ckpt = load_checkpoint(checkpoint_path, config_key)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -312,6 +370,7 @@ def fit(
         perm = ckpt["perm"].to(device) if ckpt["perm"] is not None else None
         train_time, eval_time = ckpt["train_time_s"], ckpt["eval_time_s"]
         images_done = ckpt["images_done"]
+        early_stop_step = ckpt["early_stop_step"]  # decided: only the final figures remain
         print(f"[{name}] resuming from checkpoint at step {global_step} ({checkpoint_path})")
     resumed_from = global_step
 
@@ -336,13 +395,13 @@ def fit(
                 "train_time_s": train_time,
                 "eval_time_s": eval_time,
                 "images_done": images_done,
+                "early_stop_step": early_stop_step,
                 "extra": checkpoint_extra or {},
             },
             Path(checkpoint_path),
         )
 
-    early_stop_step = None
-    stop = False
+    stop = early_stop_step is not None
     # Running sums since the last validation; an epoch-end remainder carries over,
     # as in the course code (validation is every `val_every` global steps).
     step_losses: list[torch.Tensor] = []
@@ -351,6 +410,8 @@ def fit(
     set_train_mode(model)
     tic = time.perf_counter()
     for epoch in range(start_epoch, epochs):
+        if stop:  # resumed after the early stop was decided: only the final figures remain
+            break
         if perm is None or start_batch == 0:
             perm = torch.randperm(n_train, generator=generator).to(device)
         bar = Progress(steps_per_epoch, f"{name} epoch {epoch}", progress, leave=False)

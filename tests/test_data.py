@@ -118,17 +118,47 @@ def test_local_official_archive(tmp_path, official_archive, tiny_cifar):
     _check_prepared(tmp_path / "out", tiny_cifar)
 
 
+def _pairs(images: np.ndarray, labels: np.ndarray) -> list[tuple[bytes, int]]:
+    return sorted((img.tobytes(), int(label)) for img, label in zip(images, labels))
+
+
 @pytest.mark.parametrize("kind", ["dir", "tar", "tar.gz", "zip"])
-def test_image_folder_sources_give_the_same_arrays(tmp_path, tiny_cifar, kind):
+def test_image_folder_sources_give_the_same_arrays(tmp_path, tiny_cifar, official_archive, kind):
     folder = write_image_folder(tmp_path / "imgs", tiny_cifar, ext="png")
     source = folder if kind == "dir" else archive_folder(folder, tmp_path / f"imgs.{kind}")
     prepare_dataset(_cfg(source=str(source)), tmp_path / "out", tmp_path / "raw")
     manifest = _check_prepared(tmp_path / "out", tiny_cifar)
     assert manifest["source"]["kind"] == "image-folder"
-    # PNG is lossless: every source holds exactly the original test images
+    # PNG is lossless: every source holds exactly the original test images, each
+    # with its own label
     ds = load_dataset(tmp_path / "out")
-    np.testing.assert_array_equal(ds.test.images, tiny_cifar["test"][0])
-    np.testing.assert_array_equal(ds.test.labels, tiny_cifar["test"][1])
+    assert _pairs(ds.test.images, ds.test.labels) == _pairs(*tiny_cifar["test"])
+    # ... in the very order the official archive of the same images gives (its
+    # batches are mixed, the folder is class-sorted): the same prepared arrays
+    md5 = file_digest(official_archive, "md5")
+    prepare_dataset(_cfg(source=str(official_archive), md5=md5), tmp_path / "ref", tmp_path)
+    ref = load_dataset(tmp_path / "ref")
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(ds, split).images, getattr(ref, split).images)
+        np.testing.assert_array_equal(getattr(ds, split).labels, getattr(ref, split).labels)
+    assert ds.manifest["sha256"] == ref.manifest["sha256"]
+
+
+def test_every_split_is_stored_shuffled(tmp_path, image_folder, tiny_cifar):
+    """An image folder is read class by class; the stored splits are not: the first
+    50 images of each see many classes, and no class runs in one block."""
+    prepare_dataset(_cfg(source=str(image_folder)), tmp_path / "out", tmp_path / "raw")
+    ds = load_dataset(tmp_path / "out")
+    for split in ("train", "val", "test"):
+        labels = getattr(ds, split).labels
+        assert len(np.unique(labels[:50])) >= 6, (split, labels[:50])
+        changes = int((np.diff(labels) != 0).sum())
+        assert changes > len(labels) // 2, (split, changes)  # sorted: 9 changes
+    # the order is the seed's: another split_seed, another order of the same test set
+    prepare_dataset(_cfg(source=str(image_folder), split_seed=1), tmp_path / "b", tmp_path)
+    other = load_dataset(tmp_path / "b")
+    assert not np.array_equal(other.test.labels, ds.test.labels)
+    assert _pairs(other.test.images, other.test.labels) == _pairs(ds.test.images, ds.test.labels)
 
 
 def test_split_is_deterministic_and_seeded(tmp_path, official_archive):

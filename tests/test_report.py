@@ -219,3 +219,58 @@ def test_report_stage_end_to_end(prepared):
     assert {"report.md", "report"} <= artifacts
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert logged == {f"report/{name}" for name in expected}
+
+
+def _interrupt_stage_at(monkeypatch, name: str, when) -> None:
+    """Run the baseline stage with `src.stage.<name>` interrupted when `when(args)`."""
+    from pipelines import train_cnn
+    from src import stage as stage_module
+
+    real = getattr(stage_module, name)
+
+    def interrupted(*args, **kwargs):
+        if when(args):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(stage_module, name, interrupted)
+        with pytest.raises(SystemExit) as info:
+            train_cnn.main(["baseline", "--no-progress"])
+    assert info.value.code == 130
+
+
+def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
+    from pipelines import report as report_stage
+    from pipelines import train_cnn
+
+    def load():
+        return report.load_inputs(
+            prepared, load_params(prepared / "params.yaml"), allow_missing=True
+        )
+
+    train_cnn.main(["baseline", "--no-progress"])
+    assert load().stages["baseline"] is not None  # one run's outputs: accepted
+
+    # killed after the new model file, before metrics.json: two runs side by side
+    update_params(prepared, **{"baseline.train.lr": 0.02})
+    _interrupt_stage_at(monkeypatch, "atomic_write_json", lambda a: a[0].name == "metrics.json")
+    with pytest.raises(report.ReportInputError) as info:
+        load()
+    message = str(info.value)
+    assert "models/baseline.pt" in message and "reports/baseline/metrics.json" in message
+    assert "Rerun `dvc repro baseline`" in message
+    assert "MLflow run" in message and "test_loss" in message
+    with pytest.raises(SystemExit) as exit_info:  # the stage: one clear line, exit 1
+        report_stage.main(["--allow-missing"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "dvc repro baseline" in err and "Traceback" not in err
+
+    # killed before the model file: a new history.csv beside the old model and metrics
+    train_cnn.main(["baseline", "--no-progress"])
+    load()
+    update_params(prepared, **{"baseline.train.lr": 0.03})
+    _interrupt_stage_at(monkeypatch, "save_model_file", lambda a: True)
+    with pytest.raises(report.ReportInputError, match="history.csv is not the one"):
+        load()

@@ -222,11 +222,11 @@ def test_cached_features_train_like_the_uncached_path(trainable, image_size):
             trainable=trainable,
             image_size=image_size,
             cache_features=cached,
-            train={"batch_size": 8, "epochs": 1},
+            train={"batch_size": 6, "epochs": 1},
         )
         torch.manual_seed(0)
         model = build_resnet(cfg)
-        data = _splits(n_train=2, n_eval=1)  # 20 training images: 3 steps, 3 validations
+        data = _splits(n_train=2, n_eval=1)  # 20 images: 3 full batches of 6, 3 validations
         training = prepare_resnet_training(model, cfg, data, _pipeline(cfg), seed=0)
         assert training.cached is cached
         result = fit(

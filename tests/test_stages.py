@@ -150,3 +150,40 @@ def test_dry_run_param_runs_the_real_path_quickly(prepared):
     metrics = json.loads((prepared / "reports/improved/metrics.json").read_text())
     assert metrics["steps"] == 4
     assert torch.load(prepared / "models/improved.pt", weights_only=True)["stage"] == "improved"
+
+
+def test_subset_smaller_than_a_batch_stops_before_training(prepared, capsys):
+    from pipelines import train_cnn
+
+    update_params(prepared, **{"baseline.train.subset": 8})  # the fixture's batch is 16
+    with pytest.raises(SystemExit) as info:
+        train_cnn.main(["baseline", "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'baseline.train.subset'" in err and "fewer than one batch" in err
+    assert "Traceback" not in err
+    assert not (prepared / "models/baseline.pt").exists()
+
+
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
+    from pipelines import train_cnn
+    from src.train import CHECKPOINT_VERSION
+
+    marker = prepared / "code-ran"
+    ckpt = prepared / "checkpoints/baseline.pt"
+    ckpt.parent.mkdir()
+    torch.save({"version": CHECKPOINT_VERSION, "pwn": _WritesMarker(marker)}, ckpt)
+    with pytest.raises(SystemExit) as info:
+        train_cnn.main(["baseline", "--no-progress"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "refused" in err and "Traceback" not in err
+    assert not marker.exists()

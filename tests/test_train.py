@@ -156,3 +156,123 @@ def test_train_config_rejects_nesterov_without_momentum():
 
     with pytest.raises(ConfigError, match="nesterov"):
         dataclasses.replace(_cfg(), nesterov=True)
+
+
+class _Recording(InputPipeline):
+    """The real input pipeline, recording the size of every batch it prepares."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg.mean, cfg.std, cfg.augment)
+        self.sizes: dict[bool, list[int]] = {True: [], False: []}
+
+    def __call__(self, x, train, generator=None):
+        self.sizes[train].append(len(x))
+        return super().__call__(x, train=train, generator=generator)
+
+
+def test_epochs_drop_the_last_partial_batch_and_evaluation_sees_every_image():
+    data = _splits()  # 240 training images: 7 full batches of 32, 16 images left over
+    cfg = _cfg(batch_size=32, epochs=3, early_stop_count=0, eval_batch_size=64)
+    torch.manual_seed(0)
+    pipeline = _Recording(cfg)
+    result = fit(build_cnn(TINY_MODEL), data, cfg, pipeline, seed=0, progress=False)
+    assert pipeline.sizes[True] == [32] * 7 * 3
+    assert result.steps == 21 and result.epochs_run == 3
+    assert [r["step"] for r in result.history] == [3, 6, 9, 12, 15, 18, 21]  # 7 // 2 = 3
+    # validations and the final figures: every image of val (40), train (240), test (40)
+    n_val = len(data.val_y)
+    evaluated = sum(pipeline.sizes[False])
+    assert evaluated == n_val * len(result.history) + len(data.train_y) + n_val + len(data.test_y)
+
+
+def test_course_schedule_at_batch_64():
+    """45,000 images at batch 64: 703 steps an epoch, a validation every 351."""
+    from src.train import train_size
+
+    cfg = _cfg(batch_size=64, validations_per_epoch=2)
+    steps = train_size(45_000, cfg) // cfg.batch_size
+    assert steps == 703 and steps // cfg.validations_per_epoch == 351
+
+
+def test_training_set_smaller_than_a_batch_is_a_config_error():
+    from src.config import ConfigError
+    from src.train import check_train_size
+
+    with pytest.raises(ConfigError, match=r"'baseline\.train\.subset'.*fewer than one batch"):
+        _fit(_cfg(subset=10, batch_size=16), params_key="baseline.train")
+    with pytest.raises(ConfigError, match=r"'train\.batch_size'.*more than the 240 training"):
+        _fit(_cfg(batch_size=256))
+    check_train_size(240, _cfg(subset=16, batch_size=16))  # one full batch is enough
+
+
+def test_resume_after_the_early_stop_does_not_train_on(tmp_path, monkeypatch):
+    """Killed during the final evaluation of a run that has decided to stop: the
+    resumed run only evaluates, and ends exactly as the uninterrupted one."""
+    import src.train as train_module
+
+    cfg = _cfg(optimizer="adam", lr=1e-2, epochs=20, early_stop_count=3)
+    data = _splits(shuffle_val_labels=True)
+    _, full = _fit(cfg, data)
+    assert full.early_stop_step is not None and full.steps < 20 * 15
+
+    real_evaluate = train_module.evaluate
+    n_train = len(data.train_y)
+
+    def killed_in_final_evaluation(model, x, y, *args, **kwargs):
+        if len(y) == n_train:  # only the final figures evaluate the training split
+            raise KeyboardInterrupt
+        return real_evaluate(model, x, y, *args, **kwargs)
+
+    ckpt = tmp_path / "ckpt.pt"
+    monkeypatch.setattr(train_module, "evaluate", killed_in_final_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(cfg, data, checkpoint_path=ckpt, config_key="k")
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    saved = train_module.load_checkpoint(ckpt, "k")
+    assert saved["early_stop_step"] == full.early_stop_step == saved["step"]
+
+    _, resumed = _fit(cfg, data, checkpoint_path=ckpt, config_key="k")
+    assert resumed.resumed_from_step == full.steps
+    assert resumed.final == full.final
+    assert (resumed.steps, resumed.best_step, resumed.early_stop_step) == (
+        full.steps,
+        full.best_step,
+        full.early_stop_step,
+    )
+    untimed = lambda h: [{k: v for k, v in r.items() if k != "images_per_s"} for r in h]  # noqa: E731
+    assert untimed(resumed.history) == untimed(full.history)
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it creates a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
+    from src.train import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+
+    marker = tmp_path / "code-ran"
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(
+        {"version": CHECKPOINT_VERSION, "config_key": "k", "extra": _WritesMarker(marker)}, ckpt
+    )
+    with pytest.raises(CheckpointError, match=str(ckpt)):
+        load_checkpoint(ckpt, "k")
+    with pytest.raises(CheckpointError, match="ckpt.pt"):
+        _fit(_cfg(epochs=1), checkpoint_path=ckpt, config_key="k")
+    assert not marker.exists(), "nothing in the file ran"
+    torch.load(ckpt, weights_only=False)  # the file is what it claims: unpickled, it runs
+    assert marker.exists()
+
+
+def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path):
+    cfg = _cfg(epochs=1, optimizer="sgd", momentum=0.9, scheduler="onecycle")
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(cfg, checkpoint_path=ckpt, config_key="k")
+    state = torch.load(ckpt, weights_only=True)  # raises on anything else
+    assert state["version"] >= 2 and state["history"]

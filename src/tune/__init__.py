@@ -48,7 +48,8 @@ from src.tune.space import (
     trial_section,
 )
 from src.tune.storage import StudyStorage, TuneError, open_storage
-from src.tune.trials import best_trial, trials_done, worker_alive, worker_id
+from src.tune.trials import best_trial, trials_done
+from src.workers import worker_alive, worker_id
 
 
 def main(argv: list[str] | None = None) -> None:

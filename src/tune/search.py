@@ -44,8 +44,8 @@ from src.tune.trials import (
     on_stale_heartbeat,
     retry,
     trials_done,
-    worker_id,
 )
+from src.workers import worker_id
 
 FIGURES = (
     "optimization_history",

@@ -5,58 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 import warnings
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from src import tracking
 from src.tune.storage import StudyStorage
+from src.workers import worker_alive
 
 MAX_RETRIES = 2  # reruns of a configuration whose worker stopped; then it stays failed
-
-
-# --------------------------------------------------------------------------- workers
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or None without that process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
-
-
-def worker_id() -> str:
-    """host:pid:start-time; the start time tells a reused pid from the original."""
-    pid = os.getpid()
-    fields = _proc_stat(pid)
-    return f"{socket.gethostname()}:{pid}:{fields[19] if fields else ''}"
-
-
-def worker_alive(worker: str) -> bool | None:
-    """Whether the worker process runs; None when it ran on another host."""
-    try:
-        host, pid_text, start = worker.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    if not Path("/proc").is_dir():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X") and fields[19] == start
 
 
 # --------------------------------------------------------------------------- failed trials
