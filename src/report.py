@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,18 @@ REFERENCE: dict[str, dict[str, float | int]] = {
 }
 
 REPORT_FILE = "report.md"  # under common.paths.reports
+HTML_FILE = "report.html"  # the same report, self-contained (src.report_html)
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
-TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml there; optional
+# Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
+TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
 TUNE_PARAMS = "best_params.yaml"
+DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
+# The course report's places for discussion: id -> heading.
+DISCUSSION = {
+    "3c": "what helped and what did not",
+    "3f": "overfitting",
+    "4a": "transfer learning",
+}
 
 # The final figures every training stage writes to metrics.json (best checkpoint, eval mode).
 SPLIT_METRICS = {
@@ -91,12 +101,15 @@ class ReportInputs:
     tune: list[dict]  # per study: {"file", "header", "best_params", "figures"}; [] if none
     baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
     tune_dir: str = f"reports/{TUNE_DIR}"  # where tuning results would be
+    discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
+    discussion_file: str = f"reports/{DISCUSSION_FILE}"
 
 
 @dataclass
 class Report:
     markdown: str
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib figure
+    copies: dict[str, Path] = field(default_factory=dict)  # file name -> image to copy there
     tags: dict[str, str] = field(default_factory=dict)  # for the report's MLflow run
 
 
@@ -203,7 +216,32 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         tune=load_tune(reports / TUNE_DIR, root),
         baseline_params=to_dict(params.baseline),
         tune_dir=_relative(reports / TUNE_DIR, root),
+        discussion=read_discussion(reports / DISCUSSION_FILE),
+        discussion_file=_relative(reports / DISCUSSION_FILE, root),
     )
+
+
+def read_discussion(path: Path) -> dict[str, str] | None:
+    """The student's text per place: what follows a `## <id>` heading (`## 3c: ...`) up to
+    the next `## ` heading; None when the file does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        heading = re.match(r"##\s+(\w+)\b", line)
+        if heading:
+            current = heading.group(1) if heading.group(1) in DISCUSSION else None
+            if current:
+                sections[current] = []
+            continue
+        if current:
+            sections[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
 
 
 def load_tune(tune_dir: Path, root: Path) -> list[dict]:
@@ -797,12 +835,33 @@ def _task3d_section(inputs: ReportInputs, figures: dict) -> list[str]:
     ]
 
 
-def _tune_section(inputs: ReportInputs) -> list[str]:
+def discussion_place(key: str, inputs: ReportInputs) -> list[str]:
+    """The marked place for the student's text `key` (3c, 3f, 4a), filled from
+    reports/discussion.md, so regenerating the report keeps it."""
+    where = f"`{inputs.discussion_file}`, under `## {key}`"
+    lines = [
+        f"### Task {key}: {DISCUSSION[key]} (discussion)",
+        "",
+        f"<!-- discussion {key} begins: the text comes from {inputs.discussion_file}; edit "
+        "it there, then `dvc repro report` -->",
+        "",
+    ]
+    text = (inputs.discussion or {}).get(key, "")
+    if text:
+        lines.append(text)
+    elif inputs.discussion is None:
+        lines.append(f"> *Not available: `{inputs.discussion_file}` does not exist.*")
+    else:
+        lines.append(f"> *Not written yet: write it in {where}; then run `dvc repro report`.*")
+    return [*lines, "", f"<!-- discussion {key} ends -->", ""]
+
+
+def _tune_section(inputs: ReportInputs, copies: dict[str, Path]) -> list[str]:
     lines = ["## Tuning study", ""]
     if not inputs.tune:
         return lines + [
-            f"No tuning results: no `{inputs.tune_dir}/<study>/{TUNE_PARAMS}` "
-            "(`python -m src.tune` writes it).",
+            f"No tuning study was run: `{inputs.tune_dir}/` holds no `<study>/{TUNE_PARAMS}` "
+            "(`python -m src.tune` writes one; commit it with git to show it here).",
             "",
         ]
     for study in inputs.tune:
@@ -815,13 +874,13 @@ def _tune_section(inputs: ReportInputs) -> list[str]:
             lines += [markdown_table(pd.DataFrame(rows)), ""]
         else:
             lines += ["The best trial's configuration is params.yaml's own.", ""]
-        if study["figures"]:
-            # relative to reports/: these links work in the repository, not in MLflow
-            links = [
-                f"[{Path(f).stem}]({Path(f).relative_to(Path(inputs.tune_dir).parent)})"
-                for f in study["figures"]
-            ]
-            lines += ["Study figures: " + ", ".join(links) + ".", ""]
+        study_name = Path(study["file"]).parent.name
+        for figure in study["figures"]:
+            # copied beside the report's own figures: a DVC output, so links resolve
+            # wherever the report does (a fresh clone after `dvc pull`)
+            name = f"tune-{study_name}-{Path(figure).name}"
+            copies[name] = Path(figure)
+            lines += [_figure(name, f"Study {study_name}: {Path(figure).stem}"), ""]
     return lines
 
 
@@ -835,8 +894,9 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
         "# CIFAR-10 with convolutional networks: TDT4265 assignment 3",
         "",
         "Generated by the `report` stage (`dvc repro report`; `src/report.py`) from the "
-        "outputs of the `download`, `baseline`, `improved` and `resnet` stages. "
-        "Do not edit: rerun the stage.",
+        "outputs of the `download`, `baseline`, `improved` and `resnet` stages, the tuning "
+        f"summaries in `{inputs.tune_dir}/` and the discussion in `{inputs.discussion_file}`. "
+        "Do not edit this file: write the discussion in that file and rerun the stage.",
         "",
     ]
     lines += _sources_section(inputs, runs)
@@ -847,11 +907,15 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
     else:
         source = "params.yaml's `baseline` network (the stage has not run)"
         lines += task1_section(inputs.baseline_params, source)
+    copies: dict[str, Path] = {}
     for info in STAGES:
         lines += _stage_section(info, inputs, runs, figures)
         if info.name == "improved":
             lines += _task3d_section(inputs, figures)
-    lines += _tune_section(inputs)
+            lines += discussion_place("3c", inputs) + discussion_place("3f", inputs)
+        if info.name == "resnet":
+            lines += discussion_place("4a", inputs)
+    lines += _tune_section(inputs, copies)
 
     tags = {}
     for info in STAGES:
@@ -869,4 +933,4 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
     if inputs.tune:
         tags["tune_results"] = ", ".join(study["file"] for study in inputs.tune)
     markdown = "\n".join(lines).rstrip() + "\n"
-    return Report(markdown=markdown, figures=figures, tags=tags)
+    return Report(markdown=markdown, figures=figures, copies=copies, tags=tags)

@@ -14,7 +14,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
-from src.config import Params, flatten, load_params, load_raw, resolve_path
+from src.config import Params, flatten, load_params, resolve_path, set_param_args
 from src.data import atomic_write_bytes
 from src.tune.space import NOT_DESIGN
 from src.tune.storage import TuneError, open_storage
@@ -30,26 +30,9 @@ def best_overrides(config: dict, base: str) -> dict[str, Any]:
     return {k: v for k, v in trial.items() if k not in skip and reference.get(k) != v}
 
 
-def _hydra(value: Any) -> str:
-    """A value in the override syntax of `dvc exp run -S` (Hydra's)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_hydra(v) for v in value) + "]"
-    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.-]*", value):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def dvc_command(study_name: str, overrides: dict[str, Any], base: str) -> list[str]:
     command = ["dvc", "exp", "run", "-n", f"tuned-{slug(study_name)}"]
-    if load_raw().get("profile", "full") != "full":
-        command += ["-S", "profile=full"]
-    for key, value in overrides.items():
-        command += ["-S", f"{key}={_hydra(value)}"]
-    return [*command, base]
+    return [*command, *set_param_args(overrides), base]
 
 
 def slug(name: str) -> str:
