@@ -608,20 +608,33 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def project_root() -> Path:
-    """`DVC_ROOT` when DVC runs the stage (experiments may run in a temp copy): where
-    params.yaml is read and outputs are written."""
-    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT)
+    """Where params.yaml is read and outputs are written: `DVC_ROOT` when DVC runs the
+    stage, the checkout this code is in otherwise. DVC runs `--temp` and queued
+    experiments in a temporary copy (<repo>/.dvc/tmp/exps/.../tmpXXXX) but sets `DVC_ROOT`
+    to the original repository there: the copy, where the stage runs, is the project."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if not dvc_root:
+        return PROJECT_ROOT
+    temp = Path(dvc_root).resolve().joinpath(*DVC_TEMP_EXPS)
+    cwd = Path.cwd().resolve()
+    if cwd.is_relative_to(temp):
+        for folder in (cwd, *cwd.parents):
+            if folder == temp:
+                break
+            if (folder / ".dvc").is_dir():
+                return folder
+    return Path(dvc_root)
 
 
-# Where DVC runs `--temp` and queued experiments: <repo>/.dvc/tmp/exps/<tmpXXXX>
+# Where DVC runs `--temp` and queued experiments: <repo>/.dvc/tmp/exps/standalone/tmpXXXX
 # (dvc/repo/experiments/executor/local.py: TempDirExecutor under repo.tmp_dir / "exps").
 DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
 
 
 def repo_root() -> Path:
     """The repository a stage belongs to: `project_root()`, except in DVC's temporary copy
-    for an experiment (<repo>/.dvc/tmp/exps/<tmp>/), which is thrown away afterwards; then
-    the repository that copy was made from. MLflow runs land in its store."""
+    for an experiment (<repo>/.dvc/tmp/exps/.../tmpXXXX), which is thrown away afterwards;
+    then the repository that copy was made from. MLflow runs land in its store."""
     root = project_root().resolve()
     parts = root.parts
     for i in range(len(parts) - len(DVC_TEMP_EXPS), 0, -1):
