@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             tracking.write_figure(figure, figure_dir / name, run, f"{report.FIGURE_DIR}/{name}")
         for name, source in rendered.copies.items():
             atomic_write_bytes(figure_dir / name, (project_root() / source).read_bytes())
+            run.log_artifact(figure_dir / name, report.FIGURE_DIR)
         written = set(rendered.figures) | set(rendered.copies)
         for stale in previous - written:
             (figure_dir / stale).unlink(missing_ok=True)

@@ -317,9 +317,13 @@ def test_report_stage_end_to_end(prepared):
     mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("cifar10")
-    (run,) = client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.run_name = 'report'"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.run_name = 'report'",
+        order_by=["attributes.start_time DESC"],
     )
+    assert len(runs) == 2  # rendered twice above
+    run = runs[0]
     assert run.info.status == "FINISHED"
     for name in stages:
         assert run.data.tags[f"source_run.{name}"] == metrics[name]["mlflow_run_id"]
