@@ -34,7 +34,6 @@ pre { padding: .8rem; overflow-x: auto; }
 pre code { padding: 0; }
 img { max-width: 100%; height: auto; }
 blockquote { margin: 1rem 0; padding: 0 1rem; color: #59636e; border-left: .25rem solid #d0d7de; }
-.student { border-left: .25rem solid #0969da; padding: .2rem 1rem; background: #f6f8fa; }
 """
 
 COMMENT = re.compile(r"^<!--.*?-->[ \t]*\n?", re.MULTILINE | re.DOTALL)
