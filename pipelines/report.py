@@ -1,4 +1,5 @@
-"""Stage `report`: reports/report.md and its figures from every stage's outputs.
+"""Stage `report`: reports/report.md, reports/report.html (the same, self-contained) and
+their figures, from every stage's outputs, the tuning summaries and the student's text.
 
 python -m pipelines.report                   (dvc repro report)
 python -m pipelines.report --allow-missing   render what exists; missing stages say so
@@ -11,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from src import report, tracking
+from src import report, report_html, tracking
 from src.cli import EXIT_FAILED, guarded
 from src.config import load_params, project_root, resolve_path
 from src.data import atomic_write_bytes
@@ -61,11 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     ) as run:
         for name, figure in rendered.figures.items():
             tracking.write_figure(figure, figure_dir / name, run, f"{report.FIGURE_DIR}/{name}")
-        for stale in previous - set(rendered.figures):
+        for name, source in rendered.copies.items():
+            atomic_write_bytes(figure_dir / name, (project_root() / source).read_bytes())
+            run.log_artifact(figure_dir / name, report.FIGURE_DIR)
+        written = set(rendered.figures) | set(rendered.copies)
+        for stale in previous - written:
             (figure_dir / stale).unlink(missing_ok=True)
         atomic_write_bytes(out, rendered.markdown.encode())
+        images = {f"{report.FIGURE_DIR}/{n}": (figure_dir / n).read_bytes() for n in written}
+        title = rendered.markdown.splitlines()[0].lstrip("# ")
+        page = report_html.render_html(rendered.markdown, images, title)
+        html_out = out.with_name(report.HTML_FILE)
+        atomic_write_bytes(html_out, page.encode())
         run.log_artifact(out)
-    print(f"[{STAGE}] wrote {out} and {len(rendered.figures)} figures in {figure_dir}")
+        run.log_artifact(html_out)
+    print(f"[{STAGE}] wrote {out}, {html_out.name} and {len(written)} figures in {figure_dir}")
 
 
 if __name__ == "__main__":

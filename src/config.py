@@ -257,9 +257,12 @@ class Params:
     # Sections owned by other modules, validated there (src.tune, src.report).
     tune: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
-    # Named sets of overrides (dotted key -> value); `profile` selects one.
-    profile: str = "full"
+    # Named sets of dotted overrides, read by no stage: `python -m src.quick` runs the
+    # pipeline with `profiles.quick` as `dvc exp run -S` params; `python -m src.tune
+    # --profile quick` applies it to its base config.
     profiles: dict = field(default_factory=dict)
+    # The profile `load_params(profile=...)` applied; never a params.yaml key.
+    profile: str = "full"
 
 
 # --------------------------------------------------------------------------- required keys
@@ -274,7 +277,6 @@ _TRAIN_OPTIONAL = (
     "step_gamma",
     "step_epochs",
     "label_smoothing",
-    "subset",
     "dry_run",
     "device",
     "num_threads",
@@ -282,6 +284,7 @@ _TRAIN_OPTIONAL = (
 OPTIONAL_KEYS = frozenset(
     {
         "report",  # src.report's own section
+        "profile",  # set by load_params(profile=...), refused in the file
         "baseline.model.image_size",
         "improved.model.image_size",
         *(f"{s}.train.{k}" for s in ("baseline", "improved", "resnet") for k in _TRAIN_OPTIONAL),
@@ -416,16 +419,23 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_profile(raw: dict) -> dict:
-    """Overlay the selected profile's dotted overrides onto the raw params."""
-    name = raw.get("profile", "full")
+def profile_overrides(raw: dict, name: str) -> dict[str, Any]:
+    """`profiles.<name>` of the raw params: dotted key -> value ({} for "full")."""
     profiles = raw.get("profiles") or {}
     if name == "full" and "full" not in profiles:
-        return raw
+        return {}
     if name not in profiles:
-        raise ConfigError("profile", f"unknown profile {name!r}; defined: {sorted(profiles)}")
+        raise ConfigError("profiles", f"unknown profile {name!r}; defined: {sorted(profiles)}")
+    overrides = profiles[name] or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"profiles.{name}", "expected a mapping of dotted keys to values")
+    return dict(overrides)
+
+
+def apply_profile(raw: dict, name: str) -> dict:
+    """A copy of the raw params with profile `name`'s dotted overrides put in."""
     merged = json.loads(json.dumps(raw))
-    for dotted, value in (profiles[name] or {}).items():
+    for dotted, value in profile_overrides(raw, name).items():
         _set_dotted(merged, dotted, value)
     return merged
 
@@ -452,18 +462,28 @@ def load_raw(path: str | Path | None = None) -> dict:
     return raw
 
 
-def load_params(path: str | Path | None = None, overrides: dict | None = None) -> Params:
-    """Load, profile-merge and validate params.yaml; `overrides` are dotted keys.
+def load_params(
+    path: str | Path | None = None, overrides: dict | None = None, profile: str = "full"
+) -> Params:
+    """Load and validate params.yaml, with profile `profile` (`profiles.<name>`) and then
+    `overrides` (dotted keys; a "profile" entry there selects the profile) put in.
 
     Every required key must be in the file (:data:`OPTIONAL_KEYS` lists the others), and
-    every path param must stay inside the project (:func:`check_paths`).
+    every path param must stay inside the project (:func:`check_paths`). No stage passes a
+    profile: what a stage trains with is what params.yaml (and so DVC) says.
     """
     raw = load_raw(path)
     check_required(raw)
+    if "profile" in raw:
+        raise ConfigError(
+            "profile",
+            "no longer selects a profile (stages read only their own keys, so DVC records "
+            "what ran); remove it. Quick run: `python -m src.quick`",
+        )
     overrides = dict(overrides or {})
-    if "profile" in overrides:
-        raw["profile"] = overrides.pop("profile")
-    raw = apply_profile(raw)
+    profile = overrides.pop("profile", profile)
+    raw = apply_profile(raw, profile)
+    raw["profile"] = profile
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     params = build(Params, raw)
@@ -588,5 +608,57 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def project_root() -> Path:
-    """`DVC_ROOT` when DVC runs the stage (experiments may run in a temp copy)."""
-    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT)
+    """Where params.yaml is read and outputs are written: `DVC_ROOT` when DVC runs the
+    stage, the checkout this code is in otherwise. DVC runs `--temp` and queued
+    experiments in a temporary copy (<repo>/.dvc/tmp/exps/.../tmpXXXX) but sets `DVC_ROOT`
+    to the original repository there: the copy, where the stage runs, is the project."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if not dvc_root:
+        return PROJECT_ROOT
+    temp = Path(dvc_root).resolve().joinpath(*DVC_TEMP_EXPS)
+    cwd = Path.cwd().resolve()
+    if cwd.is_relative_to(temp):
+        for folder in (cwd, *cwd.parents):
+            if folder == temp:
+                break
+            if (folder / ".dvc").is_dir():
+                return folder
+    return Path(dvc_root)
+
+
+# Where DVC runs `--temp` and queued experiments: <repo>/.dvc/tmp/exps/standalone/tmpXXXX
+# (dvc/repo/experiments/executor/local.py: TempDirExecutor under repo.tmp_dir / "exps").
+DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
+
+
+def repo_root() -> Path:
+    """The repository a stage belongs to: `project_root()`, except in DVC's temporary copy
+    for an experiment (<repo>/.dvc/tmp/exps/.../tmpXXXX), which is thrown away afterwards;
+    then the repository that copy was made from. MLflow runs land in its store."""
+    root = project_root().resolve()
+    parts = root.parts
+    for i in range(len(parts) - len(DVC_TEMP_EXPS), 0, -1):
+        if parts[i : i + len(DVC_TEMP_EXPS)] == DVC_TEMP_EXPS:
+            return Path(*parts[:i])
+    return root
+
+
+def set_param_args(overrides: dict[str, Any]) -> list[str]:
+    """Dotted overrides as `dvc exp run` arguments: ["-S", "key=value", ...]."""
+    args = []
+    for key, value in overrides.items():
+        args += ["-S", f"{key}={hydra_value(value)}"]
+    return args
+
+
+def hydra_value(value: Any) -> str:
+    """A value in the override syntax of `dvc exp run -S` (Hydra's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.-]*", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(value) if isinstance(value, float) else str(value)

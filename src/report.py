@@ -1,69 +1,72 @@
 """The `report` stage's worker: `reports/report.md` and its figures, built from what the
-other stages wrote.
+other stages wrote, the tuning summaries and the student's text.
 
     load_inputs(root, params)      read every stage's outputs (metrics.json, history.csv,
                                    the resolved config in models/<stage>.pt), the data
-                                   manifest and, when present, the tuning study's best result
-    render_report(inputs, runs)    -> Report: markdown, matplotlib figures, MLflow tags
+                                   manifest, reports/tune/<study>/ and reports/discussion.md
+                                   (all declared deps of the stage in dvc.yaml)
+    render_report(inputs, runs)    -> Report: markdown, matplotlib figures, figures to copy,
+                                   MLflow tags
 
 `render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller
-through `src.tracking`, and nothing is written here. Task 1 is computed by
-`src.theory`; architectures are rebuilt from each stage's resolved config (random
-init, never the weights). Course values live in one place, `REFERENCE`.
+through `src.tracking`, and nothing is written here. Its parts: `src.report_blocks`
+(formatting, architectures, task 1 via `src.theory`, the course values `REFERENCE`) and
+`src.report_stages` (one training stage's sections); `src.report_html` turns the markdown
+into the self-contained reports/report.html.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from src import plots, theory
-from src.config import CNNStageConfig, Params, ResNetConfig, build, flatten, to_dict
+from src import plots
+from src.config import Params, flatten, to_dict
 from src.data import MANIFEST
-
-# The course report these stages reproduce: the values a reviewer compares against.
-REFERENCE_SOURCE = "the TDT4265 assignment 3 course report (tasks 2, 3 and 4a)"
-REFERENCE: dict[str, dict[str, float | int]] = {
-    "baseline": {"test_accuracy": 0.756, "n_parameters": 390_410},
-    "improved": {"test_accuracy": 0.811},
-    "resnet": {"test_accuracy": 0.889},
-}
+from src.report_blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via src.report
+    FIGURE_DIR,  # noqa: F401
+    REFERENCE,
+    REFERENCE_SOURCE,
+    STAGE_INFO,  # noqa: F401
+    STAGES,
+    StageInfo,  # noqa: F401
+    build_stage_model,
+    figure_link,
+    fmt_metric,
+    fmt_value,
+    format_frame,
+    markdown_table,
+    signed,
+    task1_section,
+)
+from src.report_stages import (
+    SPLIT_METRICS,
+    agreement,
+    budget_notes,
+    pretrained_info,
+    stage_section,
+    task3d_section,
+)
 
 REPORT_FILE = "report.md"  # under common.paths.reports
-FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
-TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml there; optional
+HTML_FILE = "report.html"  # the same report, self-contained (src.report_html)
+# Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
+TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
 TUNE_PARAMS = "best_params.yaml"
-
-# The final figures every training stage writes to metrics.json (best checkpoint, eval mode).
-SPLIT_METRICS = {
-    "train": ("final_train_loss", "final_train_accuracy"),
-    "val": ("final_val_loss", "final_val_accuracy"),
-    "test": ("test_loss", "test_accuracy"),
+DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
+# The course report's places for discussion: id -> heading.
+DISCUSSION = {
+    "3c": "what helped and what did not",
+    "3f": "overfitting",
+    "4a": "transfer learning",
 }
-SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    name: str
-    task: str
-    title: str
-    kind: str  # "cnn" (build_cnn) or "resnet" (build_resnet)
-
-
-STAGES = (
-    StageInfo("baseline", "2", "baseline CNN", "cnn"),
-    StageInfo("improved", "3", "improved CNN", "cnn"),
-    StageInfo("resnet", "4a", "ResNet18 transfer learning", "resnet"),
-)
-STAGE_INFO = {s.name: s for s in STAGES}
 
 
 class ReportInputError(RuntimeError):
@@ -91,12 +94,15 @@ class ReportInputs:
     tune: list[dict]  # per study: {"file", "header", "best_params", "figures"}; [] if none
     baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
     tune_dir: str = f"reports/{TUNE_DIR}"  # where tuning results would be
+    discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
+    discussion_file: str = f"reports/{DISCUSSION_FILE}"
 
 
 @dataclass
 class Report:
     markdown: str
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib figure
+    copies: dict[str, Path] = field(default_factory=dict)  # file name -> image to copy there
     tags: dict[str, str] = field(default_factory=dict)  # for the report's MLflow run
 
 
@@ -244,7 +250,32 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         tune=load_tune(reports / TUNE_DIR, root),
         baseline_params=to_dict(params.baseline),
         tune_dir=_relative(reports / TUNE_DIR, root),
+        discussion=read_discussion(reports / DISCUSSION_FILE),
+        discussion_file=_relative(reports / DISCUSSION_FILE, root),
     )
+
+
+def read_discussion(path: Path) -> dict[str, str] | None:
+    """The student's text per place: what follows a `## <id>` heading (`## 3c: ...`) up to
+    the next `## ` heading; None when the file does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        heading = re.match(r"##\s+(\w+)\b", line)
+        if heading:
+            current = heading.group(1) if heading.group(1) in DISCUSSION else None
+            if current:
+                sections[current] = []
+            continue
+        if current:
+            sections[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
 
 
 def load_tune(tune_dir: Path, root: Path) -> list[dict]:
@@ -271,193 +302,6 @@ def load_tune(tune_dir: Path, root: Path) -> list[dict]:
             }
         )
     return studies
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_metric(value: Any) -> str:
-    """Losses and accuracies with 4 decimals (test accuracy on 10,000 images is exact)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.4f}"
-
-
-def fmt_value(value: Any) -> str:
-    """A config or count value as a reader expects it: 390,410 · 0.05 · [32, 64] · true."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, np.integer)):
-        return f"{value:,}"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt_value(v).replace(",", "") for v in value) + "]"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items())
-    return str(value)
-
-
-def markdown_table(frame: pd.DataFrame, right: Sequence[str] = ()) -> str:
-    """A GitHub markdown table of `frame`'s cells as strings (no `tabulate` needed);
-    columns named in `right` are right-aligned."""
-
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---:" if c in right else "---" for c in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join([header, rule, *rows])
-
-
-def _format(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]]) -> pd.DataFrame:
-    out = frame.copy().astype(object)
-    for column, formatter in formats.items():
-        out[column] = [formatter(v) for v in frame[column]]
-    return out
-
-
-def _figure(name: str, alt: str) -> str:
-    return f"![{alt}]({FIGURE_DIR}/{name})"
-
-
-def _signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.4f}"
-
-
-# --------------------------------------------------------------------------- models
-
-
-def build_stage_model(stage: str, config: dict):
-    """The stage's network from its resolved config (random init); and its input size."""
-    from src.models import build_cnn, build_resnet
-
-    if STAGE_INFO[stage].kind == "cnn":
-        cfg = build(CNNStageConfig, config, prefix=stage).model
-        return build_cnn(cfg), cfg.image_size
-    cfg = build(ResNetConfig, {**config, "weights": "none"}, prefix=stage)  # never the weights
-    return build_resnet(cfg), cfg.image_size
-
-
-def _describe(module) -> str:
-    from torch import nn
-
-    def pair(v) -> str:
-        v = v if isinstance(v, tuple) else (v, v)
-        return f"{v[0]}×{v[1]}"
-
-    if isinstance(module, nn.Conv2d):
-        return (
-            f"Conv2d {module.in_channels}→{module.out_channels}, {pair(module.kernel_size)}, "
-            f"stride {module.stride[0]}, padding {module.padding[0]}"
-        )
-    if isinstance(module, nn.MaxPool2d):
-        return f"MaxPool2d {pair(module.kernel_size)}, stride {pair(module.stride)[0]}"
-    if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}→{module.out_features}"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return f"{type(module).__name__}({module.num_features})"
-    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
-        return f"{type(module).__name__}(p={module.p:g})"
-    if isinstance(module, nn.LeakyReLU):
-        return f"LeakyReLU(slope {module.negative_slope:g})"
-    if isinstance(module, nn.Sequential) and len(module):
-        return f"{len(module)} × {type(module[0]).__name__}"
-    return type(module).__name__
-
-
-def architecture_table(model, image_size: int) -> pd.DataFrame:
-    """One row per top-level layer: what it is, its output shape (C×H×W for one
-    image of `image_size`), its parameters (from `theory.layer_parameter_table`)
-    and whether they train."""
-    import torch
-
-    counts = theory.layer_parameter_table(model)
-    shapes: dict[str, tuple] = {}
-    hooks = [
-        child.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
-        )
-        for name, child in model.named_children()
-    ]
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(training)
-    rows = []
-    for name, child in model.named_children():
-        n = sum(r["total"] for r in counts if r["name"] == name or r["name"].startswith(f"{name}."))
-        trains = any(p.requires_grad for p in child.parameters())
-        rows.append(
-            {
-                "Layer": name,
-                "Module": _describe(child),
-                "Output shape": "×".join(str(d) for d in shapes.get(name, ())) or "—",
-                "Parameters": n,
-                "Trainable": ("yes" if trains else "frozen") if n else "—",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def pretrained_info(outputs: StageOutputs, run: dict | None) -> dict[str, Any]:
-    """ResNet weights as the MLflow run's tags record them (the model file's config
-    when the run is not in this store)."""
-    tags = (run or {}).get("tags", {})
-    if "pretrained" in tags:
-        return {
-            "weights": tags.get("weights", outputs.config.get("weights")),
-            "pretrained": tags["pretrained"] == "true",
-            "source": "MLflow run tags `weights`, `pretrained`",
-        }
-    weights = outputs.config.get("weights", "?")
-    return {
-        "weights": weights,
-        "pretrained": weights != "none",
-        "source": f"`weights` in the resolved config of {outputs.files['model']}",
-    }
-
-
-def agreement(outputs: StageOutputs, run: dict | None) -> str:
-    """Do metrics.json, the model file and the MLflow run hold the same final figures?"""
-    keys = [k for pair in SPLIT_METRICS.values() for k in pair]
-    problems = []
-    for k in keys:
-        mine = outputs.metrics.get(k)
-        other = outputs.model_metrics.get(k)
-        if other is not None and mine is not None and not math.isclose(mine, other, rel_tol=1e-9):
-            problems.append(f"model file {k} {other:.4f} ≠ {mine:.4f}")
-    if run is None:
-        status = "MLflow run not found (tracking off, or another store)"
-    else:
-        for k in keys:
-            mine, logged = outputs.metrics.get(k), run["metrics"].get(k)
-            if logged is None or mine is None or not math.isclose(mine, logged, rel_tol=1e-9):
-                problems.append(f"MLflow {k} {fmt_metric(logged)} ≠ {fmt_metric(mine)}")
-        status = "MLflow and model file agree"
-    return "; ".join(problems) if problems else status
-
-
-def budget_notes(stage: str, config: dict) -> list[str]:
-    """Why a stage's numbers may not be comparable with the course's."""
-    train = config.get("train", {})
-    notes = []
-    if train.get("dry_run"):
-        notes.append(f"`{stage}.train.dry_run` is on: a few batches only")
-    if train.get("subset"):
-        notes.append(f"trained on a subset of {train['subset']:,} images (`{stage}.train.subset`)")
-    return notes
 
 
 # --------------------------------------------------------------------------- sections
@@ -504,7 +348,7 @@ SUMMARY_FORMATS: dict[str, Callable[[Any], str]] = {
     "Validation accuracy": fmt_metric,
     "Test accuracy": fmt_metric,
     "Course test accuracy": lambda v: "—" if v is None else f"{v:.3f}",
-    "Test − course": lambda v: "—" if v is None or pd.isna(v) else _signed(v),
+    "Test − course": lambda v: "—" if v is None or pd.isna(v) else signed(v),
     "Test loss": fmt_metric,
     "Epochs": fmt_value,
     "Training time (s)": lambda v: "—" if v is None else f"{v:,.0f}",
@@ -586,7 +430,7 @@ def _summary_section(inputs: ReportInputs, runs: dict, figures: dict) -> list[st
     if frame.empty:
         return lines + ["No training stage has run yet.", ""]
     numeric = [c for c in frame.columns if c not in ("Stage", "Task")]
-    lines += [markdown_table(_format(frame, SUMMARY_FORMATS), right=numeric), ""]
+    lines += [markdown_table(format_frame(frame, SUMMARY_FORMATS), right=numeric), ""]
     accuracies = {
         row["Stage"]: {
             "train": row["Training accuracy"],
@@ -602,7 +446,7 @@ def _summary_section(inputs: ReportInputs, runs: dict, figures: dict) -> list[st
         "Accuracy of the best checkpoint per stage",
         reference_label="Course report test accuracy",
     )
-    lines += [_figure("summary_accuracy.png", "Accuracy per stage and the course's values"), ""]
+    lines += [figure_link("summary_accuracy.png", "Accuracy per stage and the course's values"), ""]
     notes = []
     for info in STAGES:
         outputs = inputs.stages.get(info.name)
@@ -623,227 +467,33 @@ def _summary_section(inputs: ReportInputs, runs: dict, figures: dict) -> list[st
     return lines
 
 
-def task1_section(baseline_config: dict, config_source: str) -> list[str]:
-    """Task 1a-1g, numbered as the course numbers them; 1g counts the network
-    `baseline_config` (a resolved `baseline` section) describes, `config_source` saying
-    where that config comes from."""
-    from scipy import ndimage
-
-    result = theory.convolve2d_same(theory.TASK1_IMAGE, theory.SOBEL_X)
-    check = ndimage.convolve(theory.TASK1_IMAGE, theory.SOBEL_X, mode="constant", cval=0)
-    agrees = np.array_equal(result, check)
-
-    def matrix(a: np.ndarray) -> str:
-        return "\n".join(["```", *("  ".join(f"{v:4d}" for v in row) for row in a), "```"])
-
+def discussion_place(key: str, inputs: ReportInputs) -> list[str]:
+    """The marked place for the student's text `key` (3c, 3f, 4a), filled from
+    reports/discussion.md, so regenerating the report keeps it."""
+    where = f"`{inputs.discussion_file}`, under `## {key}`"
     lines = [
-        "## Task 1: theory",
+        f"### Task {key}: {DISCUSSION[key]} (discussion)",
         "",
-        "Computed by `src/theory.py` when this report is rendered.",
-        "",
-        "### Task 1a: convolution with the Sobel-x kernel",
-        "",
-        "True convolution (the kernel flipped in both axes), zero padding, output the size "
-        'of the input ("same"). Image:',
-        "",
-        matrix(theory.TASK1_IMAGE),
-        "",
-        "Kernel:",
-        "",
-        matrix(theory.SOBEL_X),
-        "",
-        "Result:",
-        "",
-        matrix(result),
-        "",
-        'Checked against `scipy.ndimage.convolve(image, kernel, mode="constant", cval=0)`: '
-        + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/theory.py`)."),
+        f"<!-- discussion {key} begins: the text comes from {inputs.discussion_file}; edit "
+        "it there, then `dvc repro report` -->",
         "",
     ]
-    answers = theory.task1_answers()
-    layer = answers.pop("1b")
-    lines += [
-        "### Task 1b: the layer that reduces sensitivity to translation",
-        "",
-        f"**{layer['answer'].capitalize()}.** {layer['working']}",
-        "",
-        "### Task 1c–1f: padding, kernel and output sizes",
-        "",
-        "W_out = (W − K + 2P) / S + 1, for width and height alike.",
-        "",
-    ]
-    sizes = pd.DataFrame(answers.values())[["task", "question", "working", "answer"]]
-    sizes.columns = ["Task", "Question", "Formula", "Answer"]
-    sizes["Formula"] = [f"`{f}`" for f in sizes["Formula"]]
-    lines += [markdown_table(sizes, right=["Answer"]), ""]
-
-    lines += ["### Task 1g: parameters of the baseline network", ""]
-    model, _ = build_stage_model("baseline", baseline_config)
-    table = pd.DataFrame(theory.layer_parameter_table(model))
-    total = int(table["total"].sum())
-    table["weight_shape"] = ["×".join(map(str, s)) if s else "—" for s in table["weight_shape"]]
-    table = table.rename(
-        columns={
-            "name": "Layer",
-            "type": "Type",
-            "weight_shape": "Weight shape",
-            "weights": "Weights",
-            "biases": "Biases",
-            "total": "Parameters",
-        }
-    )
-    table = _format(table, {c: fmt_value for c in ("Weights", "Biases", "Parameters")})
-    total_row = {"Layer": "**total**", "Parameters": f"**{total:,}**"}
-    table = pd.concat([table, pd.DataFrame([total_row])], ignore_index=True).fillna("")
-    reference = REFERENCE["baseline"]["n_parameters"]
-    verdict = "equal" if total == reference else "**different**: another network than the course's"
-    lines += [
-        f"Counted layer by layer (`theory.layer_parameter_table`) on {config_source}:",
-        "",
-        markdown_table(table, right=["Weights", "Biases", "Parameters"]),
-        "",
-        f"Total **{total:,}** parameters; course report: {reference:,} ({verdict}).",
-        "",
-    ]
-    return lines
+    text = (inputs.discussion or {}).get(key, "")
+    if text:
+        lines.append(text)
+    elif inputs.discussion is None:
+        lines.append(f"> *Not available: `{inputs.discussion_file}` does not exist.*")
+    else:
+        lines.append(f"> *Not written yet: write it in {where}; then run `dvc repro report`.*")
+    return [*lines, "", f"<!-- discussion {key} ends -->", ""]
 
 
-def _stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: dict) -> list[str]:
-    t = f"Task {info.task}"
-    lines = [f"## {t}: {info.title}", ""]
-    outputs = inputs.stages.get(info.name)
-    if outputs is None:
-        missing = ", ".join(f"`{f}`" for f in inputs.missing.get(info.name, []))
-        return lines + [f"Not available: {missing} missing. Run `dvc repro {info.name}`.", ""]
-    m, run = outputs.metrics, runs.get(info.name)
-    reference = REFERENCE.get(info.name, {})
-    lines += [
-        f"Stage `{info.name}` (`dvc repro {info.name}`): `{outputs.files['metrics']}`, "
-        f"`{outputs.files['history']}`, `{outputs.files['model']}`; "
-        f"MLflow run `{m.get('mlflow_run_id') or '—'}`.",
-        "",
-    ]
-    if info.kind == "resnet":
-        p = pretrained_info(outputs, run)
-        lines += [
-            f"Weights: `{p['weights']}`, "
-            + ("**pretrained**" if p["pretrained"] else "**not pretrained** (random init)")
-            + f" (from {p['source']}).",
-            "",
-        ]
-
-    model, image_size = build_stage_model(info.name, outputs.config)
-    arch = architecture_table(model, image_size)
-    total = int(arch["Parameters"].sum())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lines += [
-        f"### {t}: architecture",
-        "",
-        f"Input 3×{image_size}×{image_size}; output shapes are C×H×W per image.",
-        "",
-        markdown_table(_format(arch, {"Parameters": fmt_value}), right=["Parameters"]),
-        "",
-        f"Total {total:,} parameters"
-        + (f", {trainable:,} trainable" if trainable != total else "")
-        + (
-            f"; course report: {reference['n_parameters']:,}."
-            if "n_parameters" in reference
-            else "."
-        ),
-        "",
-    ]
-
-    hyper = pd.DataFrame(
-        [{"Key": f"`{k}`", "Value": fmt_value(v)} for k, v in flatten(outputs.config).items()]
-    )
-    lines += [
-        f"### {t}: hyperparameters",
-        "",
-        f"The resolved config stored in `{outputs.files['model']}` (params.yaml section "
-        f"`{info.name}`, profile applied):",
-        "",
-        markdown_table(hyper),
-        "",
-    ]
-
-    name = f"{info.name}_learning_curves.png"
-    history = outputs.history.to_dict("records")
-    figures[name] = plots.learning_curves(
-        history,
-        f"Task {info.task} ({info.name})",
-        reference=reference.get("test_accuracy"),
-        reference_label="Course report test accuracy",
-    )
-    stop = m.get("early_stop_step")
-    stopped = f"early stop at step {stop}" if stop else "no early stop"
-    lines += [
-        f"### {t}: learning curves",
-        "",
-        _figure(name, f"{info.name} learning curves"),
-        "",
-        f"{len(history)} validations over {fmt_value(m.get('epochs_run'))} epoch(s) "
-        f"({fmt_value(m.get('steps'))} steps, {stopped}; best checkpoint at step "
-        f"{fmt_value(m.get('best_step'))}); {fmt_value(m.get('train_time_s'))} s of training "
-        f"at {fmt_value(m.get('train_images_per_s', m.get('images_per_s')))} images/s.",
-        "",
-    ]
-
-    rows = []
-    for split, (loss_key, acc_key) in SPLIT_METRICS.items():
-        ref = reference.get("test_accuracy") if split == "test" else None
-        rows.append(
-            {
-                "Split": SPLIT_NAMES[split],
-                "Loss": fmt_metric(m.get(loss_key)),
-                "Accuracy": fmt_metric(m.get(acc_key)),
-                "Course report accuracy": "—" if ref is None else f"{ref:.3f}",
-                "Difference": _signed(m[acc_key] - ref) if ref is not None else "—",
-            }
-        )
-    lines += [
-        f"### {t}: accuracy and loss",
-        "",
-        markdown_table(
-            pd.DataFrame(rows), right=["Loss", "Accuracy", "Course report accuracy", "Difference"]
-        ),
-        "",
-    ]
-    notes = budget_notes(info.name, outputs.config)
-    if notes:
-        lines += [f"> Not comparable with the course: {'; '.join(notes)}.", ""]
-    return lines
-
-
-def _task3d_section(inputs: ReportInputs, figures: dict) -> list[str]:
-    lines = ["### Task 3d: before and after", ""]
-    before, after = inputs.stages.get("baseline"), inputs.stages.get("improved")
-    if before is None or after is None:
-        return lines + ["Needs both the `baseline` and the `improved` stage.", ""]
-    name = "task3d_loss_comparison.png"
-    figures[name] = plots.compare_losses(
-        {
-            "baseline (task 2)": before.history.to_dict("records"),
-            "improved (task 3)": after.history.to_dict("records"),
-        },
-        "Task 3d: training and validation loss, before and after",
-    )
-    b, a = before.metrics, after.metrics
-    return lines + [
-        _figure(name, "Training and validation loss of the baseline and the improved network"),
-        "",
-        f"Final validation loss {fmt_metric(b.get('final_val_loss'))} → "
-        f"{fmt_metric(a.get('final_val_loss'))}; test accuracy "
-        f"{fmt_metric(b.get('test_accuracy'))} → {fmt_metric(a.get('test_accuracy'))}.",
-        "",
-    ]
-
-
-def _tune_section(inputs: ReportInputs) -> list[str]:
+def _tune_section(inputs: ReportInputs, copies: dict[str, Path]) -> list[str]:
     lines = ["## Tuning study", ""]
     if not inputs.tune:
         return lines + [
-            f"No tuning results: no `{inputs.tune_dir}/<study>/{TUNE_PARAMS}` "
-            "(`python -m src.tune` writes it).",
+            f"No tuning study was run: `{inputs.tune_dir}/` holds no `<study>/{TUNE_PARAMS}` "
+            "(`python -m src.tune` writes one; commit it with git to show it here).",
             "",
         ]
     for study in inputs.tune:
@@ -856,13 +506,13 @@ def _tune_section(inputs: ReportInputs) -> list[str]:
             lines += [markdown_table(pd.DataFrame(rows)), ""]
         else:
             lines += ["The best trial's configuration is params.yaml's own.", ""]
-        if study["figures"]:
-            # relative to reports/: these links work in the repository, not in MLflow
-            links = [
-                f"[{Path(f).stem}]({Path(f).relative_to(Path(inputs.tune_dir).parent)})"
-                for f in study["figures"]
-            ]
-            lines += ["Study figures: " + ", ".join(links) + ".", ""]
+        study_name = Path(study["file"]).parent.name
+        for figure in study["figures"]:
+            # copied beside the report's own figures: a DVC output, so links resolve
+            # wherever the report does (a fresh clone after `dvc pull`)
+            name = f"tune-{study_name}-{Path(figure).name}"
+            copies[name] = Path(figure)
+            lines += [figure_link(name, f"Study {study_name}: {Path(figure).stem}"), ""]
     return lines
 
 
@@ -876,8 +526,9 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
         "# CIFAR-10 with convolutional networks: TDT4265 assignment 3",
         "",
         "Generated by the `report` stage (`dvc repro report`; `src/report.py`) from the "
-        "outputs of the `download`, `baseline`, `improved` and `resnet` stages. "
-        "Do not edit: rerun the stage.",
+        "outputs of the `download`, `baseline`, `improved` and `resnet` stages, the tuning "
+        f"summaries in `{inputs.tune_dir}/` and the discussion in `{inputs.discussion_file}`. "
+        "Do not edit this file: write the discussion in that file and rerun the stage.",
         "",
     ]
     lines += _sources_section(inputs, runs)
@@ -888,11 +539,15 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
     else:
         source = "params.yaml's `baseline` network (the stage has not run)"
         lines += task1_section(inputs.baseline_params, source)
+    copies: dict[str, Path] = {}
     for info in STAGES:
-        lines += _stage_section(info, inputs, runs, figures)
+        lines += stage_section(info, inputs, runs, figures)
         if info.name == "improved":
-            lines += _task3d_section(inputs, figures)
-    lines += _tune_section(inputs)
+            lines += task3d_section(inputs, figures)
+            lines += discussion_place("3c", inputs) + discussion_place("3f", inputs)
+        if info.name == "resnet":
+            lines += discussion_place("4a", inputs)
+    lines += _tune_section(inputs, copies)
 
     tags = {}
     for info in STAGES:
@@ -910,4 +565,4 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
     if inputs.tune:
         tags["tune_results"] = ", ".join(study["file"] for study in inputs.tune)
     markdown = "\n".join(lines).rstrip() + "\n"
-    return Report(markdown=markdown, figures=figures, tags=tags)
+    return Report(markdown=markdown, figures=figures, copies=copies, tags=tags)

@@ -1,8 +1,8 @@
 """Experiment tracking: the one module that talks to MLflow.
 
 Default store: ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
-``<root>/mlruns/artifacts``, where <root> is ``DVC_ROOT`` when DVC runs the stage
-(experiments may run in a temporary copy) and the project root otherwise.
+``<root>/mlruns/artifacts``, where <root> is the repository (``config.repo_root``: the
+one a ``--temp`` or queued experiment's temporary copy was made from).
 ``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
 ``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
 training and benchmarks run on machines that have only torch.
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.config import config_hash, flatten, project_root
+from src.config import config_hash, flatten, project_root, repo_root
 from src.workers import worker_alive, worker_id
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
@@ -51,7 +51,7 @@ def tracking_enabled() -> bool:
 def tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = project_root() / "mlruns" / "mlflow.db"
+    db = repo_root() / "mlruns" / "mlflow.db"  # a --temp experiment's too
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
+import shutil
+import socket
+import subprocess
+import threading
+from html.parser import HTMLParser
 
 import mlflow
 import pytest
 
-from src import report
+from src import report, report_html
 from src.config import PROJECT_ROOT, load_params, to_dict
 from src.models import build_cnn
 from tests.conftest import update_params
@@ -26,7 +32,10 @@ HEADINGS = [
     "## Task 2: baseline CNN",
     "## Task 3: improved CNN",
     "### Task 3d: before and after",
+    "### Task 3c: what helped and what did not (discussion)",
+    "### Task 3f: overfitting (discussion)",
     "## Task 4a: ResNet18 transfer learning",
+    "### Task 4a: transfer learning (discussion)",
     "## Tuning study",
 ]
 STAGE_SUBSECTIONS = ["architecture", "hyperparameters", "learning curves", "accuracy and loss"]
@@ -50,6 +59,72 @@ def _table(text: str) -> list[dict[str, str]]:
     for line in lines[2:]:
         rows.append(dict(zip(header, split(line))))
     return rows
+
+
+class _Fetches(HTMLParser):
+    """Every URL an HTML page would fetch on opening: src/href of images, scripts, styles,
+    fonts, frames, media, and url(...) in inline styles."""
+
+    FETCH_ATTRS = {"src", "srcset", "href", "data", "poster", "background"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        self._in_style = tag == "style"
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name == "style":
+                self.urls += re.findall(r"url\(([^)]*)\)", value)
+            if name not in self.FETCH_ATTRS or (tag == "a" and name == "href"):
+                continue  # a link is followed on a click, not fetched on opening
+            self.urls.append(value)
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.urls += re.findall(r"url\(([^)]*)\)", data)
+            self.urls += re.findall(r"@import\s+['\"]?([^'\";]+)", data)
+
+
+def fetched_urls(page: str) -> list[str]:
+    parser = _Fetches()
+    parser.feed(page)
+    return parser.urls
+
+
+def test_report_html_inlines_figures_and_fetches_nothing():
+    png = b"\x89PNG\r\n\x1a\n fake"
+    markdown = (
+        "# Title\n\n<!-- marker: dropped -->\n\n| a | b |\n| --- | ---: |\n| 1 | 2 |\n\n"
+        "![curves](report/curves.png)\n\n![remote](https://example.com/x.png)\n\n"
+        '<img src="http://example.com/y.png"> <script src="https://cdn.example/v.js"></script>\n'
+    )
+    page = report_html.render_html(markdown, {"report/curves.png": png}, "Title")
+    fetched = fetched_urls(page)
+    assert fetched == ["data:image/png;base64," + base64.b64encode(png).decode()]
+    assert "<table>" in page and '<th style="text-align:right">b</th>' in page
+    assert "marker: dropped" not in page
+    assert "[image not embedded: remote (https://example.com/x.png)]" in page
+    assert "&lt;script" in page  # raw HTML is shown as text, never run
+
+
+def test_discussion_sections_are_read_by_id(tmp_path):
+    path = tmp_path / "discussion.md"
+    assert report.read_discussion(path) is None
+    path.write_text(
+        "# Discussion\nintro\n\n## 3c: what helped\n\nBatch norm helped.\n\n### detail\nmore\n"
+        "## 3f: overfitting\n\n## 9z: unknown\nignored\n## 4a\nPretrained wins.\n"
+    )
+    assert report.read_discussion(path) == {
+        "3c": "Batch norm helped.\n\n### detail\nmore",
+        "3f": "",
+        "4a": "Pretrained wins.",
+    }
+    committed = report.read_discussion(PROJECT_ROOT / "reports" / report.DISCUSSION_FILE)
+    assert set(committed) == set(report.DISCUSSION)  # the file in git has every place
 
 
 def test_task1_renders_the_theory_values():
@@ -110,7 +185,10 @@ def test_missing_outputs_name_what_to_run(project, capsys, monkeypatch):
     assert "`data/cifar10/manifest.json` is missing (run `dvc repro download`)" in text
     assert "No training stage has run yet." in text
     assert "on params.yaml's `baseline` network (the stage has not run)" in text
+    assert "No tuning study was run: `reports/tune/` holds no" in text
+    assert "Not available: `reports/discussion.md` does not exist." in text
     assert not list((project / "reports/report").glob("*.png"))
+    assert (project / "reports/report.html").is_file()
 
 
 def test_a_rerender_removes_only_figures_the_last_report_linked(project, monkeypatch):
@@ -147,6 +225,16 @@ def test_report_stage_end_to_end(prepared):
         "# Best trial of Optuna study 'cifar10-improved': trial 7, val_accuracy 0.6123\n"
         "improved.train.lr: 0.02\nimproved.model.dropout: 0.1\n"
     )
+    shutil.copy(
+        prepared / "reports/baseline/learning_curves.png", tune / "optimization_history.png"
+    )
+    discussion = prepared / "reports" / report.DISCUSSION_FILE
+    shutil.copy(PROJECT_ROOT / "reports" / report.DISCUSSION_FILE, discussion)
+    discussion.write_text(
+        discussion.read_text().replace(
+            "## 3f: overfitting\n", "## 3f: overfitting\n\nMy 3f text.\n"
+        )
+    )
 
     stage.main([] if HAS_RESNET_STAGE else ["--allow-missing"])
     text = (prepared / "reports/report.md").read_text()
@@ -163,6 +251,7 @@ def test_report_stage_end_to_end(prepared):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     expected = {"summary_accuracy.png", "task3d_loss_comparison.png"}
     expected |= {f"{s}_learning_curves.png" for s in stages}
+    expected.add("tune-cifar10-improved-optimization_history.png")  # copied: a DVC output
     assert {link.split("/")[-1] for link in links} == expected
     for link in links:
         assert (prepared / "reports" / link).stat().st_size > 10_000, link
@@ -203,20 +292,45 @@ def test_report_stage_end_to_end(prepared):
     assert "`reports/tune/cifar10-improved/best_params.yaml`" in tuning
     assert "trial 7, val_accuracy 0.6123" in tuning and "| `improved.train.lr` | 0.02 |" in tuning
 
+    # the student's text sits in its marked place; the others say where to write
+    assert "My 3f text." in _section(text, "### Task 3f: overfitting (discussion)")
+    place = _section(text, "### Task 3c: what helped and what did not (discussion)")
+    assert "<!-- discussion 3c begins" in place and "<!-- discussion 3c ends -->" in place
+    assert "Not written yet: write it in `reports/discussion.md`, under `## 3c`" in place
+
+    # report.html: the same content, every figure inlined, nothing fetched from anywhere
+    page = (prepared / "reports/report.html").read_text()
+    fetched = fetched_urls(page)
+    assert len(fetched) == len(links) and all(
+        u.startswith("data:image/png;base64,") for u in fetched
+    )
+    assert "My 3f text." in page and "trial 7, val_accuracy 0.6123" in page
+    assert f"{metrics['baseline']['test_accuracy']:.4f}" in page
+
+    # regenerating keeps the text (it lives in the declared dependency, not in report.md)
+    (prepared / "reports/report.md").unlink()  # as DVC does before it reruns the stage
+    stage.main([] if HAS_RESNET_STAGE else ["--allow-missing"])
+    again = (prepared / "reports/report.md").read_text()
+    assert "My 3f text." in _section(again, "### Task 3f: overfitting (discussion)")
+
     # one MLflow run `report` with the report, its figures and the source run ids
     mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("cifar10")
-    (run,) = client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.run_name = 'report'"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.run_name = 'report'",
+        order_by=["attributes.start_time DESC"],
     )
+    assert len(runs) == 2  # rendered twice above
+    run = runs[0]
     assert run.info.status == "FINISHED"
     for name in stages:
         assert run.data.tags[f"source_run.{name}"] == metrics[name]["mlflow_run_id"]
     if HAS_RESNET_STAGE:
         assert run.data.tags["resnet_pretrained"] == "false"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "report"} <= artifacts
+    assert {"report.md", "report.html", "report"} <= artifacts
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert logged == {f"report/{name}" for name in expected}
 
@@ -274,3 +388,98 @@ def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
     _interrupt_stage_at(monkeypatch, "save_model_file", lambda a: True)
     with pytest.raises(report.ReportInputError, match="history.csv is not the one"):
         load()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no chromium (apt-get install -y chromium)")
+def test_report_html_opens_offline_in_chromium(tmp_path):
+    """A real browser opens the page with every request sent to a local proxy that
+    answers nothing: the report makes none and still shows its figure; a page with one
+    remote image (the control) does reach the proxy. Chromium's own background calls
+    (Google's time and update services) are not the page's and are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot([0, 1, 2], [2.0, 1.2, 0.9], linewidth=4)
+    figure.savefig(tmp_path / "curves.png")
+    plt.close(figure)
+    markdown = "# Offline\n\nText and a figure.\n\n![curves](report/curves.png)\n"
+    images = {"report/curves.png": (tmp_path / "curves.png").read_bytes()}
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render_html(markdown, images, "Offline"))
+    control = tmp_path / "control.html"
+    control.write_text('<html><body><img src="http://example.invalid/x.png"></body></html>')
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    requests: list[str] = []  # the hosts asked for
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    line = conn.recv(4096).decode("latin-1").split("\r\n")[0]
+                except OSError:
+                    line = "? ?"
+                target = line.split(" ")[1] if " " in line else line
+                host = re.sub(r"^\w+://", "", target).split("/")[0].split(":")[0]
+                if not re.search(r"(^|\.)(google\.com|googleapis\.com|gvt1\.com)$", host):
+                    requests.append(host)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def open_page(path, shot):
+        return subprocess.run(
+            [
+                _chromium(),
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--proxy-server=http://127.0.0.1:{server.getsockname()[1]}",
+                "--proxy-bypass-list=<-loopback>",
+                "--window-size=1000,800",
+                "--virtual-time-budget=5000",
+                f"--screenshot={shot}",
+                path.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+
+    try:
+        proc = open_page(page, tmp_path / "report.png")
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        assert requests == [], requests
+        proc = open_page(control, tmp_path / "control.png")
+        assert set(requests) == {"example.invalid"}, (
+            "the control's remote image never reached the proxy"
+        )
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    pixels = np.asarray(Image.open(tmp_path / "report.png").convert("L"), dtype=float)
+    assert pixels.std() > 5  # not a blank page: text and the plotted curve
+    assert (pixels < 128).mean() > 0.002

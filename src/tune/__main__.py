@@ -51,9 +51,10 @@ def parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=("search", "apply"),
         default="search",
-        help="search (default): run trials. apply: write the best trial's config to "
-        "reports/tune/<study>/best_params.yaml and print the `dvc exp run` command that "
-        "retrains the base stage with it",
+        help="search (default): run trials. apply: put the best trial's knobs into "
+        "params.yaml's own base design (whatever profile the study ran under), write the "
+        "changed keys to reports/tune/<study>/best_params.yaml and print the `dvc exp run` "
+        "command that retrains the base stage with them at its own budget",
     )
     p.add_argument(
         "--study-name",
@@ -91,7 +92,10 @@ def parser() -> argparse.ArgumentParser:
         "-S tune.budget.epochs=1 -S improved.train.num_threads=1 (YAML values)",
     )
     p.add_argument(
-        "--profile", metavar="NAME", help="params profile to apply (e.g. quick: a CPU-sized base)"
+        "--profile",
+        metavar="NAME",
+        help="search: params profile (params.yaml `profiles`) applied to the base config, e.g. "
+        "quick: a CPU-sized base network; the study records it",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--run", action="store_true", help="apply: also run the dvc exp run command")

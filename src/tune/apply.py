@@ -1,6 +1,12 @@
-"""Applying the best trial: its design as dotted `<base>.*` overrides of params.yaml,
-written to reports/tune/<study>/best_params.yaml, and the `dvc exp run` command that
-retrains the base stage with them (`python -m src.tune apply`)."""
+"""Applying the best trial: its knobs put into params.yaml's own design of the base stage,
+as dotted `<base>.*` overrides written to reports/tune/<study>/best_params.yaml, and the
+`dvc exp run` command that retrains the base stage with them (`python -m src.tune apply`).
+
+A study may have run on a profile's smaller base (`--profile quick`: a narrow network, a
+short budget). What carries over is the knobs (width multiplier, blocks, lr, ...), not
+the profile's overrides: the retrain command is the knobs on the full design, at the
+stage's own budget, and the file says which profile the study ran under.
+"""
 
 from __future__ import annotations
 
@@ -14,42 +20,39 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
-from src.config import Params, flatten, load_params, load_raw, resolve_path
+from src.config import Params, flatten, load_params, resolve_path, set_param_args, to_dict
 from src.data import atomic_write_bytes
-from src.tune.space import NOT_DESIGN
+from src.tune.space import NOT_DESIGN, BudgetConfig, trial_section
 from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial
 
+PROFILE_ATTR = "profile"  # study user attribute: the params profile the search ran under
+
 
 def best_overrides(config: dict, base: str) -> dict[str, Any]:
-    """Dotted `<base>.*` keys where the trial's config differs from params.yaml (profile
-    full), leaving out budget and machine settings: the design, at the stage's budget."""
-    reference = flatten(getattr(load_params(overrides={"profile": "full"}), base), base)
+    """Dotted `<base>.*` keys where `config` (a base-stage config) differs from params.yaml,
+    leaving out budget and machine settings: the design, at the stage's budget."""
+    reference = flatten(getattr(load_params(), base), base)
     trial = flatten(config, base)
     skip = {f"{base}.train.{key}" for key in NOT_DESIGN}
     return {k: v for k, v in trial.items() if k not in skip and reference.get(k) != v}
 
 
-def _hydra(value: Any) -> str:
-    """A value in the override syntax of `dvc exp run -S` (Hydra's)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_hydra(v) for v in value) + "]"
-    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.-]*", value):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return repr(value) if isinstance(value, float) else str(value)
+def design_config(knobs: dict[str, Any], base: str) -> dict:
+    """The knobs put into params.yaml's own `base` design (no profile, no trial budget)."""
+    return to_dict(trial_section(getattr(load_params(), base), knobs, BudgetConfig()))
 
 
 def dvc_command(study_name: str, overrides: dict[str, Any], base: str) -> list[str]:
-    command = ["dvc", "exp", "run", "-n", f"tuned-{slug(study_name)}"]
-    if load_raw().get("profile", "full") != "full":
-        command += ["-S", "profile=full"]
-    for key, value in overrides.items():
-        command += ["-S", f"{key}={_hydra(value)}"]
-    return [*command, base]
+    return [
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        f"tuned-{slug(study_name)}",
+        *set_param_args(overrides),
+        base,
+    ]
 
 
 def slug(name: str) -> str:
@@ -57,21 +60,36 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "study"
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def write_best_params(
     study: optuna.Study, trial: FrozenTrial, base: str, report_dir: Path
 ) -> tuple[Path, list[str]]:
-    """reports/tune/<study>/best_params.yaml: dotted keys, and the command using them."""
-    config = trial.user_attrs["config"]
-    overrides = best_overrides(config, base)
+    """reports/tune/<study>/best_params.yaml: the best trial's knobs on params.yaml's own
+    `base` design as dotted keys, and the command retraining the stage with them."""
+    overrides = best_overrides(design_config(trial.params, base), base)
     command = dvc_command(study.study_name, overrides, base)
-    train = config["train"]
+    profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
+    train = trial.user_attrs.get("config", {}).get("train", {})
+    knobs = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     header = [
         f"# Best trial of Optuna study {study.study_name!r}: trial {trial.number}, "
-        f"val_accuracy {trial.value:.4f}",
-        f"# (trained {train['epochs']} epochs on {train['subset'] or 'all'} training images).",
-        f"# {base}.* keys that differ from params.yaml; retrain the {base} stage with them:",
+        f"val_accuracy {trial.value:.4f}; params profile: {profile}",
+        f"# (scored after {train.get('epochs', '?')} epochs on "
+        f"{train.get('subset') or 'all'} training images).",
+        f"# Its knobs: {knobs}.",
+        f"# Put into params.yaml's own {base} design (no profile), these {base}.* keys "
+        f"change; retrain the {base} stage with them at its own budget:",
         f"#   {shlex.join(command)}",
     ]
+    if profile != "full":
+        header.insert(
+            4,
+            f"# The study scored the knobs on the {profile} profile's {base} network and "
+            "budget: the ranking may not carry over to the full design.",
+        )
     body = yaml.safe_dump(overrides, sort_keys=False, default_flow_style=None) if overrides else ""
     path = report_dir / "best_params.yaml"
     atomic_write_bytes(path, ("\n".join(header) + "\n" + body).encode())
@@ -91,7 +109,11 @@ def apply_best(params: Params, study_name: str, storage: str, run: bool = False)
     base = study.user_attrs.get("base", "improved")
     report_dir = resolve_path(params.common.paths.reports) / "tune" / slug(study_name)
     path, command = write_best_params(study, trial, base, report_dir)
-    print(f"# trial {trial.number}, val_accuracy {trial.value:.4f}; written to {path}")
+    profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
+    print(
+        f"# trial {trial.number}, val_accuracy {trial.value:.4f} (study ran under params "
+        f"profile {profile}); its knobs on params.yaml's {base} design, written to {path}"
+    )
     print(shlex.join(command))
     if not run:
         return 0

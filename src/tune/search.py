@@ -24,7 +24,7 @@ from src.data import load_dataset
 from src.models import build_cnn
 from src.stage import input_pipeline, prepare_device
 from src.train import NonFiniteLossError, Progress, TensorSplits, fit
-from src.tune.apply import slug, write_best_params
+from src.tune.apply import PROFILE_ATTR, slug, write_best_params
 from src.tune.space import (
     PER_RUN,
     PRUNERS,
@@ -327,6 +327,7 @@ def _join(
     if "signature" not in attrs:
         study.set_user_attr("signature", signature)
         study.set_user_attr("base", tcfg.base)
+        study.set_user_attr(PROFILE_ATTR, params.profile)  # `apply` names it
         study.set_user_attr("tune", to_dict(tcfg))
         values, notes = hand_tuned_knobs(getattr(params, tcfg.base), tcfg.space)
         study.enqueue_trial(values, user_attrs={"hand_tuned": True})

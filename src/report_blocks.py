@@ -1,0 +1,262 @@
+"""Building blocks of the report (`src.report`): the stages and the course's values,
+number and markdown-table formatting, architecture tables rebuilt from a stage's
+resolved config, and task 1 (computed by `src.theory`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from src import theory
+from src.config import CNNStageConfig, ResNetConfig, build
+
+FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
+
+# The course report these stages reproduce: the values a reviewer compares against.
+REFERENCE_SOURCE = "the TDT4265 assignment 3 course report (tasks 2, 3 and 4a)"
+REFERENCE: dict[str, dict[str, float | int]] = {
+    "baseline": {"test_accuracy": 0.756, "n_parameters": 390_410},
+    "improved": {"test_accuracy": 0.811},
+    "resnet": {"test_accuracy": 0.889},
+}
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str
+    task: str
+    title: str
+    kind: str  # "cnn" (build_cnn) or "resnet" (build_resnet)
+
+
+STAGES = (
+    StageInfo("baseline", "2", "baseline CNN", "cnn"),
+    StageInfo("improved", "3", "improved CNN", "cnn"),
+    StageInfo("resnet", "4a", "ResNet18 transfer learning", "resnet"),
+)
+STAGE_INFO = {s.name: s for s in STAGES}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_metric(value: Any) -> str:
+    """Losses and accuracies with 4 decimals (test accuracy on 10,000 images is exact)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.4f}"
+
+
+def fmt_value(value: Any) -> str:
+    """A config or count value as a reader expects it: 390,410 · 0.05 · [32, 64] · true."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt_value(v).replace(",", "") for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, right: Sequence[str] = ()) -> str:
+    """A GitHub markdown table of `frame`'s cells as strings (no `tabulate` needed);
+    columns named in `right` are right-aligned."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---:" if c in right else "---" for c in frame.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *rows])
+
+
+def format_frame(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]]) -> pd.DataFrame:
+    out = frame.copy().astype(object)
+    for column, formatter in formats.items():
+        out[column] = [formatter(v) for v in frame[column]]
+    return out
+
+
+def figure_link(name: str, alt: str) -> str:
+    return f"![{alt}]({FIGURE_DIR}/{name})"
+
+
+def signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_stage_model(stage: str, config: dict):
+    """The stage's network from its resolved config (random init); and its input size."""
+    from src.models import build_cnn, build_resnet
+
+    if STAGE_INFO[stage].kind == "cnn":
+        cfg = build(CNNStageConfig, config, prefix=stage).model
+        return build_cnn(cfg), cfg.image_size
+    cfg = build(ResNetConfig, {**config, "weights": "none"}, prefix=stage)  # never the weights
+    return build_resnet(cfg), cfg.image_size
+
+
+def describe_module(module) -> str:
+    from torch import nn
+
+    def pair(v) -> str:
+        v = v if isinstance(v, tuple) else (v, v)
+        return f"{v[0]}×{v[1]}"
+
+    if isinstance(module, nn.Conv2d):
+        return (
+            f"Conv2d {module.in_channels}→{module.out_channels}, {pair(module.kernel_size)}, "
+            f"stride {module.stride[0]}, padding {module.padding[0]}"
+        )
+    if isinstance(module, nn.MaxPool2d):
+        return f"MaxPool2d {pair(module.kernel_size)}, stride {pair(module.stride)[0]}"
+    if isinstance(module, nn.Linear):
+        return f"Linear {module.in_features}→{module.out_features}"
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return f"{type(module).__name__}({module.num_features})"
+    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
+        return f"{type(module).__name__}(p={module.p:g})"
+    if isinstance(module, nn.LeakyReLU):
+        return f"LeakyReLU(slope {module.negative_slope:g})"
+    if isinstance(module, nn.Sequential) and len(module):
+        return f"{len(module)} × {type(module[0]).__name__}"
+    return type(module).__name__
+
+
+def architecture_table(model, image_size: int) -> pd.DataFrame:
+    """One row per top-level layer: what it is, its output shape (C×H×W for one
+    image of `image_size`), its parameters (from `theory.layer_parameter_table`)
+    and whether they train."""
+    import torch
+
+    counts = theory.layer_parameter_table(model)
+    shapes: dict[str, tuple] = {}
+    hooks = [
+        child.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
+        )
+        for name, child in model.named_children()
+    ]
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    rows = []
+    for name, child in model.named_children():
+        n = sum(r["total"] for r in counts if r["name"] == name or r["name"].startswith(f"{name}."))
+        trains = any(p.requires_grad for p in child.parameters())
+        rows.append(
+            {
+                "Layer": name,
+                "Module": describe_module(child),
+                "Output shape": "×".join(str(d) for d in shapes.get(name, ())) or "—",
+                "Parameters": n,
+                "Trainable": ("yes" if trains else "frozen") if n else "—",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def task1_section(baseline_config: dict, config_source: str) -> list[str]:
+    """Task 1a-1g, numbered as the course numbers them; 1g counts the network
+    `baseline_config` (a resolved `baseline` section) describes, `config_source` saying
+    where that config comes from."""
+    from scipy import ndimage
+
+    result = theory.convolve2d_same(theory.TASK1_IMAGE, theory.SOBEL_X)
+    check = ndimage.convolve(theory.TASK1_IMAGE, theory.SOBEL_X, mode="constant", cval=0)
+    agrees = np.array_equal(result, check)
+
+    def matrix(a: np.ndarray) -> str:
+        return "\n".join(["```", *("  ".join(f"{v:4d}" for v in row) for row in a), "```"])
+
+    lines = [
+        "## Task 1: theory",
+        "",
+        "Computed by `src/theory.py` when this report is rendered.",
+        "",
+        "### Task 1a: convolution with the Sobel-x kernel",
+        "",
+        "True convolution (the kernel flipped in both axes), zero padding, output the size "
+        'of the input ("same"). Image:',
+        "",
+        matrix(theory.TASK1_IMAGE),
+        "",
+        "Kernel:",
+        "",
+        matrix(theory.SOBEL_X),
+        "",
+        "Result:",
+        "",
+        matrix(result),
+        "",
+        'Checked against `scipy.ndimage.convolve(image, kernel, mode="constant", cval=0)`: '
+        + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/theory.py`)."),
+        "",
+    ]
+    answers = theory.task1_answers()
+    layer = answers.pop("1b")
+    lines += [
+        "### Task 1b: the layer that reduces sensitivity to translation",
+        "",
+        f"**{layer['answer'].capitalize()}.** {layer['working']}",
+        "",
+        "### Task 1c–1f: padding, kernel and output sizes",
+        "",
+        "W_out = (W − K + 2P) / S + 1, for width and height alike.",
+        "",
+    ]
+    sizes = pd.DataFrame(answers.values())[["task", "question", "working", "answer"]]
+    sizes.columns = ["Task", "Question", "Formula", "Answer"]
+    sizes["Formula"] = [f"`{f}`" for f in sizes["Formula"]]
+    lines += [markdown_table(sizes, right=["Answer"]), ""]
+
+    lines += ["### Task 1g: parameters of the baseline network", ""]
+    model, _ = build_stage_model("baseline", baseline_config)
+    table = pd.DataFrame(theory.layer_parameter_table(model))
+    total = int(table["total"].sum())
+    table["weight_shape"] = ["×".join(map(str, s)) if s else "—" for s in table["weight_shape"]]
+    table = table.rename(
+        columns={
+            "name": "Layer",
+            "type": "Type",
+            "weight_shape": "Weight shape",
+            "weights": "Weights",
+            "biases": "Biases",
+            "total": "Parameters",
+        }
+    )
+    table = format_frame(table, {c: fmt_value for c in ("Weights", "Biases", "Parameters")})
+    total_row = {"Layer": "**total**", "Parameters": f"**{total:,}**"}
+    table = pd.concat([table, pd.DataFrame([total_row])], ignore_index=True).fillna("")
+    reference = REFERENCE["baseline"]["n_parameters"]
+    verdict = "equal" if total == reference else "**different**: another network than the course's"
+    lines += [
+        f"Counted layer by layer (`theory.layer_parameter_table`) on {config_source}:",
+        "",
+        markdown_table(table, right=["Weights", "Biases", "Parameters"]),
+        "",
+        f"Total **{total:,}** parameters; course report: {reference:,} ({verdict}).",
+        "",
+    ]
+    return lines

@@ -1,0 +1,157 @@
+"""The quick run as DVC sees it: profiles.quick as real `-S` params of a --temp experiment,
+stages that list only the keys they read, plots with named axes, and where a --temp
+experiment's outputs and MLflow runs go."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from src import quick
+from src.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    load_params,
+    load_raw,
+    project_root,
+    repo_root,
+)
+
+DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+TRAINING = ("baseline", "improved", "resnet")
+
+
+def test_the_quick_command_sets_every_profile_value_as_a_real_param(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    raw = load_raw(PROJECT_ROOT / "params.yaml")
+    command = quick.quick_command(raw)
+    assert command[:6] == ["dvc", "exp", "run", "--temp", "-n", "quick"]
+    sets = [command[i + 1] for i, arg in enumerate(command) if arg == "-S"]
+    assert [s.split("=")[0] for s in sets] == list(raw["profiles"]["quick"])
+    # what DVC writes into the experiment's params.yaml is what the profile means
+    copy = tmp_path / "params.yaml"
+    shutil.copy(PROJECT_ROOT / "params.yaml", copy)
+    apply_overrides(str(copy), sets)
+    experiment = load_params(copy)
+    assert experiment == dataclasses.replace(load_params(copy, profile="quick"), profile="full")
+    assert experiment == dataclasses.replace(
+        load_params(PROJECT_ROOT / "params.yaml", profile="quick"), profile="full"
+    )
+    assert experiment.resnet.weights == "none" and experiment.baseline.train.epochs == 2
+    assert experiment.baseline.model == load_params(PROJECT_ROOT / "params.yaml").baseline.model
+
+
+def test_a_profile_key_params_yaml_lacks_is_named():
+    raw = load_raw(PROJECT_ROOT / "params.yaml")
+    raw["profiles"]["quick"]["improved.train.nesterov"] = True  # optional, not in the file
+    with pytest.raises(ConfigError) as info:
+        quick.quick_command(raw)
+    assert info.value.key == "profiles.quick.improved.train.nesterov"
+
+
+def test_a_profile_selector_in_params_yaml_is_refused(tmp_path):
+    raw = load_raw(PROJECT_ROOT / "params.yaml")
+    raw["profile"] = "quick"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="python -m src.quick") as info:
+        load_params(path)
+    assert info.value.key == "profile"
+
+
+def test_print_shows_the_command_and_runs_nothing():
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.quick", "--print", "--", "-f"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "DVC_ROOT"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith("dvc exp run --temp -n quick -S ") and line.endswith(" -f")
+    assert "-S resnet.weights=none" in line and "'improved.model.filters=[16,32,64,128]'" in line
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+
+
+def test_stages_list_only_the_keys_they_read():
+    for name in TRAINING:
+        params = DVC_YAML["stages"][name]["params"]
+        assert name in params
+        assert not [p for p in params if p.split(".")[0] in ("profile", "profiles", "tune")]
+        assert "common" not in params  # not the whole section: common.paths.raw is not read
+        others = set(TRAINING) - {name}
+        assert not [p for p in params if p.split(".")[0] in others]
+    raw = load_raw(PROJECT_ROOT / "params.yaml")
+    for name, stage in DVC_YAML["stages"].items():
+        for key in stage.get("params", []):
+            node = raw
+            for part in key.split("."):
+                assert part in node, f"dvc.yaml stage {name} names missing param {key}"
+                node = node[part]
+
+
+def test_only_top_level_plots_and_each_names_its_axes():
+    for name, stage in DVC_YAML["stages"].items():
+        assert "plots" not in stage, f"stage {name}: a stage-level plot draws every column"
+    for name in TRAINING:
+        outs = [
+            next(iter(o)) if isinstance(o, dict) else o for o in DVC_YAML["stages"][name]["outs"]
+        ]
+        assert f"${{common.paths.reports}}/{name}/history.csv" in outs
+    for entry in DVC_YAML["plots"]:
+        (plot,) = entry.values()
+        assert plot["x"] == "step" and plot["x_label"] and plot["y_label"] and plot["title"]
+        assert len(plot["y"]) == len(TRAINING)
+
+
+def test_the_report_declares_what_it_reads():
+    report = DVC_YAML["stages"]["report"]
+    deps = set(report["deps"])
+    assert {"${common.paths.reports}/tune", "${common.paths.reports}/discussion.md"} <= deps
+    outs = set(report["outs"])
+    assert "${common.paths.reports}/report.html" in outs
+    for path in ("reports/tune/README.md", "reports/discussion.md"):
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", path], cwd=PROJECT_ROOT, capture_output=True
+        )
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT_ROOT)
+        assert tracked.returncode == 0 or ignored.returncode == 1, path
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "reports/tune/some-study/best_params.yaml"], cwd=PROJECT_ROOT
+    )
+    assert ignored.returncode == 1  # a study's summary goes into git
+
+
+# --------------------------------------------------------------------------- --temp runs
+
+
+def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabcd1234"
+    (copy / ".dvc").mkdir(parents=True)
+    (copy / "src").mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(repo))  # what DVC sets there: the original repo
+    monkeypatch.chdir(copy)  # ... while the stage runs in the copy
+    assert project_root() == copy.resolve()
+    assert repo_root() == repo.resolve()
+    monkeypatch.chdir(copy / "src")
+    assert project_root() == copy.resolve()
+
+    from src import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlruns/mlflow.db"
+
+    monkeypatch.chdir(repo)  # an ordinary `dvc repro`: DVC_ROOT is the project
+    assert project_root() == repo and repo_root() == repo.resolve()
