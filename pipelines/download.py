@@ -21,7 +21,7 @@ def main() -> None:
     params = load_params()
     paths = params.common.paths
     out_dir, reports = resolve_path(paths.data), resolve_path(paths.reports) / STAGE
-    logged = {"common": params.common, "data": params.data}
+    logged = tracking.run_params(params, params.data)
     with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
         manifest = prepare_dataset(params.data, out_dir, resolve_path(paths.raw))
         dataset = load_dataset(out_dir)

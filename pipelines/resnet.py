@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> None:
         model = model.to(memory_format=torch.channels_last)
     dataset, data = load_data(params, device)
     pipeline = input_pipeline(section.train, device, section.image_size)
-    example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
     training = prepare_resnet_training(model, section, data, pipeline, params.common.seed)
     del data  # the cached features replace the images
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> None:
         pipeline=training.pipeline,
         dataset=dataset,
         fit_model=training.fit_model,
-        input_example=example,
         tags={
             **describe_weights(section.weights),
             "n_parameters": n_params,
