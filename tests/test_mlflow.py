@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.request
 import warnings
-from pathlib import Path
 
 import mlflow
 import numpy as np
