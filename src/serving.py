@@ -55,9 +55,11 @@ def read_model_file(path: str | Path) -> dict:
         raise WeightsError(f"{path}: no such model file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a PyTorch model file of this project ({first})") from None
+    except Exception:  # torch's own message is long and about its defaults, not this file
+        raise WeightsError(
+            f"{path}: not a model file of this project (torch.load with weights_only=True "
+            "cannot read it)"
+        ) from None
     if not isinstance(payload, dict) or not {"model", "config"} <= set(payload):
         raise WeightsError(
             f"{path}: not a model file of this project (expected the 'model' and 'config' "
@@ -131,9 +133,7 @@ class CifarModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.classifier = Classifier.from_file(context.artifacts[MODEL_FILE_ARTIFACT])
 
-    def predict(
-        self, context, model_input: np.ndarray, params: dict | None = None
-    ) -> pd.DataFrame:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         # np.ndarray: a hint MLflow infers no schema from; the logged signature checks
         return self.classifier(model_input)
 

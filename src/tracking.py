@@ -328,7 +328,7 @@ class Run:
         example = serving.as_images(input_example)
         signature = infer_signature(example, serving.Classifier.from_file(model_file)(example))
         name = f"{self.experiment}-{stage}"
-        with _activate(self.run_id):
+        with _activate(self.run_id), _no_progress_bars():
             info = mlflow.pyfunc.log_model(
                 name=stage,
                 python_model=serving.__file__,
@@ -341,7 +341,9 @@ class Run:
                 step=step,
                 tags={"stage": stage},
             )
-        self.log_metrics(final_metrics, step=step, model_id=info.model_id)
+        # test figures first: the Models tab shows the model's metrics in logging order
+        ordered = dict(sorted(final_metrics.items(), key=lambda kv: not kv[0].startswith("test")))
+        self.log_metrics(ordered, step=step, model_id=info.model_id)
         version = str(info.registered_model_version)
         test_accuracy = final_metrics.get("test_accuracy")
         return register_version(name, version, stage, test_accuracy, smoke or [])
@@ -402,7 +404,8 @@ def register_version(
     if smoke:
         tags["smoke"] = "; ".join(smoke)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        if value:
+            client.set_model_version_tag(name, version, key, value)
     note = f"smoke run, not for serving: {tags['smoke']}" if smoke else "full budget"
     client.update_model_version(name, version, f"{stage}: test accuracy {accuracy} ({note})")
     if not client.get_registered_model(name).description:
@@ -458,6 +461,20 @@ def _model_requirements() -> list[str]:
         f"numpy=={numpy.__version__}",
         f"pandas=={pandas.__version__}",
     ]
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No "Downloading artifacts" bar in the stage's log when MLflow checks the input
+    example against the logged model (unless the user asked for bars)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ.setdefault(key, "false")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ def test_a_model_file_of_another_kind_is_one_clear_error(capsys, tmp_path, image
     state_dict = tmp_path / "state_dict.pt"
     torch.save(build_cnn(ModelConfig(filters=(4,), fc=())).state_dict(), state_dict)
     for path, message in [
-        (garbage, "not a PyTorch model file of this project"),
+        (garbage, "not a model file of this project (torch.load"),
         (state_dict, "not a model file of this project"),
         (tmp_path / "missing.pt", "no such model file"),
         ("models:/no-such-model@champion", "cannot load this MLflow model"),
