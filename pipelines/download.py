@@ -21,7 +21,7 @@ def main() -> None:
     params = load_params()
     paths = params.common.paths
     out_dir, reports = resolve_path(paths.data), resolve_path(paths.reports) / STAGE
-    logged = {"common": params.common, "data": params.data}
+    logged = tracking.run_params(params, params.data)
     # Before the tracking run: a bad source, a too-small split or a folder the stage
     # may not replace stops it (exit 1 or 2) with no run started.
     manifest = prepare_dataset(params.data, out_dir, resolve_path(paths.raw))

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     dataset, data = load_data(params, device)
     check_train_size(len(dataset.train), section.train, f"{STAGE}.train")  # before caching
     pipeline = input_pipeline(section.train, device, section.image_size)
-    example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
     training = prepare_resnet_training(model, section, data, pipeline, params.common.seed)
     del data  # the cached features replace the images
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
@@ -56,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
         pipeline=training.pipeline,
         dataset=dataset,
         fit_model=training.fit_model,
-        input_example=example,
         tags={
             **describe_weights(section.weights),
             "n_parameters": n_params,

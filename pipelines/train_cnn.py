@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     pipeline = input_pipeline(section.train, device)
-    example = pipeline(data.val_x[:2], train=False).float().cpu().contiguous().numpy()
     n_params = count_parameters(model)
     print(f"[{args.stage}] {n_params:,} parameters on {device}")
     metrics = run_training_stage(
@@ -49,7 +48,6 @@ def main(argv: list[str] | None = None) -> None:
         data=data,
         pipeline=pipeline,
         dataset=dataset,
-        input_example=example,
         tags={"n_parameters": n_params, "device": str(device)},
         progress=not args.no_progress,
     )

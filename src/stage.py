@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -151,7 +150,6 @@ def run_training_stage(
     pipeline: Pipeline,
     dataset: Dataset,
     fit_model: nn.Module | None = None,
-    input_example: np.ndarray,
     tags: dict | None = None,
     extra_metrics: dict | None = None,
     progress: bool = True,
@@ -170,16 +168,16 @@ def run_training_stage(
     if resume_id:
         tracking.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
 
+    run_params = tracking.run_params(params, section)
     with tracking.stage_run(
-        stage, logged, experiment=params.common.experiment, run_id=resume_id, tags=tags
+        stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=tags
     ) as run:
-        if previous is None:
-            run.log_dataset(
-                dataset.manifest,
-                resolve_path(params.common.paths.data),
-                dataset.train.images,
-                dataset.train.labels,
-            )
+        run.log_dataset(  # on resume too: final metrics and the model link to it
+            dataset.manifest,
+            resolve_path(params.common.paths.data),
+            dataset.train.images,
+            dataset.train.labels,
+        )
 
         log_validation = ValidationLogger(run)
         result = fit(
@@ -200,9 +198,23 @@ def run_training_stage(
         metrics = {**stage_metrics(result, run.run_id), **(extra_metrics or {})}
         write_outputs(stage, paths, model, section, result, metrics, dataset, run)
         run.log_metrics(
-            {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=result.steps
+            {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and k not in result.final
+            },
+            step=result.steps,
         )
-        run.log_model(model, input_example)
+        registry = run.log_model(
+            stage,
+            paths.model,
+            dataset.val.images[:2],
+            final_metrics=result.final,
+            step=result.steps,
+            smoke=tracking.smoke_reasons(params, section),
+        )
+        if registry:
+            print(f"[{stage}] {registry}")
         # Tracking cost: per-validation logging plus the final artifacts and model,
         # against the stage's training + evaluation time.
         tracking_time = log_validation.seconds + time.perf_counter() - tic

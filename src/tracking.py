@@ -32,6 +32,49 @@ from src.workers import worker_alive, worker_id
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
 BATCH_LIMIT = 1000  # metrics per log_batch call
+CHAMPION = "champion"  # registry alias: the version to serve (best non-smoke test accuracy)
+
+# The UI's chart view groups metrics by the prefix before "/" and shows named groups in
+# alphabetical order before the unprefixed ones ("Model metrics": the final figures,
+# which the Models tab and the report read by these plain names). So the learning
+# curves get the group that sorts first, and one-value figures groups after it.
+CHART_GROUPS = {
+    "curves": (
+        "train_loss",
+        "train_loss_std",
+        "train_accuracy",
+        "train_step_loss",
+        "val_loss",
+        "val_accuracy",
+    ),
+    "progress": ("epoch", "lr", "images_per_s"),  # per validation, not learning curves
+    "run": ("steps", "best_step", "early_stop_step", "epochs_run", "resumed_from_step"),
+    "timing": (
+        "train_time_s",
+        "eval_time_s",
+        "eval_share",
+        "train_images_per_s",
+        "features_cached",
+        "feature_cache_time_s",
+    ),
+}
+_CHART_KEYS = {name: f"{group}/{name}" for group, names in CHART_GROUPS.items() for name in names}
+EXPERIMENT_DESCRIPTIONS = {
+    "": (
+        "CIFAR-10 pipeline (TDT4265 assignment 3): one run per stage execution, named "
+        "after the stage. Params have one name in every stage (`model.filters`, "
+        "`train.lr`, `seed`, ...), so Compare lines runs up; learning curves are under "
+        "`curves/`, final figures (`test_accuracy`, ...) unprefixed. Each training stage "
+        "registers its model as `cifar10-<stage>`; the alias `champion` is the version "
+        "to serve."
+    ),
+    "-tune": (
+        "Optuna studies (`python -m src.tune`): a parent run `tune-<study>` per study with "
+        "the optimisation history, and a nested run per trial logging the same param and "
+        "metric names as the pipeline stages. Pruned trials end FINISHED with `pruned` in "
+        "their name; failed ones FAILED."
+    ),
+}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -143,6 +186,44 @@ def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> 
             return closed
 
 
+def chart_key(name: str) -> str:
+    """The MLflow metric key of one of the project's figures (see CHART_GROUPS)."""
+    return _CHART_KEYS.get(name, name)
+
+
+def run_params(params: Any, section: Any, **extra: Any) -> dict[str, Any]:
+    """What a run logs as params: the stage's own section flattened without the stage's
+    name (`model.filters`, `train.lr`, `weights`, ...), the shared `seed` and `profile`,
+    and `extra` (a trial's search-only knobs): one name per knob in every stage and trial."""
+    return {**flatten(section), "seed": params.common.seed, "profile": params.profile, **extra}
+
+
+def smoke_reasons(params: Any, section: Any) -> list[str]:
+    """Why a stage's model is not one to serve: a reduced budget or random weights."""
+    train = getattr(section, "train", None)
+    reasons = []
+    if params.profile != "full":
+        reasons.append(f"profile {params.profile}")
+    if train is not None and train.dry_run:
+        reasons.append("dry run")
+    if train is not None and train.subset:
+        reasons.append(f"trained on {train.subset} images")
+    if getattr(section, "weights", None) == "none":
+        reasons.append("random-init backbone")
+    return reasons
+
+
+def _describe_experiment(client: Any, exp_id: str, name: str) -> None:
+    """The model-training view (not the GenAI one) and a description, once."""
+    tags = client.get_experiment(exp_id).tags
+    wanted = {"mlflow.experimentKind": "custom_model_development"}
+    suffix = "-tune" if name.endswith("-tune") else ""
+    wanted["mlflow.note.content"] = EXPERIMENT_DESCRIPTIONS[suffix]
+    for key, value in wanted.items():
+        if key not in tags:  # a description the user edited in the UI stays
+            client.set_experiment_tag(exp_id, key, value)
+
+
 def set_experiment(name: str) -> str:
     """Create (with its artifact root under mlruns/) or select an experiment; its id."""
     import mlflow
@@ -160,6 +241,7 @@ def set_experiment(name: str) -> str:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+    _describe_experiment(client, exp_id, name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -172,11 +254,13 @@ def _param_value(value: Any) -> str:
 class Run:
     """An open MLflow run, or a no-op stand-in when tracking is off."""
 
-    def __init__(self, run_id: str | None):
+    def __init__(self, run_id: str | None, experiment: str = ""):
         self.run_id = run_id
+        self.experiment = experiment  # registered models are named <experiment>-<stage>
         # The status `stage_run` ends the run with when its block exits normally
-        # (default FINISHED); e.g. KILLED for a pruned Optuna trial.
+        # (default FINISHED); e.g. FAILED for a crashed Optuna trial.
         self.end_status: str | None = None
+        self.dataset: Any = None  # the mlflow Dataset that metrics and models link to
 
     @property
     def active(self) -> bool:
@@ -198,9 +282,26 @@ class Run:
         for start in range(0, len(items), 100):
             self._client().log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.active:
+    def log_metrics(
+        self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
+        """One value per metric; with `model_id` they are the model's figures too (the
+        Models tab shows them), measured on the run's data set."""
+        if not self.active:
+            return
+        if model_id is None:
             self.log_series({k: [(step or 0, v)] for k, v in metrics.items()})
+            return
+        import mlflow
+
+        mlflow.log_metrics(
+            {chart_key(k): float(v) for k, v in metrics.items()},
+            step=step or 0,
+            run_id=self.run_id,
+            model_id=model_id,
+            dataset=self.dataset,
+            synchronous=True,
+        )
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
         """Many (step, value) points in as few database writes as possible."""
@@ -212,7 +313,7 @@ class Run:
 
         now = int(time.time() * 1000)
         points = [
-            Metric(name, float(value), now, int(step))
+            Metric(chart_key(name), float(value), now, int(step))
             for name, pairs in series.items()
             for step, value in pairs
         ]
@@ -225,6 +326,10 @@ class Run:
             from mlflow.entities import RunTag
 
             self._client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def rename(self, name: str) -> None:
+        if self.active:
+            self._client().update_run(self.run_id, name=name)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
@@ -242,54 +347,181 @@ class Run:
         if self.active:
             self._client().log_figure(self.run_id, figure, artifact_file)
 
-    def log_model(self, model: Any, input_example: Any, name: str = "model") -> None:
-        """The model in MLflow's pytorch flavour with a signature from the example."""
+    def log_model(
+        self,
+        stage: str,
+        model_file: Path,
+        input_example: Any,
+        *,
+        final_metrics: dict[str, float],
+        step: int = 0,
+        smoke: list[str] | None = None,
+    ) -> str | None:
+        """Log the stage's model file as a pyfunc model named after the stage, link the
+        final metrics to it, register it as a new version of `<experiment>-<stage>` and
+        move the `champion` alias when it earns it. Returns a line for the stage's log.
+
+        The pyfunc is "models from code" (src/serving.py): the project's own model file
+        (weights + config, read with weights_only=True) is its artifact and `src` ships
+        with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
+        class names and probabilities; `input_example` is a few such images."""
         if not self.active:
-            return
+            return None
         import mlflow
-        import torch
         from mlflow.models import infer_signature
 
-        model = model.eval().to("cpu")
-        with torch.no_grad():
-            output = model(torch.as_tensor(input_example)).numpy()
-        signature = infer_signature(input_example, output)
-        with _activate(self.run_id):
-            mlflow.pytorch.log_model(
-                model,
-                name=name,
-                input_example=input_example,
+        from src import serving
+
+        example = serving.as_images(input_example)
+        signature = infer_signature(example, serving.Classifier.from_file(model_file)(example))
+        name = f"{self.experiment}-{stage}"
+        with _activate(self.run_id), _no_progress_bars():
+            info = mlflow.pyfunc.log_model(
+                name=stage,
+                python_model=serving.__file__,
+                artifacts={serving.MODEL_FILE_ARTIFACT: str(model_file)},
+                code_paths=[str(Path(serving.__file__).parent)],
+                input_example=example,
                 signature=signature,
-                serialization_format="pickle",
                 pip_requirements=_model_requirements(),
+                registered_model_name=name,
+                step=step,
+                tags={"stage": stage},
             )
+        # test figures first: the Models tab shows the model's metrics in logging order
+        ordered = dict(sorted(final_metrics.items(), key=lambda kv: not kv[0].startswith("test")))
+        self.log_metrics(ordered, step=step, model_id=info.model_id)
+        version = str(info.registered_model_version)
+        test_accuracy = final_metrics.get("test_accuracy")
+        return register_version(name, version, stage, test_accuracy, smoke or [])
 
     def log_dataset(self, manifest: dict, data_dir: Path, images: Any, labels: Any) -> None:
-        """Record the prepared data set as the run's input, with its digest and source."""
+        """Record the prepared data set as the run's input (its digest, and its source:
+        the download URL, or the prepared folder for a local copy); final metrics and
+        models are linked to it."""
         if not self.active:
             return
         import mlflow
 
-        digest = config_hash(manifest.get("sha256", {}))
-        dataset = mlflow.data.from_numpy(
+        source = manifest.get("source", {})
+        self.dataset = mlflow.data.from_numpy(
             features=images,
             targets=labels,
-            source=str(data_dir),
-            name=f"cifar10-{manifest.get('source', {}).get('kind', 'prepared')}",
-            digest=digest,
+            source=_dataset_source(source.get("url"), data_dir),
+            name=f"cifar10-{source.get('kind', 'prepared')}",
+            digest=config_hash(manifest.get("sha256", {})),
         )
         with _activate(self.run_id):
-            mlflow.log_input(dataset, context="training")
+            mlflow.log_input(self.dataset, context="training")
+
+
+def _dataset_source(url: str | None, data_dir: Path) -> Any:
+    """An explicit DatasetSource: given a plain string, MLflow 3.17 picks between two
+    registrations of LocalArtifactDatasetSource and warns in every stage."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if url:
+        return HTTPDatasetSource(url)
+    for source in get_registered_sources():
+        if source.__name__ == "LocalArtifactDatasetSource":
+            return source(data_dir.as_uri())
+    return data_dir.as_uri()  # MLflow resolves it (and may warn)
+
+
+def register_version(
+    name: str, version: str, stage: str, test_accuracy: float | None, smoke: list[str]
+) -> str:
+    """Tag and describe a new registry version, and point `champion` at it when it is a
+    full-budget model whose test accuracy beats the current champion's (smoke runs never
+    become champion: their versions carry `smoke` and `servable=false`). Returns a line
+    for the stage's log."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
+    tags = {
+        "stage": stage,
+        "test_accuracy": "" if test_accuracy is None else repr(float(test_accuracy)),
+        "servable": str(not smoke).lower(),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        **git_info(),
+    }
+    if smoke:
+        tags["smoke"] = "; ".join(smoke)
+    for key, value in tags.items():
+        if value:
+            client.set_model_version_tag(name, version, key, value)
+    note = f"smoke run, not for serving: {tags['smoke']}" if smoke else "full budget"
+    client.update_model_version(name, version, f"{stage}: test accuracy {accuracy} ({note})")
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, _registered_description(stage))
+
+    where = f"registry: {name} version {version}, test accuracy {accuracy}"
+    if smoke:
+        return f"{where}; tagged smoke ({tags['smoke']}), not @{CHAMPION}"
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    best = _version_accuracy(client, current) if current is not None else None
+    beats = test_accuracy is not None and (best is None or test_accuracy > best)
+    if current is not None and not beats:
+        held = "n/a" if best is None else f"{best:.4f}"
+        return f"{where}; @{CHAMPION} stays version {current.version} ({held})"
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if current is None:
+        return f"{where}; now @{CHAMPION}"
+    return f"{where}; now @{CHAMPION} (was version {current.version}, {best:.4f})"
+
+
+def _version_accuracy(client: Any, version: Any) -> float | None:
+    text = version.tags.get("test_accuracy", "")
+    if text:
+        return float(text)
+    try:
+        return client.get_run(version.run_id).data.metrics.get("test_accuracy")
+    except Exception:  # a version registered from elsewhere
+        return None
+
+
+def _registered_description(stage: str) -> str:
+    return (
+        f"CIFAR-10 classifier trained by the `{stage}` stage. Input: uint8 RGB images "
+        "(N, 32, 32, 3); `python -m src.predict` takes image files of any size. Output: "
+        "`label`, its `probability`, and one probability column per class. Serve "
+        f"`models:/<name>@{CHAMPION}` (the best test accuracy among full-budget runs); "
+        "`models:/<name>/latest` is the newest version, smoke runs (tag `smoke`) included."
+    )
 
 
 def _model_requirements() -> list[str]:
+    import numpy
+    import pandas
     import torch
     import torchvision
 
     return [
         f"torch=={torch.__version__.split('+')[0]}",
         f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"numpy=={numpy.__version__}",
+        f"pandas=={pandas.__version__}",
     ]
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No "Downloading artifacts" bar in the stage's log when MLflow checks the input
+    example against the logged model (unless the user asked for bars)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ.setdefault(key, "false")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -331,14 +563,17 @@ def stage_run(
     nested: bool = False,
     tags: dict[str, Any] | None = None,
     log_params: bool = True,
+    system_metrics: bool = True,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run named after the stage.
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM and FAILED on
-    any other exception; the exception propagates. Resolved params are logged
-    flattened, and provenance tags (git commit, dirty tree, DVC stage and
+    any other exception; the exception propagates. `params` (see `run_params`) are
+    logged flattened, and provenance tags (git commit, dirty tree, DVC stage and
     experiment, params hash) are set. A top-level run first closes the runs its
-    dead predecessors left RUNNING (`close_dead_runs`).
+    dead predecessors left RUNNING (`close_dead_runs`). With `system_metrics`, MLflow
+    samples CPU, memory (and GPU, with nvidia-ml-py) every SYSTEM_METRICS_INTERVAL_S
+    seconds ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it) as `system/...`.
     """
     if not tracking_enabled():
         with _sigterm_as_interrupt():
@@ -349,6 +584,8 @@ def stage_run(
     experiment_id = set_experiment(experiment)
     if not nested:
         close_dead_runs(stage, experiment_id, keep=run_id)
+    if system_metrics:
+        _setup_system_metrics()
     all_tags = {**provenance_tags(stage, params), **(tags or {})}
     with _sigterm_as_interrupt():
         # identity tags at creation: a kill right after start_run leaves a closable run
@@ -357,8 +594,9 @@ def stage_run(
             run_name=None if run_id else stage,
             nested=nested,
             tags=identity_tags(stage),
+            log_system_metrics=system_metrics,
         )
-        run = Run(active.info.run_id)
+        run = Run(active.info.run_id, experiment)
         status = "FAILED"
         try:
             run.set_tags(all_tags)
@@ -371,6 +609,20 @@ def stage_run(
             raise
         finally:
             mlflow.end_run(status=status)
+
+
+SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default 10 s leaves a short stage without any
+
+
+def _setup_system_metrics() -> None:
+    """Sampling interval (unless the user set one), and no INFO lines per run."""
+    import logging
+
+    import mlflow
+
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
 def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:

@@ -312,9 +312,11 @@ def test_resnet_stage_end_to_end_random_init(prepared):
     assert run.info.status == "FINISHED" and run.info.run_name == "resnet"
     assert run.data.tags["weights"] == "none" and run.data.tags["pretrained"] == "false"
     assert run.data.tags["feature_cache"].startswith("features after layer3")
-    assert run.data.params["resnet.train.lr"] == "0.0005"
-    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "final_val_loss"):
+    assert run.data.params["train.lr"] == "0.0005" and run.data.params["weights"] == "none"
+    for name in ("curves/train_loss", "curves/val_loss", "test_accuracy", "final_val_loss"):
         assert name in run.data.metrics, name
+    (version,) = client.search_model_versions("name = 'cifar10-resnet'")
+    assert version.tags["servable"] == "false" and "random-init" in version.tags["smoke"]
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/confusion_matrix.png"} <= figures
     models = mlflow.search_logged_models(

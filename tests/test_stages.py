@@ -43,7 +43,7 @@ def test_download_stage_outputs_and_run(prepared):
     metrics = json.loads((prepared / "reports/download/metrics.json").read_text())
     run = _client(prepared).get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "download"
-    assert run.data.params["data.val_fraction"] == "0.2"
+    assert run.data.params["val_fraction"] == "0.2"
     assert run.data.metrics["n_val"] == metrics["n_val"]
     assert run.data.tags["git_commit"] and run.data.tags["params_hash"]
     artifacts = {a.path for a in _client(prepared).list_artifacts(run.info.run_id)}
@@ -79,11 +79,12 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     client = _client(prepared)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == stage
-    assert run.data.params[f"{stage}.train.lr"] == "0.05"
+    assert run.data.params["train.lr"] == "0.05"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    val_history = client.get_metric_history(run.info.run_id, "val_loss")
+    val_history = client.get_metric_history(run.info.run_id, "curves/val_loss")
     assert len(val_history) == len(history) - 1
-    assert len(client.get_metric_history(run.info.run_id, "train_step_loss")) > len(val_history)
+    step_losses = client.get_metric_history(run.info.run_id, "curves/train_step_loss")
+    assert len(step_losses) > len(val_history)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"history.csv", "config.json", "metrics.json", "figures"} <= artifacts
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}

@@ -85,7 +85,7 @@ def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path
     with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}") as resp:
         run = json.load(resp)["run"]
     assert run["info"]["status"] == "FINISHED"
-    assert {m["key"] for m in run["data"]["metrics"]} >= {"test_accuracy", "val_loss"}
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"test_accuracy", "curves/val_loss"}
     mlflow.set_tracking_uri(url)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl"))
     downloaded = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from src import tune
+from src import tracking, tune
 from src.config import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
 from src.train import FitResult, NonFiniteLossError
 from src.tune import search
@@ -58,7 +58,7 @@ def _runs(root, study: str):
     return client, parent, children
 
 
-MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
 def _contrived_fit(accuracy):
@@ -155,16 +155,20 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["optuna.study_name"] == "e2e"
     assert "tune.space.lr.high" in parent.data.params and "best_val_accuracy" in parent.data.metrics
+    assert not [m for m in parent.data.metrics if m.startswith("system/")]  # the trials' own
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/optimization_history.png" in figures
     assert [c.data.tags["optuna.trial_number"] for c in children] == ["0", "1", "2"]
     for trial, run in zip(trials, children):
         assert run.data.tags["optuna.trial_state"] == trial.state.name
         assert run.info.status == MLFLOW_STATUS[trial.state.name]
-        assert run.data.params["improved.model.kernel_size"] == str(trial.params["kernel_size"])
-        assert "val_accuracy" in run.data.metrics
+        assert run.data.params["model.kernel_size"] == str(trial.params["kernel_size"])
+        # the stages' param names, plus the search-only knobs under their own
+        assert set(tracking.run_params(params, params.improved)) <= set(run.data.params)
+        assert {"width", "blocks"} & set(trial.params) <= set(run.data.params)
+        assert "curves/val_accuracy" in run.data.metrics
         assert not [m for m in run.data.metrics if m.startswith("test")]  # never looked at
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        history = client.get_metric_history(run.info.run_id, "curves/val_accuracy")
         assert len(history) == len(trial.intermediate_values)
     report = tune_project / "reports/tune/e2e"
     assert (report / "best_params.yaml").is_file()
@@ -211,7 +215,10 @@ def test_pruning_and_a_crash_are_recorded_and_the_search_goes_on(tune_project, m
     assert "non-finite" in trials[2].user_attrs["fail_reason"]
     assert trials[3].value == pytest.approx(0.83)
     _, _, runs = _runs(tune_project, "contrived")
-    assert [r.info.status for r in runs] == ["FINISHED", "KILLED", "FAILED", "FINISHED"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert (
+        runs[1].info.run_name == "trial-001 (pruned)" and runs[1].data.tags["stage"] == "trial-001"
+    )
     assert [r.data.tags["optuna.trial_state"] for r in runs] == [s.name for s in states]
     assert "non-finite" in runs[2].data.tags["optuna.fail_reason"]
 

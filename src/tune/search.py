@@ -26,6 +26,7 @@ from src.stage import input_pipeline, prepare_device
 from src.train import NonFiniteLossError, Progress, TensorSplits, fit
 from src.tune.apply import PROFILE_ATTR, slug, write_best_params
 from src.tune.space import (
+    FIELD_KNOBS,
     PER_RUN,
     PRUNERS,
     TuneConfig,
@@ -119,16 +120,18 @@ class _Reporter:
 
 def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
     """Train one trial through `fit` in its own nested MLflow run, then tell Optuna.
-    Pruned: run KILLED. A crash (NaN loss, bad combination): FAIL, reason recorded."""
+    Pruned: run FINISHED, named `trial-NNN (pruned)`. A crash (NaN loss, bad
+    combination): FAIL, run FAILED, reason recorded."""
     knobs = suggest_knobs(trial, s.tcfg.space)
     tags = {"optuna.study_name": s.study.study_name, "optuna.trial_number": trial.number}
     tags.update({"optuna.worker": s.worker, **_retry_tag(trial)})
     name = f"trial-{trial.number:03d}"
     state, value = TrialState.FAIL, None
+    # The knobs under the param names the stages use (`train.lr`), the search-only ones
+    # (`width`, `blocks`) under their own; the resolved config joins them below.
+    logged = {FIELD_KNOBS.get(k, k): v for k, v in knobs.items()}
     with (
-        tracking.stage_run(
-            name, {"knob": knobs}, experiment=s.experiment, nested=True, tags=tags
-        ) as run,
+        tracking.stage_run(name, logged, experiment=s.experiment, nested=True, tags=tags) as run,
         s.storage.heartbeat(s.study, trial.number),
     ):
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -136,17 +139,24 @@ def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
         try:
             section = trial_section(s.base, knobs, s.tcfg.budget)
             trial.set_user_attr("config", to_dict(section))
-            run.log_params({"common": s.params.common, s.tcfg.base: section})
+            run.log_params(tracking.run_params(s.params, section))
             result = train_trial(s, section, reporter, name)
             value = (
                 reporter.best if reporter.best is not None else result.final["final_val_accuracy"]
             )
             final = {k: v for k, v in result.final.items() if not k.startswith("test")}
-            final.update(epochs_run=result.epochs_run, train_time_s=result.train_time_s)
-            run.log_metrics({**final, "images_per_s": result.images_per_s}, step=result.steps)
+            final.update(
+                epochs_run=result.epochs_run,
+                train_time_s=result.train_time_s,
+                train_images_per_s=result.images_per_s,
+            )
+            run.log_metrics(final, step=result.steps)
             state = TrialState.COMPLETE
         except optuna.TrialPruned as exc:
-            state, run.end_status = TrialState.PRUNED, "KILLED"
+            # FINISHED, not KILLED: the runs list shows KILLED and FAILED with one red icon,
+            # so a pruned trial ends green and says so in its name.
+            state = TrialState.PRUNED
+            run.rename(f"{name} (pruned)")
             run.set_tags({"optuna.prune_reason": str(exc)})
         except KeyboardInterrupt:
             run.set_tags({"optuna.trial_state": "FAIL", "optuna.fail_reason": "interrupted"})
@@ -274,6 +284,7 @@ def run_search(
                     experiment=experiment,
                     run_id=parent_id,
                     tags=_parent_tags(study, ss, tcfg, n_trials),
+                    system_metrics=False,  # each trial run records its own
                 )
             )
             if parent.active and parent.run_id != parent_id:
@@ -354,7 +365,9 @@ def _tracking_uri() -> str | None:
 
 def _parent_params(params: Params, tcfg: TuneConfig) -> dict:
     tune = {k: v for k, v in to_dict(tcfg).items() if k not in PER_RUN}
-    return {"tune": tune, tcfg.base: getattr(params, tcfg.base), "common": params.common}
+    # `base.*`, not the trials' own names: the parent is no point of the search, and
+    # must not land in the experiment's parallel-coordinates plot as one
+    return {"tune": tune, "base": tracking.run_params(params, getattr(params, tcfg.base))}
 
 
 def _parent_tags(study: optuna.Study, ss: StudyStorage, tcfg: TuneConfig, n: int) -> dict:

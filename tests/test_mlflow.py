@@ -1,0 +1,235 @@
+"""MLflow as its users work with it: params that line up across stages, chart groups,
+the model-training experiment view, system metrics, registered models with a champion
+alias, and a logged model that takes uint8 images and returns class names."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+
+import mlflow
+import numpy as np
+import pytest
+
+from src import tracking
+from src.config import CIFAR10_CLASSES, load_params
+from src.data import load_dataset
+from src.serving import Classifier
+from tests.conftest import _isolate, update_params, write_official_archive, write_project
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_cifar):
+    """A tiny project after download, baseline, improved and a dry-run baseline (a smoke
+    run): the warnings they raised and what they printed."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    archive = write_official_archive(tmp / "cifar-10-python.tar.gz", tiny_cifar)
+    root = write_project(tmp / "project", archive)
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, root)
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+        from pipelines import download, train_cnn
+
+        out = io.StringIO()
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
+            warnings.simplefilter("always")
+            download.main()
+            train_cnn.main(["baseline", "--no-progress"])
+            train_cnn.main(["improved", "--no-progress"])
+            update_params(root, **{"baseline.train.dry_run": True})
+            train_cnn.main(["baseline", "--no-progress"])
+            update_params(root, **{"baseline.train.dry_run": False})
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+        yield {"root": root, "warnings": list(caught), "stdout": out.getvalue()}
+
+
+def _runs(stage: str) -> list:
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("cifar10")
+    runs = client.search_runs([exp.experiment_id], f"attributes.run_name = '{stage}'")
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def test_one_param_name_per_knob_in_every_stage(trained):
+    (baseline, _), (improved,) = _runs("baseline"), _runs("improved")
+    assert set(baseline.data.params) == set(improved.data.params)
+    for key in ("model.filters", "model.activation", "train.lr", "train.augment.hflip", "seed"):
+        assert key in baseline.data.params
+    assert not [k for k in baseline.data.params if k.startswith(("baseline.", "improved."))]
+    assert baseline.data.params["profile"] == "full"
+    assert baseline.data.tags["stage"] == "baseline" and improved.data.tags["stage"] == "improved"
+    # the DataFrame a user gets lines the stages up column by column
+    frame = mlflow.search_runs(experiment_names=["cifar10"])
+    assert {"params.model.filters", "metrics.test_accuracy"} <= set(frame.columns)
+
+
+def test_learning_curves_open_the_chart_view_and_one_value_figures_follow(trained):
+    client = mlflow.MlflowClient()
+    run = _runs("improved")[0]
+    metrics = set(run.data.metrics)
+    curves = {"curves/train_loss", "curves/val_loss", "curves/val_accuracy"}
+    assert curves <= metrics
+    assert len(client.get_metric_history(run.info.run_id, "curves/val_loss")) >= 2
+    assert {"timing/train_time_s", "run/best_step", "test_accuracy"} <= metrics
+    assert not {"train_time_s", "val_loss", "steps"} & metrics
+    # the UI shows named groups alphabetically before the unprefixed final figures
+    groups = sorted({m.split("/")[0] for m in metrics if "/" in m and not m.startswith("system")})
+    assert groups[0] == "curves"
+    assert any(m.startswith("system/cpu_utilization") for m in metrics), "system metrics"
+
+
+def test_experiment_opens_in_the_model_training_view_with_a_description(trained):
+    exp = mlflow.MlflowClient().get_experiment_by_name("cifar10")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "champion" in exp.tags["mlflow.note.content"]
+
+
+def test_models_are_registered_linked_to_metrics_and_smoke_runs_never_champion(trained):
+    client = mlflow.MlflowClient()
+    full, smoke = _runs("baseline")
+    found = client.search_model_versions("name = 'cifar10-baseline'")
+    versions = {str(v.version): v for v in found}
+    assert sorted(versions) == ["1", "2"]
+    assert versions["1"].run_id == full.info.run_id and versions["2"].run_id == smoke.info.run_id
+    assert versions["1"].tags["servable"] == "true"
+    assert versions["2"].tags["servable"] == "false" and "dry run" in versions["2"].tags["smoke"]
+    assert str(client.get_model_version_by_alias("cifar10-baseline", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("cifar10-improved", "champion").version) == "1"
+    assert "not @champion" in trained["stdout"] and "now @champion" in trained["stdout"]
+
+    # the logged model: named after its stage, its metrics measured on the data set
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[full.info.experiment_id],
+        filter_string=f"source_run_id = '{full.info.run_id}'",
+        output_format="list",
+    )
+    assert model.name == "baseline" and versions["1"].source == f"models:/{model.model_id}"
+    linked = {m.key: m for m in model.metrics}
+    assert linked["test_accuracy"].value == pytest.approx(full.data.metrics["test_accuracy"])
+    (data,) = full.inputs.dataset_inputs
+    assert linked["test_accuracy"].dataset_name == data.dataset.name == "cifar10-official-archive"
+    assert linked["test_accuracy"].dataset_digest == data.dataset.digest
+
+
+def test_champion_moves_only_to_a_better_full_budget_version(trained):
+    client = mlflow.MlflowClient()
+    name = "cifar10-improved"
+    first = client.get_model_version(name, "1")
+    accuracy = float(first.tags["test_accuracy"])
+
+    def new_version(test_accuracy, smoke=()):
+        v = str(client.create_model_version(name, first.source, run_id=first.run_id).version)
+        return v, tracking.register_version(name, v, "improved", test_accuracy, list(smoke))
+
+    worse, line = new_version(accuracy - 0.1)
+    assert "stays version 1" in line
+    better, line = new_version(accuracy + 0.1)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better
+    assert "was version 1" in line
+    _, line = new_version(accuracy + 0.2, smoke=["profile quick"])
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better
+
+
+def test_logged_model_takes_uint8_images_and_returns_class_names(trained):
+    root = trained["root"]
+    images = load_dataset(root / "data/cifar10").test.images[:7]
+    model = mlflow.pyfunc.load_model("models:/cifar10-baseline@champion")
+    table = model.predict(images)
+    assert list(table.columns[:2]) == ["label", "probability"]
+    assert set(table["label"]) <= set(CIFAR10_CLASSES) and len(table) == 7
+    probs = table[list(CIFAR10_CLASSES)].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # the newest version is the file the stage wrote last: same probabilities
+    latest = mlflow.pyfunc.load_model("models:/cifar10-baseline/2").predict(images)
+    own = Classifier.from_file(root / "models/baseline.pt")(images)
+    np.testing.assert_allclose(latest[list(CIFAR10_CLASSES)], own[list(CIFAR10_CLASSES)])
+    # MLflow checks the input against the signature
+    with pytest.raises(Exception, match="shape|32"):
+        model.predict(np.zeros((1, 28, 28, 3), dtype=np.uint8))
+
+
+def test_stages_raise_no_needless_warnings(trained):
+    noisy = [
+        f"{w.category.__name__}: {w.message}"
+        for w in trained["warnings"]
+        if not issubclass(w.category, DeprecationWarning)
+    ]
+    assert not noisy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_model_answers_http_with_labels(trained, tmp_path):
+    """`mlflow models serve` on 127.0.0.1 answers a real request (about 20 s)."""
+    root = trained["root"]
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/cifar10-improved@champion",
+        ]
+        + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow models serve did not come up in 180 s")
+        images = load_dataset(root / "data/cifar10").test.images[:3]
+        body = json.dumps({"inputs": images.tolist()}).encode()
+        request = urllib.request.Request(
+            f"{url}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            predictions = json.load(resp)["predictions"]
+        assert len(predictions) == 3
+        assert all(p["label"] in CIFAR10_CLASSES and 0 < p["probability"] <= 1 for p in predictions)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_params_of_a_stage_run_and_its_smoke_reasons():
+    params = load_params()
+    logged = tracking.run_params(params, params.improved)
+    assert logged["model.filters"] == list(params.improved.model.filters)
+    assert logged["seed"] == params.common.seed
+    quick = load_params(overrides={"profile": "quick"})
+    assert "profile quick" in tracking.smoke_reasons(quick, quick.resnet)
+    assert "random-init backbone" in tracking.smoke_reasons(quick, quick.resnet)
+    assert tracking.smoke_reasons(params, params.improved) == []
+
+
+def test_chart_keys():
+    assert tracking.chart_key("val_loss") == "curves/val_loss"
+    assert tracking.chart_key("test_accuracy") == "test_accuracy"
