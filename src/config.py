@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from src.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = "params.yaml"
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.
@@ -36,15 +38,6 @@ CIFAR10_CLASSES = (
     "ship",
     "truck",
 )
-
-
-class ConfigError(ValueError):
-    """A params value is missing, unknown, of the wrong type or out of range."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        self.message = message
-        super().__init__(f"params: '{key}': {message}" if key else f"params: {message}")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.config import CIFAR10_CLASSES, SOURCE_ENV_VAR, ConfigError, DataConfig, temp_dir_pattern
+from src.config import CIFAR10_CLASSES, SOURCE_ENV_VAR, DataConfig, temp_dir_pattern
+from src.errors import ConfigError, DataError
 
 IMAGE_SHAPE = (32, 32, 3)
 SPLITS = ("train", "val", "test")
@@ -59,10 +60,6 @@ PRODUCER = "cifar-mlops prepare_dataset"
 PREPARED_FILES = frozenset({MANIFEST, *(f"{split}.npz" for split in SPLITS)})
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class DataError(RuntimeError):
-    """The source is unreachable, corrupt or not CIFAR-10 shaped; the message says where."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from src.config import ModelConfig, ResNetConfig, resolve_path
+from src.errors import WeightsError
 
 NUM_CLASSES = 10
 
@@ -24,10 +25,6 @@ _ACTIVATIONS = {
     "gelu": nn.GELU,
     "elu": nn.ELU,
 }
-
-
-class WeightsError(RuntimeError):
-    """Pretrained or saved weights are missing, corrupt or for another architecture."""
 
 
 def build_cnn(cfg: ModelConfig) -> nn.Sequential:

@@ -27,6 +27,7 @@ import pandas as pd
 from src import plots, theory
 from src.config import CNNStageConfig, Params, ResNetConfig, build, flatten, to_dict
 from src.data import MANIFEST
+from src.errors import ReportInputError
 
 # The course report these stages reproduce: the values a reviewer compares against.
 REFERENCE_SOURCE = "the TDT4265 assignment 3 course report (tasks 2, 3 and 4a)"
@@ -64,11 +65,6 @@ STAGES = (
     StageInfo("resnet", "4a", "ResNet18 transfer learning", "resnet"),
 )
 STAGE_INFO = {s.name: s for s in STAGES}
-
-
-class ReportInputError(RuntimeError):
-    """A stage output the report reads is missing or unreadable; the message says
-    which file and which stage makes it."""
 
 
 @dataclass(frozen=True)

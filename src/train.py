@@ -34,23 +34,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config import ConfigError, TrainConfig
-from src.models import WeightsError
+from src.config import TrainConfig
+from src.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256
 CHECKPOINT_VERSION = 2  # 2: full batches only, early-stop decision, weights_only
 
 Pipeline = Callable[..., torch.Tensor]  # (x, train, generator) -> model input
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and last checkpoint."""
-
-
-class CheckpointError(WeightsError):
-    """A checkpoint holds objects that only unpickling could rebuild: refused, since a
-    crafted pickle runs code. (A WeightsError, so the stages report it in one line.)"""
 
 
 @dataclass
