@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 from src import report, tracking
+from src.artifacts import atomic_write_bytes
 from src.cli import guarded
 from src.config import load_params, project_root, resolve_path
-from src.data import atomic_write_bytes
 
 STAGE = "report"
 

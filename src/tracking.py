@@ -17,7 +17,6 @@ server, PostgreSQL).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -375,16 +374,11 @@ def stage_run(
 
 def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:
     """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
-    import matplotlib.pyplot as plt
+    from src import artifacts
 
-    from src.data import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    artifacts.write_figure(figure, path)
     if run is not None and run.active:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
-    plt.close(figure)
     return path
 
 

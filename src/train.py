@@ -21,11 +21,7 @@ read with `weights_only=True`; a file that needs unpickling is refused.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
-import os
-import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from src.artifacts import load_torch, save_torch
 from src.config import TrainConfig
-from src.errors import CheckpointError, ConfigError, NonFiniteLossError
+from src.errors import CheckpointError, ConfigError, NonFiniteLossError, WeightsError
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256
@@ -207,18 +204,6 @@ def _state_to_cpu(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buffer.getbuffer())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: Path | None, config_key: str) -> dict | None:
     """The checkpoint at `path` if it was written for the same config, else None.
 
@@ -228,16 +213,10 @@ def load_checkpoint(path: Path | None, config_key: str) -> dict | None:
     if path is None or not Path(path).is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asks for
-        found = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
-        why = found.group(1).strip() if found else "weights_only refused it"
-        raise CheckpointError(
-            f"{path}: refused, it holds objects only unpickling could rebuild ({why}); "
-            "a checkpoint of this project holds tensors and plain containers. Delete the "
-            "file to start the stage over."
-        ) from None
-    except Exception as exc:  # a torn or foreign file: start over, loudly
+        ckpt = load_torch(Path(path), refused=CheckpointError)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}. Delete the file to start the stage over.") from None
+    except WeightsError as exc:  # a torn or foreign file: start over, loudly
         print(f"[train] ignoring unreadable checkpoint {path}: {exc}")
         return None
     if not isinstance(ckpt, dict):
@@ -368,7 +347,7 @@ def fit(
     def save_checkpoint(epoch: int, batch: int, epoch_perm: torch.Tensor | None) -> None:
         if checkpoint_path is None:
             return
-        _atomic_torch_save(
+        save_torch(
             {
                 "version": CHECKPOINT_VERSION,
                 "config_key": config_key,

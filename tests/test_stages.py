@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from src.artifacts import load_model_file
 from src.config import PROJECT_ROOT, load_params
 from src.models import WeightsError, build_cnn
-from src.stage import load_model_file
 from tests.conftest import update_params
 
 

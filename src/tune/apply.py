@@ -14,8 +14,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
+from src.artifacts import atomic_write_bytes
 from src.config import Params, flatten, load_params, load_raw, resolve_path
-from src.data import atomic_write_bytes
 from src.tune.space import NOT_DESIGN
 from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial
