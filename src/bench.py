@@ -59,6 +59,7 @@ from torch import nn
 from torchvision import transforms
 
 from src import tracking
+from src.augment import input_pipeline
 from src.config import (
     PARAMS_FILE,
     Params,
@@ -70,18 +71,16 @@ from src.config import (
     to_dict,
 )
 from src.data import load_dataset
+from src.device import Placement, resolve_device, synchronize
+from src.feature_cache import prepare_resnet_training
 from src.models import build_cnn, build_resnet, count_parameters
-from src.resnet import prepare_resnet_training
-from src.stage import ValidationLogger, input_pipeline, to_tensors
 from src.train import (
     FitResult,
     Pipeline,
     TensorSplits,
     build_optimizer,
     fit,
-    resolve_device,
     set_train_mode,
-    synchronize,
     train_step,
 )
 
@@ -150,18 +149,12 @@ def course_transform(cfg: TrainConfig, image_size: int | None) -> Callable:
     return transforms.Compose(steps)
 
 
-def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":  # as the stages do
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def cnn_bench(params: Params, name: str, device: torch.device) -> ModelBench:
     section = getattr(params, name)
     torch.manual_seed(params.common.seed)
-    model = _on_device(build_cnn(section.model), device)
-    pipeline = input_pipeline(section.train, device)
+    placement = Placement.for_device(device)  # as the stages decide
+    model = placement.place_model(build_cnn(section.model))
+    pipeline = input_pipeline(section.train, placement)
 
     def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
         return Prepared(model, data, cfg, pipeline)
@@ -186,8 +179,9 @@ def resnet_bench(
     if cache is not None:
         section = dataclasses.replace(section, cache_features=cache)
     torch.manual_seed(params.common.seed)
-    model = _on_device(build_resnet(section), device)
-    pipeline = input_pipeline(section.train, device, image_size)
+    placement = Placement.for_device(device)  # as the stages decide
+    model = placement.place_model(build_resnet(section))
+    pipeline = input_pipeline(section.train, placement, image_size)
 
     def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
         stage_cfg = dataclasses.replace(section, train=cfg)
@@ -232,7 +226,7 @@ def load_bench_data(
         )
         return BenchData(images, labels, splits.to(device), f"synthetic ({synthetic} images)")
     dataset = load_dataset(data_dir)
-    splits = to_tensors(dataset, device)
+    splits = TensorSplits.from_dataset(dataset).to(device)
     cut = TensorSplits(
         splits.train_x,
         splits.train_y,
@@ -311,7 +305,7 @@ def time_reference(
     optimizer = build_optimizer(model.parameters(), bench.cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=bench.cfg.label_smoothing)
     set_train_mode(model)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    placement = Placement.for_device(device)  # as the project runs
     batches = iter(loader)  # workers start here; their start-up falls in the warm-up
     tic = None
     for i in range(warmup + steps):
@@ -319,7 +313,7 @@ def time_reference(
             synchronize(device)
             tic = time.perf_counter()
         x, y = next(batches)
-        x = x.to(device).contiguous(memory_format=memory_format)
+        x = placement.memory_format(x.to(device))
         y = y.to(device)
         _train_step(model, optimizer, loss_fn, x, y, device).item()
     synchronize(device)
@@ -373,7 +367,7 @@ def time_project(
             f"bench-{bench.name}", {"train": prepared.cfg}, experiment="bench"
         ) as run:
             opened = time.perf_counter()
-            log_validation = ValidationLogger(run)
+            log_validation = tracking.ValidationLogger(run)
             result: FitResult = fit(
                 prepared.model,
                 prepared.data,

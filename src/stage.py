@@ -13,47 +13,11 @@ from torch import nn
 
 from src import artifacts, tracking
 from src.artifacts import StagePaths
-from src.augment import InputPipeline
+from src.checkpoint import load_checkpoint
 from src.config import Params, TrainConfig, config_hash, resolve_path, to_dict
 from src.data import Dataset, load_dataset
-from src.train import FitResult, Pipeline, TensorSplits, fit, load_checkpoint, resolve_device
-
-
-def to_tensors(dataset: Dataset, device: torch.device) -> TensorSplits:
-    """The whole prepared data set as uint8 tensors on `device` (184 MB for CIFAR-10)."""
-    parts = []
-    for split in (dataset.train, dataset.val, dataset.test):
-        parts += [torch.from_numpy(split.images), torch.from_numpy(split.labels)]
-    return TensorSplits(*parts).to(device)
-
-
-def input_pipeline(cfg: TrainConfig, device: torch.device, image_size: int | None = None):
-    return InputPipeline(
-        cfg.mean, cfg.std, cfg.augment, image_size, channels_last=device.type == "cuda"
-    )
-
-
-def prepare_device(cfg: TrainConfig) -> torch.device:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    return resolve_device(cfg.device)
-
-
-class ValidationLogger:
-    """A stage's `on_validation`: the validation row and the per-step losses since
-    the last one, as one batched tracking write; `seconds` sums the time spent."""
-
-    def __init__(self, run: tracking.Run):
-        self.run = run
-        self.seconds = 0.0
-
-    def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
-        tic = time.perf_counter()
-        step = row["step"]
-        series = {k: [(step, v)] for k, v in row.items() if k != "step"}
-        series["train_step_loss"] = step_losses
-        self.run.log_series(series)
-        self.seconds += time.perf_counter() - tic
+from src.device import Placement
+from src.train import FitResult, Pipeline, TensorSplits, fit
 
 
 def run_training_stage(
@@ -71,6 +35,7 @@ def run_training_stage(
     tags: dict | None = None,
     extra_metrics: dict | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
     """Train `fit_model` (default: `model`) with tracking, resume and outputs.
 
@@ -97,7 +62,7 @@ def run_training_stage(
                 dataset.train.labels,
             )
 
-        log_validation = ValidationLogger(run)
+        log_validation = tracking.ValidationLogger(run)
         result = fit(
             fit_model or model,
             data,
@@ -111,6 +76,7 @@ def run_training_stage(
             progress=progress,
             name=stage,
             params_key=f"{stage}.train",
+            placement=placement,
         )
         tic = time.perf_counter()
         metrics = {**stage_metrics(result, run.run_id), **(extra_metrics or {})}
@@ -184,5 +150,6 @@ def write_outputs(
 
 
 def load_data(params: Params, device: torch.device) -> tuple[Dataset, TensorSplits]:
+    """The prepared data set, and all of it as uint8 tensors on `device`."""
     dataset = load_dataset(resolve_path(params.common.paths.data))
-    return dataset, to_tensors(dataset, device)
+    return dataset, TensorSplits.from_dataset(dataset).to(device)

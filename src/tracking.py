@@ -416,3 +416,22 @@ def mark_run_killed(run_id: str) -> None:
             client.set_terminated(run_id, status="KILLED")
     except Exception:  # the run may live in another store; nothing to mend then
         pass
+
+
+class ValidationLogger:
+    """A stage's `on_validation`: the validation row and the per-step losses since
+    the last one, as one batched tracking write; `seconds` sums the time spent."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.seconds = 0.0
+
+    def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
+        import time
+
+        tic = time.perf_counter()
+        step = row["step"]
+        series = {k: [(step, v)] for k, v in row.items() if k != "step"}
+        series["train_step_loss"] = step_losses
+        self.run.log_series(series)
+        self.seconds += time.perf_counter() - tic

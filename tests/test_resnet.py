@@ -19,6 +19,8 @@ import yaml
 from src.artifacts import load_model_file
 from src.augment import InputPipeline
 from src.config import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
+from src.device import Placement
+from src.feature_cache import cache_plan, describe_weights, prepare_resnet_training, select_budget
 from src.models import (
     ResNetPart,
     WeightsError,
@@ -26,10 +28,10 @@ from src.models import (
     imagenet_weights_path,
     split_resnet,
 )
-from src.resnet import cache_plan, describe_weights, prepare_resnet_training, select_budget
 from src.train import TensorSplits, fit
 from tests.conftest import make_images, update_params
 
+CPU = Placement(torch.device("cpu"))
 FROZEN_BY_DEFAULT = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
 
@@ -251,7 +253,7 @@ def test_cached_features_train_like_the_uncached_path(trainable, image_size):
 
 def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
     model = build_resnet(_cfg())
-    prefix, note = cache_plan(model, _cfg(), 1000, torch.device("cpu"))
+    prefix, note = cache_plan(model, _cfg(), 1000, CPU)
     assert prefix is not None and "(256, 2, 2)" in note  # after layer3 at 32 px
     flip = {"augment": AugmentConfig(hflip=True)}
     cases = {
@@ -260,10 +262,10 @@ def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
         "nothing frozen": _cfg(trainable=("conv1", "layer4", "fc")),
     }
     for reason, cfg in cases.items():
-        prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, torch.device("cpu"))
+        prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, CPU)
         assert prefix is None and reason in note
-    monkeypatch.setattr("src.resnet._free_memory_bytes", lambda device: 10_000_000)
-    prefix, note = cache_plan(model, _cfg(), 60_000, torch.device("cpu"))
+    monkeypatch.setattr("src.feature_cache._free_memory_bytes", lambda device: 10_000_000)
+    prefix, note = cache_plan(model, _cfg(), 60_000, CPU)
     assert prefix is None and "GB" in note  # 60k x 256x2x2 floats would not fit
 
 

@@ -175,7 +175,7 @@ class _WritesMarker:
 
 def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
     from pipelines import train_cnn
-    from src.train import CHECKPOINT_VERSION
+    from src.checkpoint import CHECKPOINT_VERSION
 
     marker = prepared / "code-ran"
     ckpt = prepared / "checkpoints/baseline.pt"
