@@ -48,11 +48,32 @@ def tracking_enabled() -> bool:
 
 
 def tracking_uri() -> str:
+    if _store_uri:
+        return _store_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     db = project_root() / "mlruns" / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+_store_uri: str | None = None  # set by `use_store` while its block runs
+
+
+@contextlib.contextmanager
+def use_store(uri: str) -> Iterator[None]:
+    """Track into the store at `uri` while the block runs (the benchmark's temporary
+    SQLite store, say), whatever the environment says; afterwards MLflow points where
+    it pointed before (MLflow mirrors its URI in $MLFLOW_TRACKING_URI)."""
+    global _store_uri
+    before, previous = os.environ.get("MLFLOW_TRACKING_URI"), _store_uri
+    _store_uri = uri
+    try:
+        yield
+    finally:
+        _store_uri = previous
+        if "mlflow" in sys.modules:  # set_experiment pointed MLflow at `uri`
+            sys.modules["mlflow"].set_tracking_uri(before)
 
 
 def artifact_location(experiment: str) -> str | None:

@@ -27,6 +27,7 @@ ENTRY_POINTS = (
     "pipelines.resnet",
     "pipelines.report",
     "src.tune.__main__",
+    "benchmarks.bench",
 )
 
 
