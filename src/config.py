@@ -247,9 +247,8 @@ class Params:
     baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
     improved: CNNStageConfig = field(default_factory=CNNStageConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
-    # Sections owned by other modules, validated there (src.tune, src.report).
+    # A section owned by another module, validated there (src.tune).
     tune: dict = field(default_factory=dict)
-    report: dict = field(default_factory=dict)
     # Named sets of overrides (dotted key -> value); `profile` selects one.
     profile: str = "full"
     profiles: dict = field(default_factory=dict)
@@ -274,7 +273,6 @@ _TRAIN_OPTIONAL = (
 )
 OPTIONAL_KEYS = frozenset(
     {
-        "report",  # src.report's own section
         "baseline.model.image_size",
         "improved.model.image_size",
         *(f"{s}.train.{k}" for s in ("baseline", "improved", "resnet") for k in _TRAIN_OPTIONAL),
