@@ -251,6 +251,17 @@ def read_model_file(path: Path, mmap: bool = False) -> dict:
     return payload
 
 
+def read_weights(path: Path) -> dict:
+    """A state dict from a plain weights file (torchvision's, say) or from this
+    project's model file; WeightsError when it is neither."""
+    state = load_torch(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a model file (`write_model_file`)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
 def load_model_file(path: Path, model: nn.Module) -> dict:
     """Load the weights of the model file at `path` into `model`; returns the file's dict."""
     payload = read_model_file(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.artifacts import load_state_strict, load_torch
+from src.artifacts import load_state_strict, read_weights
 from src.config import ModelConfig, ResNetConfig, resolve_path
 from src.errors import WeightsError
 
@@ -102,7 +102,7 @@ def _load_imagenet_state() -> dict:
     path = imagenet_weights_path()
     if path.is_file():
         try:
-            return _load_state_file(path)
+            return read_weights(path)
         except WeightsError as exc:
             raise WeightsError(f"{exc}; delete it to download it again") from exc
     previous = socket.getdefaulttimeout()
@@ -122,17 +122,6 @@ def _load_imagenet_state() -> dict:
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _load_state_file(path: Path) -> dict:
-    """A state dict from `path`, read weights-only: a file that names any other class or
-    function (arbitrary unpickling, which could run code) is refused."""
-    state = load_torch(path)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a model file of this project (src.artifacts)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
 
 
 def resnet_weights_file(weights: str) -> Path | None:
@@ -165,7 +154,7 @@ def build_resnet(cfg: ResNetConfig) -> nn.Module:
                 f"resnet.weights: {path} does not exist (expected a resnet18 state-dict file; "
                 "'imagenet' uses torchvision's cache, 'none' random init)"
             )
-        state, source = _load_state_file(path), str(path)
+        state, source = read_weights(path), str(path)
     if cfg.weights != "none":
         backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
         own_fc = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}
