@@ -8,9 +8,10 @@ The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
 from __future__ import annotations
 
 from src import tracking
+from src.artifacts import atomic_write_json
 from src.cli import guarded
 from src.config import load_params, resolve_path
-from src.data import atomic_write_json, load_dataset, prepare_dataset
+from src.data import load_dataset, prepare_dataset
 from src.plots import sample_grid
 
 STAGE = "download"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from src import report, report_html, tracking
-from src.cli import EXIT_FAILED, guarded
+from src.artifacts import atomic_write_bytes
+from src.cli import guarded
 from src.config import load_params, project_root, resolve_path
-from src.data import atomic_write_bytes
 
 STAGE = "report"
 
@@ -41,11 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params()
-    try:
-        inputs = report.load_inputs(project_root(), params, allow_missing=args.allow_missing)
-    except report.ReportInputError as exc:
-        print(f"error: {exc}\n(or render what exists with --allow-missing)", file=sys.stderr)
-        sys.exit(EXIT_FAILED)
+    inputs = report.load_inputs(project_root(), params, allow_missing=args.allow_missing)
     runs = {
         stage: tracking.run_summary(outputs.metrics.get("mlflow_run_id"))
         for stage, outputs in inputs.stages.items()

@@ -11,11 +11,13 @@ import argparse
 
 import torch
 
+from src.augment import input_pipeline
 from src.cli import guarded
 from src.config import check_device, load_params
+from src.device import prepare_device
+from src.feature_cache import describe_weights, prepare_resnet_training
 from src.models import build_resnet, count_parameters
-from src.resnet import describe_weights, prepare_resnet_training
-from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+from src.stage import load_data, run_training_stage
 from src.train import check_train_size
 
 STAGE = "resnet"
@@ -30,15 +32,17 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     section = params.resnet
     check_device(section.train, f"{STAGE}.train")  # exit 2 before any work
-    device = prepare_device(section.train)
+    placement = prepare_device(section.train)
+    device = placement.device
     torch.manual_seed(params.common.seed)
-    model = build_resnet(section).to(device)  # WeightsError here, before any data is read
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # WeightsError here, before any data is read
+    model = placement.place_model(build_resnet(section))
     dataset, data = load_data(params, device)
     check_train_size(len(dataset.train), section.train, f"{STAGE}.train")  # before caching
-    pipeline = input_pipeline(section.train, device, section.image_size)
-    training = prepare_resnet_training(model, section, data, pipeline, params.common.seed)
+    pipeline = input_pipeline(section.train, placement, section.image_size)
+    training = prepare_resnet_training(
+        model, section, data, pipeline, params.common.seed, placement
+    )
     del data  # the cached features replace the images
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     print(
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         extra_metrics=training.metrics(),
         progress=not args.no_progress,
+        placement=placement,
     )
     print(
         f"[{STAGE}] test accuracy {metrics['test_accuracy']:.4f} "

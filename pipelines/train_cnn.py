@@ -10,10 +10,12 @@ import argparse
 
 import torch
 
+from src.augment import input_pipeline
 from src.cli import guarded
 from src.config import check_device, load_params
+from src.device import prepare_device
 from src.models import build_cnn, count_parameters
-from src.stage import input_pipeline, load_data, prepare_device, run_training_stage
+from src.stage import load_data, run_training_stage
 from src.train import check_train_size
 
 STAGES = ("baseline", "improved")
@@ -29,14 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     section = getattr(params, args.stage)
     check_device(section.train, f"{args.stage}.train")  # exit 2 before any work
-    device = prepare_device(section.train)
+    placement = prepare_device(section.train)
+    device = placement.device
     dataset, data = load_data(params, device)
     check_train_size(len(dataset.train), section.train, f"{args.stage}.train")
     torch.manual_seed(params.common.seed)
-    model = build_cnn(section.model).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    pipeline = input_pipeline(section.train, device)
+    model = placement.place_model(build_cnn(section.model))
+    pipeline = input_pipeline(section.train, placement)
     n_params = count_parameters(model)
     print(f"[{args.stage}] {n_params:,} parameters on {device}")
     metrics = run_training_stage(
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset=dataset,
         tags={"n_parameters": n_params, "device": str(device)},
         progress=not args.no_progress,
+        placement=placement,
     )
     print(
         f"[{args.stage}] test accuracy {metrics['test_accuracy']:.4f} "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one go, on a lent GPU machine (BENCHMARKS.md, "GPU"):
 #   1. prepare the data set from the carried image-folder archive (src.data.prepare_dataset)
-#   2. python -m src.bench on CUDA: baseline, improved, ResNet18 at 224 px
+#   2. python -m benchmarks.bench on CUDA: baseline, improved, ResNet18 at 224 px
 #   3. the three full-size stages (pipelines.train_cnn, pipelines.resnet), tracking off,
 #      each timed, in a scratch project root (the repo's data/, models/, reports/ untouched)
 # Needs python3 with torch, torchvision, numpy, pillow and PyYAML (matplotlib for the stages'

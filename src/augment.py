@@ -11,25 +11,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from src.config import AugmentConfig
-
-
-def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor onto `device` without stalling the host.
-
-    The random numbers are drawn on the CPU generator (the same on every device);
-    a plain copy to CUDA would wait for all queued GPU work, a sync per step.
-    """
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+from src.config import AugmentConfig, TrainConfig
+from src.device import Placement, to_device_async
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
     """Random crop of the original size from a zero-padded batch, per image.
 
     x: (B, H, W, C) any dtype. Matches torchvision's RandomCrop(size, padding) with
-    fill 0, applied independently to every image.
+    fill 0, applied independently to every image. The random numbers are drawn on
+    the CPU generator, so every device draws the same.
     """
     if padding <= 0:
         return x
@@ -106,3 +97,12 @@ class InputPipeline:
             if self.channels_last:
                 out = out.contiguous(memory_format=torch.channels_last)
         return out
+
+
+def input_pipeline(
+    cfg: TrainConfig, placement: Placement, image_size: int | None = None
+) -> InputPipeline:
+    """The training config's pipeline, in the memory format `placement` runs."""
+    return InputPipeline(
+        cfg.mean, cfg.std, cfg.augment, image_size, channels_last=placement.channels_last
+    )

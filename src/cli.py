@@ -1,50 +1,31 @@
-"""Entry-point plumbing shared by the pipeline stages and the tuning CLI."""
+"""Entry-point plumbing shared by the pipeline stages, the tuning CLI and the benchmark."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
-from src.config import ConfigError
+from src.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, ProjectError
 
-EXIT_CONFIG = 2  # bad params: nothing was started
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "guarded"]
 
-
-# Failures a user can cause (exit EXIT_FAILED), by module: looked up only in modules the
-# stage already imported, so a config error exits before torch is ever imported.
-KNOWN_FAILURES = (
-    ("src.data", "DataError"),
-    ("src.models", "WeightsError"),
-    ("src.train", "NonFiniteLossError"),
-)
+R = TypeVar("R")
 
 
-def _known_failure(exc: BaseException) -> bool:
-    for module, name in KNOWN_FAILURES:
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(exc, getattr(loaded, name)):
-            return True
-    return False
-
-
-def guarded(main: Callable[..., None]) -> Callable[..., None]:
-    """Turn known failures into one clear line and an exit code, not a traceback."""
+def guarded(main: Callable[..., R]) -> Callable[..., R]:
+    """Turn a project error into one clear line and its exit code, not a traceback."""
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs) -> None:
+    def wrapper(*args, **kwargs) -> R:
         try:
-            main(*args, **kwargs)
-        except ConfigError as exc:
+            return main(*args, **kwargs)
+        except ProjectError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            sys.exit(EXIT_CONFIG)
-        except Exception as exc:
-            if not _known_failure(exc):
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(EXIT_FAILED)
+            if exc.hint:
+                print(f"({exc.hint})", file=sys.stderr)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted: the last checkpoint is kept; run again to resume", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)

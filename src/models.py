@@ -7,14 +7,14 @@ transfer-learning network.
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from src.artifacts import load_state_strict, read_weights
 from src.config import ModelConfig, ResNetConfig, resolve_path
+from src.errors import WeightsError
 
 NUM_CLASSES = 10
 
@@ -24,10 +24,6 @@ _ACTIVATIONS = {
     "gelu": nn.GELU,
     "elu": nn.ELU,
 }
-
-
-class WeightsError(RuntimeError):
-    """Pretrained or saved weights are missing, corrupt or for another architecture."""
 
 
 def build_cnn(cfg: ModelConfig) -> nn.Sequential:
@@ -106,7 +102,7 @@ def _load_imagenet_state() -> dict:
     path = imagenet_weights_path()
     if path.is_file():
         try:
-            return _load_state_file(path)
+            return read_weights(path)
         except WeightsError as exc:
             raise WeightsError(f"{exc}; delete it to download it again") from exc
     previous = socket.getdefaulttimeout()
@@ -126,50 +122,6 @@ def _load_imagenet_state() -> dict:
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _load_state_file(path: Path) -> dict:
-    """A state dict from `path`, read weights-only: a file that names any other class or
-    function (arbitrary unpickling, which could run code) is refused."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        refused = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
-        if isinstance(exc, pickle.UnpicklingError) and refused:
-            raise WeightsError(
-                f"{path}: refused: reading it needs arbitrary unpickling, which could run "
-                f"code; only plain state dicts of tensors are read ({refused.group(1).strip()})"
-            ) from exc
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a model file of this project (src.stage.save_model_file)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def load_state_strict(model: nn.Module, state: dict, source: str) -> None:
-    """load_state_dict with an error that says which keys or shapes differ."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing {missing[:5]}" if missing else "",
-                f"unexpected {unexpected[:5]}" if unexpected else "",
-                f"shape mismatch {shapes[:3]}" if shapes else "",
-            )
-            if part
-        )
-        raise WeightsError(f"{source}: weights are for another architecture ({details})")
-    model.load_state_dict(state)
 
 
 def resnet_weights_file(weights: str) -> Path | None:
@@ -202,7 +154,7 @@ def build_resnet(cfg: ResNetConfig) -> nn.Module:
                 f"resnet.weights: {path} does not exist (expected a resnet18 state-dict file; "
                 "'imagenet' uses torchvision's cache, 'none' random init)"
             )
-        state, source = _load_state_file(path), str(path)
+        state, source = read_weights(path), str(path)
     if cfg.weights != "none":
         backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
         own_fc = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}

@@ -27,9 +27,10 @@ from typing import Any
 
 import pandas as pd
 
-from src import plots
+from src import artifacts, plots
 from src.config import Params, flatten, to_dict
 from src.data import MANIFEST
+from src.errors import ReportInputError, WeightsError
 from src.report_blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via src.report
     FIGURE_DIR,  # noqa: F401
     REFERENCE,
@@ -67,11 +68,6 @@ DISCUSSION = {
     "3f": "overfitting",
     "4a": "transfer learning",
 }
-
-
-class ReportInputError(RuntimeError):
-    """A stage output the report reads is missing or unreadable; the message says
-    which file and which stage makes it."""
 
 
 @dataclass(frozen=True)
@@ -130,13 +126,11 @@ def _read_json(path: Path) -> dict:
 
 def _read_model_file(path: Path) -> dict:
     """The model file's config and metrics; tensors are memory-mapped, never used."""
-    import torch
-
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise ReportInputError(f"{path}: corrupt or not a model file ({exc})") from exc
-    if not isinstance(payload, dict) or "config" not in payload:
+        payload = artifacts.read_model_file(path, mmap=True)
+    except WeightsError as exc:
+        raise ReportInputError(str(exc)) from exc
+    if "config" not in payload:
         raise ReportInputError(f"{path}: no resolved 'config' in this model file")
     links = ("stage", "mlflow_run_id", "history_sha256")
     return {
@@ -180,17 +174,6 @@ def check_outputs_belong_together(
         )
 
 
-def stage_files(root: Path, params: Params, stage: str) -> dict[str, Path]:
-    """What the report reads of a training stage (the same paths `src.stage` writes)."""
-    paths = params.common.paths
-    reports = _under(root, paths.reports) / stage
-    return {
-        "metrics": reports / "metrics.json",
-        "history": reports / "history.csv",
-        "model": _under(root, paths.models) / f"{stage}.pt",
-    }
-
-
 def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> ReportInputs:
     """Read every stage's outputs under `root`.
 
@@ -204,7 +187,7 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
     if not manifest_path.is_file():
         missing["download"] = [_relative(manifest_path, root)]
     for info in STAGES:
-        files = stage_files(root, params, info.name).values()
+        files = artifacts.StagePaths.for_stage(params, info.name, root).linked().values()
         absent = [_relative(p, root) for p in files if not p.is_file()]
         if absent:
             missing[info.name] = absent
@@ -222,11 +205,11 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         if info.name in missing:
             stages[info.name] = None
             continue
-        files = stage_files(root, params, info.name)
+        files = artifacts.StagePaths.for_stage(params, info.name, root).linked()
         model = _read_model_file(files["model"])
         metrics = _read_json(files["metrics"])
         try:
-            history = pd.read_csv(files["history"])
+            history = artifacts.read_history(files["history"])
         except (OSError, ValueError) as exc:
             raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
         check_outputs_belong_together(info.name, files, metrics, model, root)

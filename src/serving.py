@@ -21,9 +21,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from src import artifacts
+from src.artifacts import load_state_strict
 from src.augment import resize, to_float_nchw
 from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig, build
-from src.models import WeightsError, build_cnn, build_resnet, load_state_strict
+from src.errors import WeightsError
+from src.models import build_cnn, build_resnet
 
 MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
 IMAGE_SHAPE = (32, 32, 3)  # what the networks were trained on: CIFAR-10's own size
@@ -49,18 +52,10 @@ def as_images(images: Any) -> np.ndarray:
 
 
 def read_model_file(path: str | Path) -> dict:
-    """A stage's model file; WeightsError (one line) for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch's own message is long and about its defaults, not this file
-        raise WeightsError(
-            f"{path}: not a model file of this project (torch.load with weights_only=True "
-            "cannot read it)"
-        ) from None
-    if not isinstance(payload, dict) or not {"model", "config"} <= set(payload):
+    """A stage's model file (`src.artifacts`' one reader); WeightsError (one line) for
+    anything else, such as a plain state dict without the resolved config."""
+    payload = artifacts.read_model_file(Path(path))
+    if "config" not in payload:
         raise WeightsError(
             f"{path}: not a model file of this project (expected the 'model' and 'config' "
             "entries that the pipeline stages write)"

@@ -1,142 +1,22 @@
 """What every training stage does around `fit`: data onto the device, tracking,
-checkpoint/resume, and the outputs DVC tracks.
-
-Outputs of stage <name> (paths from params.yaml `common.paths`), in the order
-they are written:
-    reports/<name>/history.csv       one row per validation (DVC plots)
-    reports/<name>/learning_curves.png, confusion_matrix.png
-    models/<name>.pt                 weights + resolved config + final metrics + MLflow
-                                     run id + sha256 of history.csv
-    reports/<name>/metrics.json      final figures, timings, MLflow run id (DVC metrics)
-A kill between two writes leaves files of two runs side by side; the links (run id
-and final figures shared with metrics.json, the history digest) let the report
-refuse such a mix (`src.report.load_inputs`).
+checkpoint/resume, and the outputs DVC tracks (their layout: `src.artifacts`).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from src import tracking
-from src.augment import InputPipeline
+from src import artifacts, tracking
+from src.artifacts import StagePaths
+from src.checkpoint import load_checkpoint
 from src.config import Params, TrainConfig, config_hash, resolve_path, to_dict
-from src.data import Dataset, atomic_write_bytes, atomic_write_json, load_dataset
-from src.models import WeightsError, load_state_strict
-from src.train import FitResult, Pipeline, TensorSplits, fit, load_checkpoint, resolve_device
-
-CHECKPOINT_DIR = "checkpoints"  # resumable training state; not a DVC out (DVC deletes outs)
-
-
-@dataclass(frozen=True)
-class StagePaths:
-    model: Path
-    reports: Path
-    checkpoint: Path
-
-    @classmethod
-    def for_stage(cls, params: Params, stage: str) -> StagePaths:
-        paths = params.common.paths
-        return cls(
-            model=resolve_path(paths.models) / f"{stage}.pt",
-            reports=resolve_path(paths.reports) / stage,
-            checkpoint=resolve_path(CHECKPOINT_DIR) / f"{stage}.pt",
-        )
-
-
-def to_tensors(dataset: Dataset, device: torch.device) -> TensorSplits:
-    """The whole prepared data set as uint8 tensors on `device` (184 MB for CIFAR-10)."""
-    parts = []
-    for split in (dataset.train, dataset.val, dataset.test):
-        parts += [torch.from_numpy(split.images), torch.from_numpy(split.labels)]
-    return TensorSplits(*parts).to(device)
-
-
-def input_pipeline(cfg: TrainConfig, device: torch.device, image_size: int | None = None):
-    return InputPipeline(
-        cfg.mean, cfg.std, cfg.augment, image_size, channels_last=device.type == "cuda"
-    )
-
-
-def prepare_device(cfg: TrainConfig) -> torch.device:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    return resolve_device(cfg.device)
-
-
-def history_csv(history: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    return buffer.getvalue().encode()
-
-
-def save_model_file(
-    path: Path,
-    model: nn.Module,
-    stage: str,
-    config: Any,
-    final: dict,
-    run_id: str | None = None,
-    history_sha256: str | None = None,
-) -> None:
-    """Weights with what ties them to the stage's other outputs: the resolved config,
-    the final figures and MLflow run id (as in metrics.json) and history.csv's sha256."""
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "stage": stage,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": to_dict(config),
-            "config_hash": config_hash(config),
-            "metrics": final,
-            "mlflow_run_id": run_id,
-            "history_sha256": history_sha256,
-        },
-        buffer,
-    )
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_model_file(path: Path, model: nn.Module) -> dict:
-    """Load weights written by `save_model_file` into `model`; returns the file's dict."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path} does not exist") from None
-    except Exception as exc:
-        raise WeightsError(f"{path}: corrupt or not a model file ({exc})") from exc
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise WeightsError(f"{path}: not a model file of this project (no 'model' entry)")
-    load_state_strict(model, payload["model"], str(path))
-    return payload
-
-
-class ValidationLogger:
-    """A stage's `on_validation`: the validation row and the per-step losses since
-    the last one, as one batched tracking write; `seconds` sums the time spent."""
-
-    def __init__(self, run: tracking.Run):
-        self.run = run
-        self.seconds = 0.0
-
-    def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
-        tic = time.perf_counter()
-        step = row["step"]
-        series = {k: [(step, v)] for k, v in row.items() if k != "step"}
-        series["train_step_loss"] = step_losses
-        self.run.log_series(series)
-        self.seconds += time.perf_counter() - tic
+from src.data import Dataset, load_dataset
+from src.device import Placement
+from src.train import FitResult, Pipeline, TensorSplits, fit
 
 
 def run_training_stage(
@@ -153,6 +33,7 @@ def run_training_stage(
     tags: dict | None = None,
     extra_metrics: dict | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
     """Train `fit_model` (default: `model`) with tracking, resume and outputs.
 
@@ -179,7 +60,7 @@ def run_training_stage(
             dataset.train.labels,
         )
 
-        log_validation = ValidationLogger(run)
+        log_validation = tracking.ValidationLogger(run)
         result = fit(
             fit_model or model,
             data,
@@ -193,6 +74,7 @@ def run_training_stage(
             progress=progress,
             name=stage,
             params_key=f"{stage}.train",
+            placement=placement,
         )
         tic = time.perf_counter()
         metrics = {**stage_metrics(result, run.run_id), **(extra_metrics or {})}
@@ -221,7 +103,7 @@ def run_training_stage(
         total = result.train_time_s + result.eval_time_s
         metrics["tracking_time_s"] = round(tracking_time, 3)
         metrics["tracking_share"] = round(tracking_time / total, 4) if total else 0.0
-        atomic_write_json(paths.reports / "metrics.json", metrics)
+        artifacts.atomic_write_json(paths.metrics, metrics)
     paths.checkpoint.unlink(missing_ok=True)
     return metrics
 
@@ -256,30 +138,30 @@ def write_outputs(
     """Everything but metrics.json (written last, by the caller), model file last."""
     from src import plots
 
-    history = history_csv(result.history)
-    atomic_write_bytes(paths.reports / "history.csv", history)
+    history_sha256 = artifacts.write_history(paths.history, result.history)
     curves = plots.learning_curves(result.history, stage)
-    tracking.write_figure(curves, paths.reports / "learning_curves.png", run)
+    tracking.write_figure(curves, paths.learning_curves, run)
     labels = dataset.test.labels[: len(result.test_predictions)]
     matrix = plots.confusion_matrix(labels, result.test_predictions.numpy())
     confusion = plots.confusion_figure(
         matrix, f"{stage}: test accuracy {result.final['test_accuracy']:.3f}"
     )
-    tracking.write_figure(confusion, paths.reports / "confusion_matrix.png", run)
-    save_model_file(
+    tracking.write_figure(confusion, paths.confusion_matrix, run)
+    artifacts.write_model_file(
         paths.model,
         model,
         stage,
         section,
         result.final,
         run_id=run.run_id,
-        history_sha256=hashlib.sha256(history).hexdigest(),
+        history_sha256=history_sha256,
     )
-    run.log_text(history.decode(), "history.csv")
+    run.log_artifact(paths.history)
     run.log_dict(to_dict(section), "config.json")
     run.log_dict(metrics, "metrics.json")
 
 
 def load_data(params: Params, device: torch.device) -> tuple[Dataset, TensorSplits]:
+    """The prepared data set, and all of it as uint8 tensors on `device`."""
     dataset = load_dataset(resolve_path(params.common.paths.data))
-    return dataset, to_tensors(dataset, device)
+    return dataset, TensorSplits.from_dataset(dataset).to(device)

@@ -17,7 +17,6 @@ server, PostgreSQL).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -92,11 +91,32 @@ def tracking_enabled() -> bool:
 
 
 def tracking_uri() -> str:
+    if _store_uri:
+        return _store_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     db = repo_root() / "mlruns" / "mlflow.db"  # a --temp experiment's too
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+_store_uri: str | None = None  # set by `use_store` while its block runs
+
+
+@contextlib.contextmanager
+def use_store(uri: str) -> Iterator[None]:
+    """Track into the store at `uri` while the block runs (the benchmark's temporary
+    SQLite store, say), whatever the environment says; afterwards MLflow points where
+    it pointed before (MLflow mirrors its URI in $MLFLOW_TRACKING_URI)."""
+    global _store_uri
+    before, previous = os.environ.get("MLFLOW_TRACKING_URI"), _store_uri
+    _store_uri = uri
+    try:
+        yield
+    finally:
+        _store_uri = previous
+        if "mlflow" in sys.modules:  # set_experiment pointed MLflow at `uri`
+            sys.modules["mlflow"].set_tracking_uri(before)
 
 
 def artifact_location(experiment: str) -> str | None:
@@ -627,16 +647,11 @@ def _setup_system_metrics() -> None:
 
 def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:
     """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
-    import matplotlib.pyplot as plt
+    from src import artifacts
 
-    from src.data import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    artifacts.write_figure(figure, path)
     if run is not None and run.active:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
-    plt.close(figure)
     return path
 
 
@@ -674,3 +689,22 @@ def mark_run_killed(run_id: str) -> None:
             client.set_terminated(run_id, status="KILLED")
     except Exception:  # the run may live in another store; nothing to mend then
         pass
+
+
+class ValidationLogger:
+    """A stage's `on_validation`: the validation row and the per-step losses since
+    the last one, as one batched tracking write; `seconds` sums the time spent."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.seconds = 0.0
+
+    def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
+        import time
+
+        tic = time.perf_counter()
+        step = row["step"]
+        series = {k: [(step, v)] for k, v in row.items() if k != "step"}
+        series["train_step_loss"] = step_losses
+        self.run.log_series(series)
+        self.seconds += time.perf_counter() - tic

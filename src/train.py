@@ -1,6 +1,6 @@
 """The one training loop: every stage and every tuning trial trains through `fit`.
 
-Course semantics, minus the course code's bugs (see shared DESIGN.md):
+Course semantics, minus the course code's bugs:
 validation every 1/`validations_per_epoch` epoch; stop when the oldest of the
 last `early_stop_count` validation losses is the lowest; the best checkpoint is
 restored and evaluated in eval mode; losses and accuracies are per-image means;
@@ -20,37 +20,29 @@ read with `weights_only=True`; a file that needs unpickling is refused.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
-import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from src.config import ConfigError, TrainConfig
-from src.models import WeightsError
+from src.checkpoint import TrainState, load_checkpoint, state_to_cpu
+from src.config import TrainConfig
+from src.device import Placement, synchronize
+from src.errors import ConfigError, NonFiniteLossError
+from src.progress import Progress
+
+if TYPE_CHECKING:
+    from src.data import Dataset
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256
-CHECKPOINT_VERSION = 2  # 2: full batches only, early-stop decision, weights_only
 
 Pipeline = Callable[..., torch.Tensor]  # (x, train, generator) -> model input
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and last checkpoint."""
-
-
-class CheckpointError(WeightsError):
-    """A checkpoint holds objects that only unpickling could rebuild: refused, since a
-    crafted pickle runs code. (A WeightsError, so the stages report it in one line.)"""
 
 
 @dataclass
@@ -70,6 +62,14 @@ class TensorSplits:
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> TensorSplits:
+        """The prepared data set as uint8 tensors on the CPU (184 MB for CIFAR-10)."""
+        parts = []
+        for split in (dataset.train, dataset.val, dataset.test):
+            parts += [torch.from_numpy(split.images), torch.from_numpy(split.labels)]
+        return cls(*parts)
+
 
 @dataclass
 class FitResult:
@@ -85,14 +85,6 @@ class FitResult:
     test_predictions: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     resumed_from_step: int = 0
     final_eval_time_s: float = 0.0  # the part of eval_time_s spent on the final figures
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def train_size(n_available: int, cfg: TrainConfig) -> int:
@@ -117,6 +109,23 @@ def check_train_size(n_available: int, cfg: TrainConfig, params_key: str = "trai
     raise ConfigError(
         f"{params_key}.batch_size",
         f"{cfg.batch_size} is more than the {n} training images; an epoch uses full batches only",
+    )
+
+
+def draw_budget(data: TensorSplits, cfg: TrainConfig, generator: torch.Generator) -> TensorSplits:
+    """What a run trains and evaluates on: `train_size` training images, drawn at random
+    with `generator` when that is not all of them, and the dry run's first
+    DRY_RUN_EVAL_IMAGES of val and test. `fit` draws with its own freshly seeded
+    generator; `src.feature_cache` calls this with one seeded alike, so it picks the
+    same images before caching their features."""
+    train_x, train_y = data.train_x, data.train_y
+    n_train = train_size(len(train_y), cfg)
+    if n_train < len(train_y):
+        keep = torch.randperm(len(train_y), generator=generator)[:n_train].to(train_y.device)
+        train_x, train_y = train_x[keep], train_y[keep]
+    cut = DRY_RUN_EVAL_IMAGES if cfg.dry_run else None
+    return TensorSplits(
+        train_x, train_y, data.val_x[:cut], data.val_y[:cut], data.test_x[:cut], data.test_y[:cut]
     )
 
 
@@ -156,26 +165,17 @@ def should_early_stop(val_losses: list[float], count: int) -> bool:
     return window[0] == min(window)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def set_train_mode(model: nn.Module) -> None:
     """model.train(), but BatchNorm layers without trainable parameters stay in eval
     mode, so frozen blocks keep their running statistics."""
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, _BATCH_NORMS):
             if not any(p.requires_grad for p in module.parameters()):
                 module.eval()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so a host timer covers it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -186,17 +186,19 @@ def evaluate(
     pipeline: Pipeline,
     batch_size: int,
     keep_predictions: bool = False,
+    placement: Placement | None = None,
 ) -> dict:
     """Per-image mean loss and accuracy in eval mode; optionally the predictions."""
     was_training = model.training
     model.eval()
     device = x.device
+    placement = placement or Placement.for_device(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     predictions = []
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        with autocast(device):
+        with placement.autocast():
             logits = model(pipeline(xb, train=False))
         loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
         pred = logits.argmax(1)
@@ -212,95 +214,192 @@ def evaluate(
     return out
 
 
-def _state_to_cpu(state: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buffer.getbuffer())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path | None, config_key: str) -> dict | None:
-    """The checkpoint at `path` if it was written for the same config, else None.
-
-    Read with `weights_only=True`: a file that needs unpickling raises
-    CheckpointError naming it (nothing in it runs); a torn one is ignored, loudly.
-    """
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asks for
-        found = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
-        why = found.group(1).strip() if found else "weights_only refused it"
-        raise CheckpointError(
-            f"{path}: refused, it holds objects only unpickling could rebuild ({why}); "
-            "a checkpoint of this project holds tensors and plain containers. Delete the "
-            "file to start the stage over."
-        ) from None
-    except Exception as exc:  # a torn or foreign file: start over, loudly
-        print(f"[train] ignoring unreadable checkpoint {path}: {exc}")
-        return None
-    if not isinstance(ckpt, dict):
-        print(f"[train] ignoring checkpoint {path}: not a checkpoint of this project")
-        return None
-    if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("config_key") != config_key:
-        print(f"[train] ignoring checkpoint {path}: written for another config")
-        return None
-    return ckpt
-
-
-class Progress:
-    """A tqdm bar when tqdm is installed and `enabled`; lines are printed either way."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, **tqdm_kwargs):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, **tqdm_kwargs)
-            except ImportError:
-                pass
-
-    @property
-    def active(self) -> bool:
-        return self.bar is not None
-
-    def update(self, n: int, **postfix) -> None:
-        if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
-
-    def write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor):
-    """One optimisation step on a prepared batch; (logits, loss), neither synced."""
-    with autocast(x.device):
+def train_step(
+    model: nn.Module,
+    optimizer,
+    loss_fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    placement: Placement | None = None,
+):
+    """One optimisation step on a prepared batch; (logits, loss), neither synced.
+    The loss is computed in float32 whatever autocast ran the forward pass in."""
+    placement = placement or Placement.for_device(x.device)
+    with placement.autocast():
         logits = model(x)
         loss = loss_fn(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return logits, loss
+
+
+class _Interval:
+    """Running sums of the training steps since the last validation (on the device:
+    no host sync per step). An epoch-end remainder carries over, as in the course
+    code: validation is every `val_every` global steps."""
+
+    def __init__(self, device: torch.device):
+        self.losses: list[torch.Tensor] = []
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.seen = 0
+        self.tic = time.perf_counter()
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+
+
+@dataclass
+class _Loop:
+    """One `fit` call: what stays fixed while it trains."""
+
+    data: TensorSplits  # cut to the budget
+    cfg: TrainConfig
+    pipeline: Pipeline
+    placement: Placement
+    loss_fn: nn.Module
+    steps_per_epoch: int
+    val_every: int
+    on_validation: Callable[[dict, list[tuple[int, float]]], None] | None
+    checkpoint_path: Path | None
+    checkpoint_extra: dict
+    config_key: str
+    progress: bool
+    name: str
+
+    def train_one_epoch(self, state: TrainState, interval: _Interval) -> _Interval:
+        """Train from `state.batch` to the end of `state.epoch` (or the early stop),
+        validating every `val_every` steps; returns the sums since the last validation."""
+        epoch, cfg = state.epoch, self.cfg
+        if state.perm is None or state.batch == 0:
+            state.perm = torch.randperm(len(self.data.train_y), generator=state.generator)
+            state.perm = state.perm.to(self.placement.device)
+        bar = Progress(
+            self.steps_per_epoch, f"{self.name} epoch {epoch}", self.progress, leave=False
+        )
+        bar.update(state.batch)
+        for batch in range(state.batch, self.steps_per_epoch):
+            idx = state.perm[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+            xb = self.pipeline(self.data.train_x[idx], train=True, generator=state.generator)
+            yb = self.data.train_y[idx]
+            logits, loss = train_step(
+                state.model, state.optimizer, self.loss_fn, xb, yb, self.placement
+            )
+            if state.scheduler is not None:
+                state.scheduler.step()
+            state.step += 1
+            interval.add(logits, loss, yb)
+            if bar.active and (batch + 1) % 25 == 0:  # a host sync every 25 steps, if shown
+                rate = interval.seen / max(time.perf_counter() - interval.tic, 1e-9)
+                bar.update(batch + 1 - bar.bar.n, loss=f"{loss.item():.3f}", img_s=f"{rate:,.0f}")
+            if state.step % self.val_every:
+                continue
+            end_of_epoch = batch == self.steps_per_epoch - 1
+            # where a resumed run carries on
+            state.epoch, state.batch = (epoch + 1, 0) if end_of_epoch else (epoch, batch + 1)
+            self.validate(state, interval, epoch, bar)
+            if end_of_epoch:
+                state.perm = None
+            self.save_checkpoint(state)
+            interval = _Interval(self.placement.device)
+            if state.early_stop_step is not None:
+                bar.write(
+                    f"[{self.name}] early stop at step {state.step}; best step {state.best['step']}"
+                )
+                break
+        if bar.active and state.early_stop_step is None:
+            bar.update(self.steps_per_epoch - bar.bar.n)
+        bar.close()
+        state.epoch, state.batch, state.perm = epoch + 1, 0, None
+        return interval
+
+    def validate(self, state: TrainState, interval: _Interval, epoch: int, bar: Progress) -> None:
+        """The validation row of the interval: history, best state, early stop, callback."""
+        losses = torch.stack(interval.losses).float().cpu()  # waits for the queued steps
+        interval_time = time.perf_counter() - interval.tic
+        state.train_time_s += interval_time
+        state.images_done += interval.seen
+        if not torch.isfinite(losses).all():
+            first_bad = state.step - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
+            where = (
+                f"last good checkpoint: {self.checkpoint_path} (step {state.history[-1]['step']})"
+                if self.checkpoint_path and state.history
+                else "no checkpoint was written"
+            )
+            raise NonFiniteLossError(
+                f"[{self.name}] non-finite training loss at step {first_bad}; {where}"
+            )
+        t_eval = time.perf_counter()
+        val = evaluate(
+            state.model,
+            self.data.val_x,
+            self.data.val_y,
+            self.pipeline,
+            self.cfg.eval_batch_size,
+            placement=self.placement,
+        )
+        state.eval_time_s += time.perf_counter() - t_eval
+        if not math.isfinite(val["loss"]):
+            raise NonFiniteLossError(
+                f"[{self.name}] non-finite validation loss at step {state.step}"
+            )
+        row = {
+            "step": state.step,
+            "epoch": state.step / self.steps_per_epoch,
+            "train_loss": losses.mean().item(),
+            "train_loss_std": losses.std().item() if len(losses) > 1 else 0.0,
+            "train_accuracy": interval.correct.item() / max(interval.seen, 1),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "images_per_s": interval.seen / max(interval_time, 1e-9),
+        }
+        state.history.append(row)
+        first = state.step - len(losses) + 1
+        pairs = [(first + i, v) for i, v in enumerate(losses.tolist())]
+        bar.write(
+            f"Epoch: {epoch}, Batches per seconds: {len(losses) / max(interval_time, 1e-9):.2f}, "
+            f"Global step: {state.step}, Validation Loss: {val['loss']:.2f}, "
+            f"Validation Accuracy: {val['accuracy']:.3f}"
+        )
+        if val["loss"] < state.best["loss"]:
+            state.best = {
+                "loss": val["loss"],
+                "state": state_to_cpu(state.model.state_dict()),
+                "step": state.step,
+            }
+        if should_early_stop([r["val_loss"] for r in state.history], self.cfg.early_stop_count):
+            state.early_stop_step = state.step
+        if self.on_validation is not None:  # before the checkpoint: a kill between the two
+            self.on_validation(row, pairs)  # repeats these points rather than losing them
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        if self.checkpoint_path is not None:
+            state.save(self.checkpoint_path, self.config_key, self.checkpoint_extra)
+
+    def final_figures(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
+        """Loss and accuracy of every split in eval mode; the test predictions."""
+        final, predictions = {}, torch.empty(0)
+        for split in ("train", "val", "test"):
+            x, y = self.data.split(split)
+            result = evaluate(
+                model,
+                x,
+                y,
+                self.pipeline,
+                self.cfg.eval_batch_size,
+                keep_predictions=split == "test",
+                placement=self.placement,
+            )
+            # "final_" keeps these apart from the per-validation series of the same split
+            prefix = "test" if split == "test" else f"final_{split}"
+            final[f"{prefix}_loss"] = result["loss"]
+            final[f"{prefix}_accuracy"] = result["accuracy"]
+            if split == "test":
+                predictions = result["predictions"]
+        return final, predictions
 
 
 def fit(
@@ -317,232 +416,79 @@ def fit(
     progress: bool = True,
     name: str = "train",
     params_key: str = "train",
+    placement: Placement | None = None,
 ) -> FitResult:
     """Train `model` on `data` (already on its device) and evaluate the best checkpoint.
 
     `on_validation(row, step_losses)` is called after each validation with the
     history row and the (step, loss) pairs since the last one; it may raise (an
     Optuna pruner does) to stop training. `checkpoint_extra` is stored in each
-    checkpoint (a tracking run id, say) and handed back in `checkpoint_extra` of
-    the resumed state through `FitResult`-independent `load_checkpoint`.
+    checkpoint (a tracking run id, say); `load_checkpoint` hands it back.
     `params_key` is where `cfg` sits in params.yaml (`baseline.train`), for errors.
+    `placement` defaults to what `Placement.for_device` decides for the data's device.
     """
     device = data.train_x.device
+    placement = placement or Placement.for_device(device)
     generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation
     torch.manual_seed(seed)  # dropout
-
-    train_x, train_y = data.train_x, data.train_y
-    val_x, val_y = data.val_x, data.val_y
-    test_x, test_y = data.test_x, data.test_y
-    check_train_size(len(train_y), cfg, params_key)
-    n_train = train_size(len(train_y), cfg)
-    if n_train < len(train_y):
-        keep = torch.randperm(len(train_y), generator=generator)[:n_train].to(device)
-        train_x, train_y = train_x[keep], train_y[keep]
-    if cfg.dry_run:
-        val_x, val_y = val_x[:DRY_RUN_EVAL_IMAGES], val_y[:DRY_RUN_EVAL_IMAGES]
-        test_x, test_y = test_x[:DRY_RUN_EVAL_IMAGES], test_y[:DRY_RUN_EVAL_IMAGES]
-    epochs = 1 if cfg.dry_run else cfg.epochs
-    steps_per_epoch = n_train // cfg.batch_size  # full batches: the remainder is dropped
-    val_every = max(1, steps_per_epoch // cfg.validations_per_epoch)
-
+    check_train_size(len(data.train_y), cfg, params_key)
+    data = draw_budget(data, cfg, generator)
+    steps_per_epoch = len(data.train_y) // cfg.batch_size  # full batches only
     optimizer = build_optimizer(model.parameters(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    history: list[dict] = []
-    best = {"loss": math.inf, "state": None, "step": 0}
-    global_step, start_epoch, start_batch = 0, 0, 0
-    perm = None
-    train_time = eval_time = 0.0
-    images_done = 0
-    early_stop_step = None
+    loop = _Loop(
+        data,
+        cfg,
+        pipeline,
+        placement,
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        steps_per_epoch,
+        max(1, steps_per_epoch // cfg.validations_per_epoch),
+        on_validation,
+        checkpoint_path,
+        checkpoint_extra or {},
+        config_key,
+        progress,
+        name,
+    )
+    state = TrainState(
+        model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch), generator
+    )
     ckpt = load_checkpoint(checkpoint_path, config_key)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt["scheduler"] is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        history, best = ckpt["history"], ckpt["best"]
-        global_step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
-        perm = ckpt["perm"].to(device) if ckpt["perm"] is not None else None
-        train_time, eval_time = ckpt["train_time_s"], ckpt["eval_time_s"]
-        images_done = ckpt["images_done"]
-        early_stop_step = ckpt["early_stop_step"]  # decided: only the final figures remain
-        print(f"[{name}] resuming from checkpoint at step {global_step} ({checkpoint_path})")
-    resumed_from = global_step
+        state.restore(ckpt, device)
+        print(f"[{name}] resuming from checkpoint at step {state.step} ({checkpoint_path})")
+    resumed_from = state.step
 
-    def save_checkpoint(epoch: int, batch: int, epoch_perm: torch.Tensor | None) -> None:
-        if checkpoint_path is None:
-            return
-        _atomic_torch_save(
-            {
-                "version": CHECKPOINT_VERSION,
-                "config_key": config_key,
-                "model": _state_to_cpu(model.state_dict()),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "best": best,
-                "step": global_step,
-                "epoch": epoch,
-                "batch": batch,
-                "perm": epoch_perm.cpu() if epoch_perm is not None else None,
-                "train_time_s": train_time,
-                "eval_time_s": eval_time,
-                "images_done": images_done,
-                "early_stop_step": early_stop_step,
-                "extra": checkpoint_extra or {},
-            },
-            Path(checkpoint_path),
-        )
-
-    stop = early_stop_step is not None
-    # Running sums since the last validation; an epoch-end remainder carries over,
-    # as in the course code (validation is every `val_every` global steps).
-    step_losses: list[torch.Tensor] = []
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
     set_train_mode(model)
-    tic = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
-        if stop:  # resumed after the early stop was decided: only the final figures remain
-            break
-        if perm is None or start_batch == 0:
-            perm = torch.randperm(n_train, generator=generator).to(device)
-        bar = Progress(steps_per_epoch, f"{name} epoch {epoch}", progress, leave=False)
-        bar.update(start_batch)
-        for batch in range(start_batch, steps_per_epoch):
-            idx = perm[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
-            xb = pipeline(train_x[idx], train=True, generator=generator)
-            yb = train_y[idx]
-            logits, loss = train_step(model, optimizer, loss_fn, xb, yb)
-            if scheduler is not None:
-                scheduler.step()
-            global_step += 1
-            step_losses.append(loss.detach())
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-            if bar.active and (batch + 1) % 25 == 0:  # a host sync every 25 steps, if shown
-                rate = seen / max(time.perf_counter() - tic, 1e-9)
-                bar.update(batch + 1 - bar.bar.n, loss=f"{loss.item():.3f}", img_s=f"{rate:,.0f}")
-            if global_step % val_every:
-                continue
-
-            # .cpu() waits for the queued steps, so the interval's time includes them
-            losses = torch.stack(step_losses).float().cpu()
-            interval_time = time.perf_counter() - tic
-            train_time += interval_time
-            images_done += seen
-            if not torch.isfinite(losses).all():
-                first_bad = (
-                    global_step - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
-                )
-                where = (
-                    f"last good checkpoint: {checkpoint_path} (step {history[-1]['step']})"
-                    if checkpoint_path and history
-                    else "no checkpoint was written"
-                )
-                raise NonFiniteLossError(
-                    f"[{name}] non-finite training loss at step {first_bad}; {where}"
-                )
-            t_eval = time.perf_counter()
-            val = evaluate(model, val_x, val_y, pipeline, cfg.eval_batch_size)
-            eval_time += time.perf_counter() - t_eval
-            if not math.isfinite(val["loss"]):
-                raise NonFiniteLossError(
-                    f"[{name}] non-finite validation loss at step {global_step}"
-                )
-            row = {
-                "step": global_step,
-                "epoch": global_step / steps_per_epoch,
-                "train_loss": losses.mean().item(),
-                "train_loss_std": losses.std().item() if len(losses) > 1 else 0.0,
-                "train_accuracy": correct.item() / max(seen, 1),
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": seen / max(interval_time, 1e-9),
-            }
-            history.append(row)
-            first = global_step - len(losses) + 1
-            pairs = [(first + i, v) for i, v in enumerate(losses.tolist())]
-            batches_per_s = len(losses) / max(interval_time, 1e-9)
-            bar.write(
-                f"Epoch: {epoch}, Batches per seconds: {batches_per_s:.2f}, "
-                f"Global step: {global_step}, Validation Loss: {val['loss']:.2f}, "
-                f"Validation Accuracy: {val['accuracy']:.3f}"
-            )
-            if val["loss"] < best["loss"]:
-                best = {
-                    "loss": val["loss"],
-                    "state": _state_to_cpu(model.state_dict()),
-                    "step": global_step,
-                }
-            if should_early_stop([r["val_loss"] for r in history], cfg.early_stop_count):
-                early_stop_step = global_step
-                stop = True
-            if on_validation is not None:  # before the checkpoint: a kill between the two
-                on_validation(row, pairs)  # repeats these points rather than losing them
-            end_of_epoch = batch == steps_per_epoch - 1
-            save_checkpoint(
-                epoch + 1 if end_of_epoch else epoch,
-                0 if end_of_epoch else batch + 1,
-                None if end_of_epoch else perm,
-            )
-            step_losses, correct, seen = [], torch.zeros_like(correct), 0
-            tic = time.perf_counter()
-            if stop:
-                bar.write(f"[{name}] early stop at step {global_step}; best step {best['step']}")
-                break
-        if bar.active and not stop:
-            bar.update(steps_per_epoch - bar.bar.n)
-        bar.close()
-        start_batch = 0
-        perm = None
-        if stop:
-            break
-    if step_losses:  # steps after the last validation
+    interval = _Interval(device)
+    epochs = 1 if cfg.dry_run else cfg.epochs
+    while state.epoch < epochs and state.early_stop_step is None:
+        interval = loop.train_one_epoch(state, interval)
+    if interval.losses:  # steps after the last validation
         synchronize(device)
-        train_time += time.perf_counter() - tic
-        images_done += seen
+        state.train_time_s += time.perf_counter() - interval.tic
+        state.images_done += interval.seen
 
-    if best["state"] is None:  # fewer steps than one validation interval
-        best = {"loss": math.inf, "state": _state_to_cpu(model.state_dict()), "step": global_step}
-    model.load_state_dict(best["state"])
+    if state.best["state"] is None:  # fewer steps than one validation interval
+        state.best = {
+            "loss": math.inf,
+            "state": state_to_cpu(model.state_dict()),
+            "step": state.step,
+        }
+    model.load_state_dict(state.best["state"])
     t_eval = time.perf_counter()
-    final = {}
-    test_predictions = torch.empty(0)
-    for split, (x, y) in (
-        ("train", (train_x, train_y)),
-        ("val", (val_x, val_y)),
-        ("test", (test_x, test_y)),
-    ):
-        result = evaluate(
-            model, x, y, pipeline, cfg.eval_batch_size, keep_predictions=split == "test"
-        )
-        # "final_" keeps these apart from the per-validation series of the same split
-        prefix = "test" if split == "test" else f"final_{split}"
-        final[f"{prefix}_loss"] = result["loss"]
-        final[f"{prefix}_accuracy"] = result["accuracy"]
-        if split == "test":
-            test_predictions = result["predictions"]
+    final, test_predictions = loop.final_figures(model)
     final_eval_time = time.perf_counter() - t_eval
-    eval_time += final_eval_time
     return FitResult(
-        history=history,
+        history=state.history,
         final=final,
-        best_step=best["step"],
-        early_stop_step=early_stop_step,
-        steps=global_step,
-        epochs_run=global_step / steps_per_epoch,
-        train_time_s=train_time,
-        eval_time_s=eval_time,
-        images_per_s=images_done / max(train_time, 1e-9),
+        best_step=state.best["step"],
+        early_stop_step=state.early_stop_step,
+        steps=state.step,
+        epochs_run=state.step / steps_per_epoch,
+        train_time_s=state.train_time_s,
+        eval_time_s=state.eval_time_s + final_eval_time,
+        images_per_s=state.images_done / max(state.train_time_s, 1e-9),
         test_predictions=test_predictions,
         resumed_from_step=resumed_from,
         final_eval_time_s=final_eval_time,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -12,11 +13,20 @@ import pytest
 import torch
 import yaml
 
-from src import bench
+from benchmarks import bench
+from src import tracking
 from src.config import PROJECT_ROOT
 from tests.conftest import tiny_params
 
-LIGHT_MODULES = ("src.train", "src.augment", "src.data", "src.models", "src.stage", "src.bench")
+LIGHT_MODULES = (
+    "src.train",
+    "src.augment",
+    "src.data",
+    "src.models",
+    "src.stage",
+    "src.feature_cache",
+    "benchmarks.bench",
+)
 HEAVY_PACKAGES = ("mlflow", "optuna", "dvc", "pandas", "matplotlib", "yaml", "sqlalchemy")
 
 
@@ -48,6 +58,9 @@ def one_thread():
 
 def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    redirects = ("DVC_ROOT", "MLFLOW_TRACKING_URI", tracking.TRACKING_SWITCH_ENV)
+    environ, store = {k: os.environ.get(k) for k in redirects}, tracking.tracking_uri()
     out = tmp_path / "bench.json"
     result = bench.main(
         [
@@ -90,6 +103,10 @@ def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, 
     assert written["machine"]["cpu_cores"] >= 1
     assert result["models"]["baseline"]["batch_size"] == 16
     assert not (tmp_path / "mlruns").exists()
+    # tracked into its own temporary store, named explicitly: what once redirected it
+    # is as it was, and so is the store the project tracks into
+    assert {k: os.environ.get(k) for k in redirects} == environ
+    assert tracking.tracking_uri() == store
 
 
 def test_eval_epoch_splits_validation_and_final_evaluation(tiny_params_file, tmp_path, one_thread):

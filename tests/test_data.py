@@ -21,12 +21,12 @@ import pytest
 from src.config import ConfigError, DataConfig
 from src.data import (
     PRODUCER,
-    BatchUnpickler,
     DataError,
     file_digest,
     load_dataset,
     prepare_dataset,
 )
+from src.sources import BatchUnpickler
 from tests.conftest import (
     N_TEST_PER_CLASS,
     N_TRAIN_PER_CLASS,

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from src import predict
+from src.artifacts import write_model_file as save_model_file
 from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig
 from src.models import build_cnn, build_resnet
 from src.serving import Classifier
-from src.stage import save_model_file
 from tests.conftest import _isolate
 
 

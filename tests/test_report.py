@@ -336,9 +336,9 @@ def test_report_stage_end_to_end(prepared):
 
 
 def _interrupt_stage_at(monkeypatch, name: str, when) -> None:
-    """Run the baseline stage with `src.stage.<name>` interrupted when `when(args)`."""
+    """Run the baseline stage with `src.artifacts.<name>` interrupted when `when(args)`."""
     from pipelines import train_cnn
-    from src import stage as stage_module
+    from src import artifacts as stage_module
 
     real = getattr(stage_module, name)
 
@@ -385,7 +385,7 @@ def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
     train_cnn.main(["baseline", "--no-progress"])
     load()
     update_params(prepared, **{"baseline.train.lr": 0.03})
-    _interrupt_stage_at(monkeypatch, "save_model_file", lambda a: True)
+    _interrupt_stage_at(monkeypatch, "write_model_file", lambda a: True)
     with pytest.raises(report.ReportInputError, match="history.csv is not the one"):
         load()
 

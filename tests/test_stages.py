@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from src.artifacts import load_model_file
 from src.config import PROJECT_ROOT, load_params
 from src.models import WeightsError, build_cnn
-from src.stage import load_model_file
 from tests.conftest import update_params
 
 
@@ -176,7 +176,7 @@ class _WritesMarker:
 
 def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
     from pipelines import train_cnn
-    from src.train import CHECKPOINT_VERSION
+    from src.checkpoint import CHECKPOINT_VERSION
 
     marker = prepared / "code-ran"
     ckpt = prepared / "checkpoints/baseline.pt"

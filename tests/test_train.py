@@ -254,7 +254,7 @@ class _WritesMarker:
 
 
 def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
-    from src.train import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+    from src.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
 
     marker = tmp_path / "code-ran"
     ckpt = tmp_path / "ckpt.pt"

@@ -8,12 +8,11 @@ from typing import Any
 
 import yaml
 
-from src.cli import EXIT_FAILED, guarded
+from src.cli import guarded
 from src.config import ConfigError, check_device, load_params
 from src.tune.apply import apply_best
 from src.tune.search import run_search
 from src.tune.space import load_tune_config
-from src.tune.storage import TuneError
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -114,25 +113,21 @@ def main(argv: list[str] | None = None) -> None:
     storage = args.storage or tcfg.storage
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError("", f"--n-trials must be >= 1, got {args.n_trials}")
-    try:
-        if args.command == "apply":
-            code = apply_best(params, study_name, storage, run=args.run)
-            if code:
-                sys.exit(code)
-            return
-        check_device(getattr(params, tcfg.base).train, f"{tcfg.base}.train")  # exit 2
-        run_search(
-            params,
-            tcfg,
-            study_name=study_name,
-            storage=storage,
-            n_trials=args.n_trials or tcfg.n_trials,
-            timeout=args.timeout,
-            progress=not args.no_progress,
-        )
-    except TuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_FAILED)
+    if args.command == "apply":
+        code = apply_best(params, study_name, storage, run=args.run)
+        if code:
+            sys.exit(code)
+        return
+    check_device(getattr(params, tcfg.base).train, f"{tcfg.base}.train")  # exit 2
+    run_search(
+        params,
+        tcfg,
+        study_name=study_name,
+        storage=storage,
+        n_trials=args.n_trials or tcfg.n_trials,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
+from src.artifacts import atomic_write_bytes
 from src.config import Params, flatten, load_params, resolve_path, set_param_args, to_dict
-from src.data import atomic_write_bytes
 from src.tune.space import NOT_DESIGN, BudgetConfig, trial_section
 from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial

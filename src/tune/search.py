@@ -19,11 +19,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from src import tracking
+from src.augment import input_pipeline
 from src.config import CNNStageConfig, ConfigError, Params, resolve_path, to_dict
 from src.data import load_dataset
+from src.device import Placement, prepare_device
+from src.errors import NonFiniteLossError
 from src.models import build_cnn
-from src.stage import input_pipeline, prepare_device
-from src.train import NonFiniteLossError, Progress, TensorSplits, fit
+from src.progress import Progress
+from src.train import TensorSplits, fit
 from src.tune.apply import PROFILE_ATTR, slug, write_best_params
 from src.tune.space import (
     FIELD_KNOBS,
@@ -195,10 +198,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
 def train_trial(s: Search, section: CNNStageConfig, on_validation: Callable, name: str):
     """Exactly what the stage does around `fit`, minus tracking and outputs."""
     torch.manual_seed(s.params.common.seed)
-    model = build_cnn(section.model).to(s.device)
-    if s.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    pipeline = input_pipeline(section.train, s.device)
+    placement = Placement.for_device(s.device)
+    model = placement.place_model(build_cnn(section.model))
+    pipeline = input_pipeline(section.train, placement)
     return fit(
         model,
         s.data,
@@ -268,7 +270,7 @@ def run_search(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     started = time.monotonic()
     ss = open_storage(storage, tcfg.heartbeat_s, on_stale=on_stale_heartbeat)
-    device = prepare_device(getattr(params, tcfg.base).train)
+    device = prepare_device(getattr(params, tcfg.base).train).device
     data = search_data(params, device)
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"

@@ -21,14 +21,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from src.config import resolve_path
+from src.errors import TuneError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable database fails fast
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class TuneError(RuntimeError):
-    """The search cannot run: storage unreachable, study unknown or created differently."""
 
 
 @dataclass

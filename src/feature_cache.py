@@ -1,4 +1,4 @@
-"""Task 4a around `fit`: what the ResNet stage trains on, and on which inputs.
+"""ResNet feature caching (task 4a): what `fit` trains on, and on which inputs.
 
 With augmentation off, the frozen prefix of the network (everything before the
 first trainable block: conv1 … layer3 by default) maps each image to the same
@@ -10,8 +10,8 @@ and logged. Otherwise `fit` trains the full model on uint8 images through the
 InputPipeline, which resizes on the batch tensor.
 
 Memory: cached features take N x C x H x W elements (layer3 at 224 px: 256x14x14
-per image, 6 GB for CIFAR-10's 60,000 images in bf16 on CUDA, 12 GB in float32 on
-CPU). They are written batch by batch into one preallocated tensor; when they
+per image, 6 GB for CIFAR-10's 60,000 images in bf16 under bf16 autocast (CUDA), 12 GB in
+float32 otherwise). They are written batch by batch into one preallocated tensor; when they
 would need more than half the free memory the stage trains uncached instead.
 """
 
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from src.config import ResNetConfig, TrainConfig
+from src.device import Placement
 from src.models import ResNetPart, resnet_weights_file, split_resnet
-from src.train import DRY_RUN_EVAL_IMAGES, DRY_RUN_TRAIN_BATCHES, Pipeline, TensorSplits, autocast
+from src.train import Pipeline, TensorSplits, draw_budget
 
 MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
 
@@ -49,20 +50,16 @@ class ResNetTraining:
 
 
 class FeatureInput:
-    """The pipeline for cached features: nothing to augment or normalise.
+    """The pipeline for cached features: nothing to augment or normalise; 4-D features
+    go into the memory format the placement runs, as the InputPipeline's images do."""
 
-    On CUDA 4-D features go channels_last, as the InputPipeline's images do.
-    """
-
-    def __init__(self, channels_last: bool = False):
-        self.channels_last = channels_last
+    def __init__(self, placement: Placement):
+        self.placement = placement
 
     def __call__(
         self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self.placement.memory_format(x)
 
 
 def describe_weights(weights: str) -> dict[str, str]:
@@ -79,20 +76,12 @@ def select_budget(
     data: TensorSplits, cfg: TrainConfig, seed: int
 ) -> tuple[TensorSplits, TrainConfig]:
     """Apply `subset` and the dry run's cuts up front, picking the training images
-    `fit` itself would pick, so only those go through the frozen prefix.
+    `fit` itself would pick (`draw_budget` with a generator seeded as `fit` seeds its
+    own), so only those go through the frozen prefix.
 
     Returns the cut data and `cfg` with `subset` 0 (`fit` must not cut again).
     """
-    n = DRY_RUN_TRAIN_BATCHES * cfg.batch_size if cfg.dry_run else cfg.subset
-    train_x, train_y = data.train_x, data.train_y
-    if n and n < len(train_y):
-        keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))[:n]
-        keep = keep.to(train_y.device)
-        train_x, train_y = train_x[keep], train_y[keep]
-    cut = DRY_RUN_EVAL_IMAGES if cfg.dry_run else None
-    data = TensorSplits(
-        train_x, train_y, data.val_x[:cut], data.val_y[:cut], data.test_x[:cut], data.test_y[:cut]
-    )
+    data = draw_budget(data, cfg, torch.Generator().manual_seed(seed))
     return data, dataclasses.replace(cfg, subset=0)
 
 
@@ -108,10 +97,6 @@ def _free_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
-def _feature_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 @torch.no_grad()
 def feature_shape(prefix: nn.Module, image_size: int) -> tuple[int, ...]:
     """The prefix's output shape for one image, e.g. (256, 4, 4) after layer3 at 64 px.
@@ -124,7 +109,7 @@ def feature_shape(prefix: nn.Module, image_size: int) -> tuple[int, ...]:
 
 
 def cache_plan(
-    model: nn.Module, cfg: ResNetConfig, n_images: int, device: torch.device
+    model: nn.Module, cfg: ResNetConfig, n_images: int, placement: Placement
 ) -> tuple[nn.Module | None, str]:
     """The frozen prefix to cache, or None and the reason caching is off."""
     prefix_names, rest = split_resnet(cfg.trainable)
@@ -138,7 +123,8 @@ def cache_plan(
     if any(p.requires_grad for p in prefix.parameters()):
         return None, "the blocks before the first trainable one are not all frozen"
     shape = feature_shape(prefix, cfg.image_size)
-    needed = n_images * torch.Size(shape).numel() * _feature_dtype(device).itemsize
+    device = placement.device
+    needed = n_images * torch.Size(shape).numel() * placement.feature_dtype.itemsize
     free = _free_memory_bytes(device)
     if free is not None and needed > MAX_CACHE_SHARE * free:
         return None, (
@@ -153,36 +139,35 @@ def cache_plan(
 
 @torch.no_grad()
 def compute_features(
-    prefix: nn.Module, x: torch.Tensor, pipeline: Pipeline, batch_size: int
+    prefix: nn.Module, x: torch.Tensor, pipeline: Pipeline, batch_size: int, placement: Placement
 ) -> torch.Tensor:
     """The prefix's outputs for uint8 images `x` (N, H, W, C), in eval mode, batched,
-    into one preallocated tensor on x's device (bf16 on CUDA, float32 on CPU).
+    into one preallocated tensor on x's device, in `placement.feature_dtype` (bf16
+    under bf16 autocast, else float32).
 
     Leaves the (frozen) prefix in eval mode, where it stays."""
     prefix.eval()
-    device = x.device
+    dtype, device = placement.feature_dtype, x.device
     out: torch.Tensor | None = None
     for start in range(0, len(x), batch_size):
-        with autocast(device):
+        with placement.autocast():
             features = prefix(pipeline(x[start : start + batch_size], train=False))
         if out is None:
-            out = torch.empty(
-                (len(x), *features.shape[1:]), dtype=_feature_dtype(device), device=device
-            )
+            out = torch.empty((len(x), *features.shape[1:]), dtype=dtype, device=device)
         out[start : start + len(features)].copy_(features)
     if out is None:  # an empty split
-        out = torch.empty((0,), dtype=_feature_dtype(device), device=device)
+        out = torch.empty((0,), dtype=dtype, device=device)
     return out
 
 
 def cache_features(
-    prefix: nn.Module, data: TensorSplits, pipeline: Pipeline, batch_size: int
+    prefix: nn.Module, data: TensorSplits, pipeline: Pipeline, batch_size: int, placement: Placement
 ) -> TensorSplits:
     """train/val/test images → prefix features; labels are shared, not copied."""
     parts = []
     for split in ("train", "val", "test"):
         x, y = data.split(split)
-        parts += [compute_features(prefix, x, pipeline, batch_size), y]
+        parts += [compute_features(prefix, x, pipeline, batch_size, placement), y]
     return TensorSplits(*parts)
 
 
@@ -192,26 +177,27 @@ def prepare_resnet_training(
     data: TensorSplits,
     pipeline: Pipeline,
     seed: int,
+    placement: Placement | None = None,
 ) -> ResNetTraining:
     """Cut `data` to the training budget and, when the plan allows, cache the frozen
-    prefix's features; `model` and `data` must be on the same device."""
+    prefix's features; `model` and `data` must be on the same device. `placement`
+    defaults to what `Placement.for_device` decides for that device."""
     data, train_cfg = select_budget(data, cfg.train, seed)
-    device = data.train_x.device
+    placement = placement or Placement.for_device(data.train_x.device)
     n_images = sum(len(data.split(s)[1]) for s in ("train", "val", "test"))
-    prefix, note = cache_plan(model, cfg, n_images, device)
+    prefix, note = cache_plan(model, cfg, n_images, placement)
     if prefix is None:
         return ResNetTraining(model, data, pipeline, train_cfg, cached=False, note=note)
     print(f"[resnet] caching {note} ...", flush=True)  # minutes on a CPU at 64 px
     tic = time.perf_counter()
-    features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size, placement)
+    placement.synchronize()
     elapsed = time.perf_counter() - tic
     _, rest = split_resnet(cfg.trainable)
     return ResNetTraining(
         ResNetPart(model, rest),
         features,
-        FeatureInput(channels_last=device.type == "cuda"),
+        FeatureInput(placement),
         train_cfg,
         cached=True,
         note=f"{note}, computed in {elapsed:.1f} s",

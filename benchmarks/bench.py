@@ -1,8 +1,8 @@
 """Training throughput, side by side: the project's path, a course-style loop, the floor.
 
-    python -m src.bench --models baseline improved resnet --repeats 5 --resnet-size 64 \\
+    python -m benchmarks.bench --models baseline improved resnet --repeats 5 --resnet-size 64 \\
         --json benchmarks/cpu.json
-    python -m src.bench --eval-epoch baseline --json benchmarks/cpu_eval_epoch_baseline.json
+    python -m benchmarks.bench --eval-epoch baseline --json benchmarks/cpu_eval_epoch_baseline.json
 
 For each model (its stage's section of params.yaml: model, optimizer, batch size,
 augmentation), on one device and in one process:
@@ -11,9 +11,10 @@ augmentation), on one device and in one process:
              split, for a fixed number of steps, validating as configured (on
              `--eval-images` images), checkpointing as a stage does and, when mlflow
              is importable, logging every validation to a real MLflow run in a
-             temporary store. images/s is FitResult's: training steps only (data,
+             temporary store (`tracking.use_store`: the project's store is
+             untouched). images/s is FitResult's: training steps only (data,
              augmentation, step, loop), evaluation excluded. ResNet goes through
-             `src.resnet.prepare_resnet_training`, so with feature caching on (the
+             `src.feature_cache.prepare_resnet_training`, so with feature caching on (the
              stage's default) the project trains the head on cached features.
   reference  the course's loop: a Dataset turning each uint8 image into a PIL image
              for torchvision transforms (RandomCrop(32, padding) and
@@ -59,6 +60,8 @@ from torch import nn
 from torchvision import transforms
 
 from src import tracking
+from src.augment import input_pipeline
+from src.cli import guarded
 from src.config import (
     PARAMS_FILE,
     Params,
@@ -70,18 +73,16 @@ from src.config import (
     to_dict,
 )
 from src.data import load_dataset
+from src.device import Placement, resolve_device, synchronize
+from src.feature_cache import prepare_resnet_training
 from src.models import build_cnn, build_resnet, count_parameters
-from src.resnet import prepare_resnet_training
-from src.stage import ValidationLogger, input_pipeline, to_tensors
 from src.train import (
     FitResult,
     Pipeline,
     TensorSplits,
     build_optimizer,
     fit,
-    resolve_device,
     set_train_mode,
-    synchronize,
     train_step,
 )
 
@@ -150,18 +151,12 @@ def course_transform(cfg: TrainConfig, image_size: int | None) -> Callable:
     return transforms.Compose(steps)
 
 
-def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":  # as the stages do
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def cnn_bench(params: Params, name: str, device: torch.device) -> ModelBench:
     section = getattr(params, name)
     torch.manual_seed(params.common.seed)
-    model = _on_device(build_cnn(section.model), device)
-    pipeline = input_pipeline(section.train, device)
+    placement = Placement.for_device(device)  # as the stages decide
+    model = placement.place_model(build_cnn(section.model))
+    pipeline = input_pipeline(section.train, placement)
 
     def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
         return Prepared(model, data, cfg, pipeline)
@@ -186,8 +181,9 @@ def resnet_bench(
     if cache is not None:
         section = dataclasses.replace(section, cache_features=cache)
     torch.manual_seed(params.common.seed)
-    model = _on_device(build_resnet(section), device)
-    pipeline = input_pipeline(section.train, device, image_size)
+    placement = Placement.for_device(device)  # as the stages decide
+    model = placement.place_model(build_resnet(section))
+    pipeline = input_pipeline(section.train, placement, image_size)
 
     def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
         stage_cfg = dataclasses.replace(section, train=cfg)
@@ -232,7 +228,7 @@ def load_bench_data(
         )
         return BenchData(images, labels, splits.to(device), f"synthetic ({synthetic} images)")
     dataset = load_dataset(data_dir)
-    splits = to_tensors(dataset, device)
+    splits = TensorSplits.from_dataset(dataset).to(device)
     cut = TensorSplits(
         splits.train_x,
         splits.train_y,
@@ -311,7 +307,7 @@ def time_reference(
     optimizer = build_optimizer(model.parameters(), bench.cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=bench.cfg.label_smoothing)
     set_train_mode(model)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    placement = Placement.for_device(device)  # as the project runs
     batches = iter(loader)  # workers start here; their start-up falls in the warm-up
     tic = None
     for i in range(warmup + steps):
@@ -319,7 +315,7 @@ def time_reference(
             synchronize(device)
             tic = time.perf_counter()
         x, y = next(batches)
-        x = x.to(device).contiguous(memory_format=memory_format)
+        x = placement.memory_format(x.to(device))
         y = y.to(device)
         _train_step(model, optimizer, loss_fn, x, y, device).item()
     synchronize(device)
@@ -329,21 +325,19 @@ def time_reference(
 
 
 @contextlib.contextmanager
-def _tracking_store(root: Path, enabled: bool) -> Iterator[None]:
-    """Tracking into a temporary store under `root` (or off), restoring the environment."""
-    names = ("DVC_ROOT", "MLFLOW_TRACKING_URI", tracking.TRACKING_SWITCH_ENV)
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ["DVC_ROOT"] = str(root)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ[tracking.TRACKING_SWITCH_ENV] = "on" if enabled else "off"
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iterator[tracking.Run]:
+    """A real MLflow run in a temporary SQLite store under `work_dir` (or, without
+    `track`, the stand-in that logs nothing); the project's own store is never touched."""
+    if not track:
+        yield tracking.Run(None)
+        return
+    db = work_dir / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tracking.use_store(f"sqlite:///{db}"),
+        tracking.stage_run(f"bench-{name}", {"train": cfg}, experiment="bench") as run,
+    ):
+        yield run
 
 
 def time_project(
@@ -367,27 +361,24 @@ def time_project(
     synchronize(device)
     prepare_s = time.perf_counter() - tic
     ckpt = work_dir / f"checkpoint-{bench.name}-{time.monotonic_ns()}.pt" if checkpoint else None
-    with _tracking_store(work_dir, track):
-        tic = time.perf_counter()
-        with tracking.stage_run(
-            f"bench-{bench.name}", {"train": prepared.cfg}, experiment="bench"
-        ) as run:
-            opened = time.perf_counter()
-            log_validation = ValidationLogger(run)
-            result: FitResult = fit(
-                prepared.model,
-                prepared.data,
-                prepared.cfg,
-                prepared.pipeline,
-                seed=seed,
-                on_validation=log_validation,
-                checkpoint_path=ckpt,
-                config_key=f"bench-{ckpt}",
-                progress=False,
-                name=f"bench-{bench.name}",
-            )
-            fitted = time.perf_counter()
-        closed = time.perf_counter()
+    tic = time.perf_counter()
+    with _bench_run(bench.name, prepared.cfg, work_dir, track) as run:
+        opened = time.perf_counter()
+        log_validation = tracking.ValidationLogger(run)
+        result: FitResult = fit(
+            prepared.model,
+            prepared.data,
+            prepared.cfg,
+            prepared.pipeline,
+            seed=seed,
+            on_validation=log_validation,
+            checkpoint_path=ckpt,
+            config_key=f"bench-{ckpt}",
+            progress=False,
+            name=f"bench-{bench.name}",
+        )
+        fitted = time.perf_counter()
+    closed = time.perf_counter()
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
     wall = fitted - opened
@@ -622,7 +613,7 @@ def parse_steps(tokens: list[str] | None, device_type: str) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m src.bench",
+        prog="python -m benchmarks.bench",
         description="Training images/s: the project's path, a course-style DataLoader loop "
         "and the compute floor, per model, interleaved; medians of several rounds.",
     )
@@ -667,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@guarded
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     load_start = list(os.getloadavg())
@@ -698,7 +690,8 @@ def main(argv: list[str] | None = None) -> dict:
         return cnn_bench(params, name, device)
 
     result: dict = {
-        "command": "python -m src.bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "started_utc": started.isoformat(timespec="seconds"),
         "machine": machine_info(device),
         "data": data.source,
