@@ -28,6 +28,8 @@ ENTRY_POINTS = (
     "pipelines.report",
     "src.tune.__main__",
     "benchmarks.bench",
+    "src.predict",
+    "src.quick",
 )
 
 

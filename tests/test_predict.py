@@ -110,9 +110,9 @@ def test_a_model_file_of_another_kind_is_one_clear_error(capsys, tmp_path, image
     state_dict = tmp_path / "state_dict.pt"
     torch.save(build_cnn(ModelConfig(filters=(4,), fc=())).state_dict(), state_dict)
     for path, message in [
-        (garbage, "not a model file of this project (torch.load"),
+        (garbage, "corrupt or not a readable PyTorch file"),
         (state_dict, "not a model file of this project"),
-        (tmp_path / "missing.pt", "no such model file"),
+        (tmp_path / "missing.pt", "missing.pt does not exist"),
         ("models:/no-such-model@champion", "cannot load this MLflow model"),
     ]:
         code, _, err = _run(capsys, images[0], "--model", path)
