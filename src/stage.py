@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src import artifacts, tracking
+from src import artifacts, registry, tracking
 from src.artifacts import StagePaths
 from src.checkpoint import load_checkpoint
 from src.config import Params, TrainConfig, config_hash, resolve_path, to_dict
@@ -87,16 +87,16 @@ def run_training_stage(
             },
             step=result.steps,
         )
-        registry = run.log_model(
+        registered = run.log_model(
             stage,
             paths.model,
             dataset.val.images[:2],
             final_metrics=result.final,
             step=result.steps,
-            smoke=tracking.smoke_reasons(params, section),
+            smoke=registry.smoke_reasons(params, section),
         )
-        if registry:
-            print(f"[{stage}] {registry}")
+        if registered:
+            print(f"[{stage}] {registered}")
         # Tracking cost: per-validation logging plus the final artifacts and model,
         # against the stage's training + evaluation time.
         tracking_time = log_validation.seconds + time.perf_counter() - tic

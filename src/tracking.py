@@ -26,54 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from src.config import config_hash, flatten, project_root, repo_root
-from src.workers import worker_alive, worker_id
+from src.dead_runs import close_dead_runs, identity_tags
+from src.run_layout import (  # noqa: F401 (CHART_GROUPS and chart_key: the stages' names)
+    CHART_GROUPS,
+    chart_key,
+    describe_experiment,
+    run_params,
+)
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
 BATCH_LIMIT = 1000  # metrics per log_batch call
-CHAMPION = "champion"  # registry alias: the version to serve (best non-smoke test accuracy)
-
-# The UI's chart view groups metrics by the prefix before "/" and shows named groups in
-# alphabetical order before the unprefixed ones ("Model metrics": the final figures,
-# which the Models tab and the report read by these plain names). So the learning
-# curves get the group that sorts first, and one-value figures groups after it.
-CHART_GROUPS = {
-    "curves": (
-        "train_loss",
-        "train_loss_std",
-        "train_accuracy",
-        "train_step_loss",
-        "val_loss",
-        "val_accuracy",
-    ),
-    "progress": ("epoch", "lr", "images_per_s"),  # per validation, not learning curves
-    "run": ("steps", "best_step", "early_stop_step", "epochs_run", "resumed_from_step"),
-    "timing": (
-        "train_time_s",
-        "eval_time_s",
-        "eval_share",
-        "train_images_per_s",
-        "features_cached",
-        "feature_cache_time_s",
-    ),
-}
-_CHART_KEYS = {name: f"{group}/{name}" for group, names in CHART_GROUPS.items() for name in names}
-EXPERIMENT_DESCRIPTIONS = {
-    "": (
-        "CIFAR-10 pipeline (TDT4265 assignment 3): one run per stage execution, named "
-        "after the stage. Params have one name in every stage (`model.filters`, "
-        "`train.lr`, `seed`, ...), so Compare lines runs up; learning curves are under "
-        "`curves/`, final figures (`test_accuracy`, ...) unprefixed. Each training stage "
-        "registers its model as `cifar10-<stage>`; the alias `champion` is the version "
-        "to serve."
-    ),
-    "-tune": (
-        "Optuna studies (`python -m src.tune`): a parent run `tune-<study>` per study with "
-        "the optimisation history, and a nested run per trial logging the same param and "
-        "metric names as the pipeline stages. Pruned trials end FINISHED with `pruned` in "
-        "their name; failed ones FAILED."
-    ),
-}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -166,84 +129,6 @@ def provenance_tags(stage: str, params: Any) -> dict[str, str]:
     return tags
 
 
-def identity_tags(stage: str) -> dict[str, str]:
-    """What `close_dead_runs` matches on: the stage, the process running it and the
-    project root (a DVC experiment in a temporary copy has its own)."""
-    return {"stage": stage, "worker": worker_id(), "project_root": str(project_root())}
-
-
-def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> list[str]:
-    """End KILLED the RUNNING runs of `stage` from this project root whose process is
-    gone from this host; their ids. `keep` (a run about to be resumed) is left alone,
-    and so are runs from other hosts, other roots or without a `worker` tag."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    root = str(project_root())
-    query = "attributes.status = 'RUNNING'"
-    if "'" not in stage:  # otherwise filtered below only
-        query += f" AND tags.stage = '{stage}'"
-    closed, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=500, page_token=token)
-        for run in page:
-            tags = run.data.tags
-            if (
-                run.info.run_id == keep
-                or tags.get("stage") != stage
-                or tags.get("project_root") != root
-                or worker_alive(tags.get("worker", "")) is not False
-            ):
-                continue
-            client.set_terminated(run.info.run_id, status="KILLED")
-            closed.append(run.info.run_id)
-            print(
-                f"[{stage}] MLflow run {run.info.run_id} was left RUNNING by a process that "
-                f"is gone ({tags['worker']}); marked KILLED"
-            )
-        token = page.token
-        if not token:
-            return closed
-
-
-def chart_key(name: str) -> str:
-    """The MLflow metric key of one of the project's figures (see CHART_GROUPS)."""
-    return _CHART_KEYS.get(name, name)
-
-
-def run_params(params: Any, section: Any, **extra: Any) -> dict[str, Any]:
-    """What a run logs as params: the stage's own section flattened without the stage's
-    name (`model.filters`, `train.lr`, `weights`, ...), the shared `seed` and `profile`,
-    and `extra` (a trial's search-only knobs): one name per knob in every stage and trial."""
-    return {**flatten(section), "seed": params.common.seed, "profile": params.profile, **extra}
-
-
-def smoke_reasons(params: Any, section: Any) -> list[str]:
-    """Why a stage's model is not one to serve: a reduced budget or random weights."""
-    train = getattr(section, "train", None)
-    reasons = []
-    if params.profile != "full":
-        reasons.append(f"profile {params.profile}")
-    if train is not None and train.dry_run:
-        reasons.append("dry run")
-    if train is not None and train.subset:
-        reasons.append(f"trained on {train.subset} images")
-    if getattr(section, "weights", None) == "none":
-        reasons.append("random-init backbone")
-    return reasons
-
-
-def _describe_experiment(client: Any, exp_id: str, name: str) -> None:
-    """The model-training view (not the GenAI one) and a description, once."""
-    tags = client.get_experiment(exp_id).tags
-    wanted = {"mlflow.experimentKind": "custom_model_development"}
-    suffix = "-tune" if name.endswith("-tune") else ""
-    wanted["mlflow.note.content"] = EXPERIMENT_DESCRIPTIONS[suffix]
-    for key, value in wanted.items():
-        if key not in tags:  # a description the user edited in the UI stays
-            client.set_experiment_tag(exp_id, key, value)
-
-
 def set_experiment(name: str) -> str:
     """Create (with its artifact root under mlruns/) or select an experiment; its id."""
     import mlflow
@@ -261,7 +146,7 @@ def set_experiment(name: str) -> str:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
-    _describe_experiment(client, exp_id, name)
+    describe_experiment(client, exp_id, name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -377,43 +262,21 @@ class Run:
         step: int = 0,
         smoke: list[str] | None = None,
     ) -> str | None:
-        """Log the stage's model file as a pyfunc model named after the stage, link the
-        final metrics to it, register it as a new version of `<experiment>-<stage>` and
-        move the `champion` alias when it earns it. Returns a line for the stage's log.
-
-        The pyfunc is "models from code" (src/serving.py): the project's own model file
-        (weights + config, read with weights_only=True) is its artifact and `src` ships
-        with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
-        class names and probabilities; `input_example` is a few such images."""
+        """The stage's model, logged, linked to its final metrics and registered
+        (`src.registry.log_model`); a line for the stage's log."""
         if not self.active:
             return None
-        import mlflow
-        from mlflow.models import infer_signature
+        from src import registry
 
-        from src import serving
-
-        example = serving.as_images(input_example)
-        signature = infer_signature(example, serving.Classifier.from_file(model_file)(example))
-        name = f"{self.experiment}-{stage}"
-        with _activate(self.run_id), _no_progress_bars():
-            info = mlflow.pyfunc.log_model(
-                name=stage,
-                python_model=serving.__file__,
-                artifacts={serving.MODEL_FILE_ARTIFACT: str(model_file)},
-                code_paths=[str(Path(serving.__file__).parent)],
-                input_example=example,
-                signature=signature,
-                pip_requirements=_model_requirements(),
-                registered_model_name=name,
-                step=step,
-                tags={"stage": stage},
-            )
-        # test figures first: the Models tab shows the model's metrics in logging order
-        ordered = dict(sorted(final_metrics.items(), key=lambda kv: not kv[0].startswith("test")))
-        self.log_metrics(ordered, step=step, model_id=info.model_id)
-        version = str(info.registered_model_version)
-        test_accuracy = final_metrics.get("test_accuracy")
-        return register_version(name, version, stage, test_accuracy, smoke or [])
+        return registry.log_model(
+            self,
+            stage,
+            model_file,
+            input_example,
+            final_metrics=final_metrics,
+            step=step,
+            smoke=smoke,
+        )
 
     def log_dataset(self, manifest: dict, data_dir: Path, images: Any, labels: Any) -> None:
         """Record the prepared data set as the run's input (its digest, and its source:
@@ -431,7 +294,7 @@ class Run:
             name=f"cifar10-{source.get('kind', 'prepared')}",
             digest=config_hash(manifest.get("sha256", {})),
         )
-        with _activate(self.run_id):
+        with activate(self.run_id):
             mlflow.log_input(self.dataset, context="training")
 
 
@@ -449,103 +312,8 @@ def _dataset_source(url: str | None, data_dir: Path) -> Any:
     return data_dir.as_uri()  # MLflow resolves it (and may warn)
 
 
-def register_version(
-    name: str, version: str, stage: str, test_accuracy: float | None, smoke: list[str]
-) -> str:
-    """Tag and describe a new registry version, and point `champion` at it when it is a
-    full-budget model whose test accuracy beats the current champion's (smoke runs never
-    become champion: their versions carry `smoke` and `servable=false`). Returns a line
-    for the stage's log."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
-    tags = {
-        "stage": stage,
-        "test_accuracy": "" if test_accuracy is None else repr(float(test_accuracy)),
-        "servable": str(not smoke).lower(),
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        **git_info(),
-    }
-    if smoke:
-        tags["smoke"] = "; ".join(smoke)
-    for key, value in tags.items():
-        if value:
-            client.set_model_version_tag(name, version, key, value)
-    note = f"smoke run, not for serving: {tags['smoke']}" if smoke else "full budget"
-    client.update_model_version(name, version, f"{stage}: test accuracy {accuracy} ({note})")
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, _registered_description(stage))
-
-    where = f"registry: {name} version {version}, test accuracy {accuracy}"
-    if smoke:
-        return f"{where}; tagged smoke ({tags['smoke']}), not @{CHAMPION}"
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    best = _version_accuracy(client, current) if current is not None else None
-    beats = test_accuracy is not None and (best is None or test_accuracy > best)
-    if current is not None and not beats:
-        held = "n/a" if best is None else f"{best:.4f}"
-        return f"{where}; @{CHAMPION} stays version {current.version} ({held})"
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if current is None:
-        return f"{where}; now @{CHAMPION}"
-    return f"{where}; now @{CHAMPION} (was version {current.version}, {best:.4f})"
-
-
-def _version_accuracy(client: Any, version: Any) -> float | None:
-    text = version.tags.get("test_accuracy", "")
-    if text:
-        return float(text)
-    try:
-        return client.get_run(version.run_id).data.metrics.get("test_accuracy")
-    except Exception:  # a version registered from elsewhere
-        return None
-
-
-def _registered_description(stage: str) -> str:
-    return (
-        f"CIFAR-10 classifier trained by the `{stage}` stage. Input: uint8 RGB images "
-        "(N, 32, 32, 3); `python -m src.predict` takes image files of any size. Output: "
-        "`label`, its `probability`, and one probability column per class. Serve "
-        f"`models:/<name>@{CHAMPION}` (the best test accuracy among full-budget runs); "
-        "`models:/<name>/latest` is the newest version, smoke runs (tag `smoke`) included."
-    )
-
-
-def _model_requirements() -> list[str]:
-    import numpy
-    import pandas
-    import torch
-    import torchvision
-
-    return [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-        f"numpy=={numpy.__version__}",
-        f"pandas=={pandas.__version__}",
-    ]
-
-
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """No "Downloading artifacts" bar in the stage's log when MLflow checks the input
-    example against the logged model (unless the user asked for bars)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(key)
-    os.environ.setdefault(key, "false")
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-
-
-@contextlib.contextmanager
-def _activate(run_id: str) -> Iterator[None]:
+def activate(run_id: str) -> Iterator[None]:
     """Make `run_id` the active fluent run for APIs that have no client form."""
     import mlflow
 
@@ -676,21 +444,6 @@ def run_summary(run_id: str | None) -> dict[str, Any] | None:
     }
 
 
-def mark_run_killed(run_id: str) -> None:
-    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
-    if not tracking_enabled():
-        return
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
-    try:
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status="KILLED")
-    except Exception:  # the run may live in another store; nothing to mend then
-        pass
-
-
 class ValidationLogger:
     """A stage's `on_validation`: the validation row and the per-step losses since
     the last one, as one batched tracking write; `seconds` sums the time spent."""
@@ -708,3 +461,15 @@ class ValidationLogger:
         series["train_step_loss"] = step_losses
         self.run.log_series(series)
         self.seconds += time.perf_counter() - tic
+
+
+def mark_run_killed(run_id: str) -> None:
+    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
+    if not tracking_enabled():
+        return
+    import mlflow
+
+    from src import dead_runs
+
+    mlflow.set_tracking_uri(tracking_uri())
+    dead_runs.mark_run_killed(run_id)

@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from src import tracking
+from src import registry, tracking
 from src.config import CIFAR10_CLASSES, load_params
 from src.data import load_dataset
 from src.serving import Classifier
@@ -127,7 +127,7 @@ def test_champion_moves_only_to_a_better_full_budget_version(trained):
 
     def new_version(test_accuracy, smoke=()):
         v = str(client.create_model_version(name, first.source, run_id=first.run_id).version)
-        return v, tracking.register_version(name, v, "improved", test_accuracy, list(smoke))
+        return v, registry.register_version(name, v, "improved", test_accuracy, list(smoke))
 
     worse, line = new_version(accuracy - 0.1)
     assert "stays version 1" in line
@@ -225,9 +225,9 @@ def test_params_of_a_stage_run_and_its_smoke_reasons():
     assert logged["model.filters"] == list(params.improved.model.filters)
     assert logged["seed"] == params.common.seed
     quick = load_params(overrides={"profile": "quick"})
-    assert "profile quick" in tracking.smoke_reasons(quick, quick.resnet)
-    assert "random-init backbone" in tracking.smoke_reasons(quick, quick.resnet)
-    assert tracking.smoke_reasons(params, params.improved) == []
+    assert "profile quick" in registry.smoke_reasons(quick, quick.resnet)
+    assert "random-init backbone" in registry.smoke_reasons(quick, quick.resnet)
+    assert registry.smoke_reasons(params, params.improved) == []
 
 
 def test_chart_keys():

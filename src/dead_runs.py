@@ -1,0 +1,60 @@
+"""Runs a killed process left RUNNING: every run is tagged at creation with the process
+that runs it and the project root, so the stage's next start can close, KILLED, the
+RUNNING runs of that stage whose process is gone from this host (any store)."""
+
+from __future__ import annotations
+
+from src.config import project_root
+from src.workers import worker_alive, worker_id
+
+
+def identity_tags(stage: str) -> dict[str, str]:
+    """What `close_dead_runs` matches on: the stage, the process running it and the
+    project root (a DVC experiment in a temporary copy has its own)."""
+    return {"stage": stage, "worker": worker_id(), "project_root": str(project_root())}
+
+
+def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> list[str]:
+    """End KILLED the RUNNING runs of `stage` from this project root whose process is
+    gone from this host; their ids. `keep` (a run about to be resumed) is left alone,
+    and so are runs from other hosts, other roots or without a `worker` tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    root = str(project_root())
+    query = "attributes.status = 'RUNNING'"
+    if "'" not in stage:  # otherwise filtered below only
+        query += f" AND tags.stage = '{stage}'"
+    closed, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=500, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if (
+                run.info.run_id == keep
+                or tags.get("stage") != stage
+                or tags.get("project_root") != root
+                or worker_alive(tags.get("worker", "")) is not False
+            ):
+                continue
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+            print(
+                f"[{stage}] MLflow run {run.info.run_id} was left RUNNING by a process that "
+                f"is gone ({tags['worker']}); marked KILLED"
+            )
+        token = page.token
+        if not token:
+            return closed
+
+
+def mark_run_killed(run_id: str) -> None:
+    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except Exception:  # the run may live in another store; nothing to mend then
+        pass
