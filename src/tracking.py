@@ -94,7 +94,14 @@ def artifact_location(experiment: str) -> str | None:
     return (db.parent / "artifacts" / experiment).as_uri()
 
 
+# Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
+# each stage, the metrics and history it keeps in git): a change there is the run's own
+# output, not an edit of the code or params it ran, so it does not make the tree dirty.
+DVC_WRITTEN = frozenset({"dvc.lock", "metrics.json", "history.csv"})
+
+
 def git_info(root: Path | None = None) -> dict[str, str]:
+    """The commit and whether code or params differ from it (`git_dirty`)."""
     root = root or project_root()
 
     def git(*args: str) -> str:
@@ -107,7 +114,9 @@ def git_info(root: Path | None = None) -> dict[str, str]:
             return ""
 
     commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no")  # "XY path" lines
+    changed = [line[2:].strip().split(" -> ")[-1] for line in status.splitlines()]
+    dirty = [path for path in changed if Path(path).name not in DVC_WRITTEN]
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 

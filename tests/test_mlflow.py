@@ -233,3 +233,24 @@ def test_params_of_a_stage_run_and_its_smoke_reasons():
 def test_chart_keys():
     assert tracking.chart_key("val_loss") == "curves/val_loss"
     assert tracking.chart_key("test_accuracy") == "test_accuracy"
+
+
+def test_git_dirty_ignores_what_dvc_repro_writes(tmp_path):
+    """`dvc repro` rewrites dvc.lock (and git-tracked metrics) between stages: a stage
+    run from a clean commit must still say git_dirty=false; an edited file says true."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("dvc.lock", "params.yaml", "metrics.json"):
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "metrics.json").write_text("b\n")
+    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert tracking.git_info(tmp_path)["git_dirty"] == "true"
