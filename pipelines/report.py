@@ -3,12 +3,16 @@ their figures, from every stage's outputs, the tuning summaries and the student'
 
 python -m pipelines.report                   (dvc repro report)
 python -m pipelines.report --allow-missing   render what exists; missing stages say so
+                                             (a partial pipeline: DVC runs no stage whose
+                                             dependency is missing)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from pathlib import Path
 
 from src import report, report_html, tracking
@@ -29,6 +33,16 @@ def linked_figures(report_md: Path) -> set[str]:
     return set(re.findall(pattern, text))
 
 
+def invocation(argv: list[str]) -> str:
+    """The command that is generating the report, as a reader would type it again: the
+    DVC stage (DVC sets DVC_STAGE, and DVC_EXP_NAME in an experiment) or this module."""
+    stage = os.environ.get("DVC_STAGE")
+    if stage:
+        experiment = os.environ.get("DVC_EXP_NAME")
+        return f"dvc exp run -n {experiment}" if experiment else f"dvc repro {stage}"
+    return " ".join(["python -m pipelines.report", *argv])
+
+
 @guarded
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         help="render even when some stage has not run (its section says so)",
     )
     args = parser.parse_args(argv)
+    command = invocation(list(argv) if argv is not None else sys.argv[1:])
 
     params = load_params()
     inputs = report.load_inputs(project_root(), params, allow_missing=args.allow_missing)
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         for stage, outputs in inputs.stages.items()
         if outputs is not None
     }
-    rendered = report.render_report(inputs, runs)
+    rendered = report.render_report(inputs, runs, command=command)
 
     out = resolve_path(params.common.paths.reports) / report.REPORT_FILE
     figure_dir = out.parent / report.FIGURE_DIR

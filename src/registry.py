@@ -28,7 +28,7 @@ def smoke_reasons(params: Any, section: Any) -> list[str]:
     if train is not None and train.dry_run:
         reasons.append("dry run")
     if train is not None and train.subset:
-        reasons.append(f"trained on {train.subset} images")
+        reasons.append(f"trained on {train.subset:,} images")
     if getattr(section, "weights", None) == "none":
         reasons.append("random-init backbone")
     return reasons

@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from src import artifacts, plots
 from src.config import Params, flatten, to_dict
 from src.data import MANIFEST
 from src.errors import ReportInputError, WeightsError
+from src.registry import smoke_reasons
 from src.report_blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via src.report
     FIGURE_DIR,  # noqa: F401
     REFERENCE,
@@ -46,17 +47,21 @@ from src.report_blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via s
     markdown_table,
     signed,
     task1_section,
+    typed_section,
 )
 from src.report_stages import (
     SPLIT_METRICS,
     agreement,
-    budget_notes,
     pretrained_info,
     stage_section,
     task3d_section,
 )
 
 REPORT_FILE = "report.md"  # under common.paths.reports
+LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
+# The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
+# every missing upstream stage, and DVC runs no stage whose dependency is missing).
+PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
 HTML_FILE = "report.html"  # the same report, self-contained (src.report_html)
 # Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
 TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
@@ -75,9 +80,16 @@ class StageOutputs:
     stage: str
     metrics: dict
     history: pd.DataFrame  # one row per validation (step, epoch, train_loss, ...)
-    config: dict  # the resolved config stored in the model file: what trained it
-    model_metrics: dict  # the final figures stored in the model file
+    # What trained it: the resolved config stored in the model file; without the model
+    # file, the stage's params as dvc.lock records them (when its hashes of metrics.json
+    # and history.csv match); None when neither is available.
+    config: dict | None
+    model_metrics: dict  # the final figures stored in the model file ({} without it)
     files: dict[str, str]  # "metrics" | "history" | "model" -> path relative to the root
+    config_source: str = ""  # where `config` comes from, as the report names it
+    has_model: bool = True  # False: committed metrics.json + history.csv, no model file
+    profile: str | None = None  # the params.yaml profile whose values it trained with
+    smoke: tuple[str, ...] = ()  # why it is not a real result (registry.smoke_reasons)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ class ReportInputs:
     tune_dir: str = f"reports/{TUNE_DIR}"  # where tuning results would be
     discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
     discussion_file: str = f"reports/{DISCUSSION_FILE}"
+    # params.yaml's section per training stage: what running a missing stage would train
+    planned: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,17 +182,21 @@ def check_outputs_belong_together(
             problems.append("history.csv is not the one the model file was written with")
     if problems:
         names = ", ".join(_relative(p, root) for p in files.values())
-        raise ReportInputError(
+        error = ReportInputError(
             f"{stage}: {names} do not belong to one run ({'; '.join(problems)}); the stage "
             f"was stopped while writing them. Rerun `dvc repro {stage}`."
         )
+        error.hint = ""  # --allow-missing renders nothing of two runs either
+        raise error
 
 
 def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> ReportInputs:
     """Read every stage's outputs under `root`.
 
     A missing output raises ReportInputError naming each missing file and the
-    `dvc repro` that makes it; with `allow_missing` the stage is reported as not run.
+    `dvc repro` that makes it; with `allow_missing` a stage without metrics.json or
+    history.csv is reported as not run, and one with both but no model file (a fresh
+    clone: the two are in git, the model file only in DVC's cache) is rendered from them.
     """
     root = Path(root)
     paths = params.common.paths
@@ -196,32 +214,13 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
             f"  {stage}: {', '.join(files)} (run `dvc repro {stage}`)"
             for stage, files in missing.items()
         ]
-        raise ReportInputError(
+        error = ReportInputError(
             "the report needs stage outputs that do not exist:\n" + "\n".join(lines)
         )
+        error.hint = f"or render what exists: {PARTIAL_COMMAND}"
+        raise error
 
-    stages: dict[str, StageOutputs | None] = {}
-    for info in STAGES:
-        if info.name in missing:
-            stages[info.name] = None
-            continue
-        files = artifacts.StagePaths.for_stage(params, info.name, root).linked()
-        model = _read_model_file(files["model"])
-        metrics = _read_json(files["metrics"])
-        try:
-            history = artifacts.read_history(files["history"])
-        except (OSError, ValueError) as exc:
-            raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
-        check_outputs_belong_together(info.name, files, metrics, model, root)
-        stages[info.name] = StageOutputs(
-            stage=info.name,
-            metrics=metrics,
-            history=history,
-            config=model["config"],
-            model_metrics=model["metrics"],
-            files={k: _relative(p, root) for k, p in files.items()},
-        )
-
+    stages = {info.name: _stage_outputs(root, params, info.name) for info in STAGES}
     reports = _under(root, paths.reports)
     download = reports / "download" / "metrics.json"
     return ReportInputs(
@@ -235,7 +234,92 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         tune_dir=_relative(reports / TUNE_DIR, root),
         discussion=read_discussion(reports / DISCUSSION_FILE),
         discussion_file=_relative(reports / DISCUSSION_FILE, root),
+        planned={info.name: to_dict(getattr(params, info.name)) for info in STAGES},
     )
+
+
+def _stage_outputs(root: Path, params: Params, stage: str) -> StageOutputs | None:
+    """One stage's outputs; None when its metrics.json or history.csv does not exist."""
+    files = artifacts.StagePaths.for_stage(params, stage, root).linked()
+    if not (files["metrics"].is_file() and files["history"].is_file()):
+        return None
+    metrics = _read_json(files["metrics"])
+    try:
+        history = artifacts.read_history(files["history"])
+    except (OSError, ValueError) as exc:
+        raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
+    has_model = files["model"].is_file()
+    if has_model:
+        model = _read_model_file(files["model"])
+        check_outputs_belong_together(stage, files, metrics, model, root)
+        config, model_metrics = model["config"], model["metrics"]
+        config_source = f"the resolved config stored in `{_relative(files['model'], root)}`"
+    else:
+        config, model_metrics = locked_config(root, stage, files), {}
+        config_source = (
+            "`dvc.lock`, whose hashes of this `metrics.json` and `history.csv` match"
+            if config is not None
+            else ""
+        )
+    profile = matching_profile(stage, config, params.profiles) if config else None
+    smoke: tuple[str, ...] = ()
+    if config is not None:
+        section = typed_section(stage, config)
+        smoke = tuple(smoke_reasons(replace(params, profile=profile or "full"), section))
+    return StageOutputs(
+        stage=stage,
+        metrics=metrics,
+        history=history,
+        config=config,
+        model_metrics=model_metrics,
+        files={k: _relative(p, root) for k, p in files.items()},
+        config_source=config_source,
+        has_model=has_model,
+        profile=profile,
+        smoke=smoke,
+    )
+
+
+def locked_config(root: Path, stage: str, files: dict[str, Path]) -> dict | None:
+    """The stage's params.yaml section as `dvc.lock` records it, when the lock's md5 of
+    metrics.json and of history.csv match the files (then both are the outputs of the
+    run that lock entry describes); None otherwise. Without the model file this is the
+    only record of what trained them that a fresh clone holds."""
+    import hashlib
+
+    import yaml
+
+    try:
+        lock = yaml.safe_load((root / LOCK_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportInputError(f"{root / LOCK_FILE}: unreadable ({exc})") from exc
+    entry = (lock or {}).get("stages", {}).get(stage) if isinstance(lock, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    outs = {o.get("path"): o.get("md5") for o in entry.get("outs") or [] if isinstance(o, dict)}
+    for key in ("metrics", "history"):
+        digest = hashlib.md5(files[key].read_bytes()).hexdigest()  # DVC 3's `hash: md5`
+        if outs.get(_relative(files[key], root)) != digest:
+            return None
+    section = ((entry.get("params") or {}).get("params.yaml") or {}).get(stage)
+    return section if isinstance(section, dict) else None
+
+
+def matching_profile(stage: str, config: dict, profiles: dict) -> str | None:
+    """The `profiles.<name>` whose every key for `stage` the config holds (the quick run
+    passes them as `-S` params); None when it trained with no profile's values."""
+    flat = flatten(config)
+    for name, overrides in profiles.items():
+        mine = {
+            k.removeprefix(f"{stage}."): v
+            for k, v in (overrides or {}).items()
+            if k.startswith(f"{stage}.")
+        }
+        if mine and all(flat.get(k) == v for k, v in mine.items()):
+            return name
+    return None
 
 
 def read_discussion(path: Path) -> dict[str, str] | None:
@@ -298,14 +382,16 @@ def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
         if outputs is None:
             continue
         m = outputs.metrics
-        model, _ = build_stage_model(info.name, outputs.config)
+        model = build_stage_model(info.name, outputs.config)[0] if outputs.config else None
         reference = REFERENCE.get(info.name, {}).get("test_accuracy")
         rows.append(
             {
                 "Stage": info.name,
                 "Task": info.task,
-                "Parameters": sum(p.numel() for p in model.parameters()),
-                "Trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "Parameters": sum(p.numel() for p in model.parameters()) if model else None,
+                "Trainable": (
+                    sum(p.numel() for p in model.parameters() if p.requires_grad) if model else None
+                ),
                 "Training accuracy": m.get("final_train_accuracy"),
                 "Validation accuracy": m.get("final_val_accuracy"),
                 "Test accuracy": m.get("test_accuracy"),
@@ -368,15 +454,18 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
         "",
         "Every training figure below is read from the stage's `metrics.json` (what "
         "`dvc metrics show` prints); hyperparameters from the resolved config stored in its "
-        "model file; architectures are rebuilt from that config. Final training, validation "
-        "and test figures come from the best checkpoint (lowest validation loss) in eval mode.",
+        "model file (without it, from `dvc.lock` when the lock's hashes match the stage's "
+        "`metrics.json` and `history.csv`); architectures are rebuilt from that config. "
+        "Final training, validation and test figures come from the best checkpoint (lowest "
+        "validation loss) in eval mode. Losses and accuracies have 4 decimals; the course's "
+        "values are quoted as its report gives them (3 decimals).",
         "",
     ]
     rows = []
     for info in STAGES:
         outputs = inputs.stages.get(info.name)
         if outputs is None:
-            rows.append([f"`{info.name}`", info.task, "not run", "—", "—", "—", "—"])
+            rows.append([f"`{info.name}`", info.task, "not run here", "—", "—", "—", "—"])
             continue
         run = runs.get(info.name)
         tags = (run or {}).get("tags", {})
@@ -384,7 +473,9 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
         commit = f"`{commit[:10]}`" + (" (dirty)" if tags.get("git_dirty") == "true" else "")
         if info.kind == "resnet":
             p = pretrained_info(outputs, run)
-            weights = f"`{p['weights']}`: {'pretrained' if p['pretrained'] else 'NOT pretrained'}"
+            weights = f"`{p['weights']}`: " + {True: "pretrained", False: "NOT pretrained"}.get(
+                p["pretrained"], "unknown"
+            )
         else:
             weights = "trained from scratch"
         rows.append(
@@ -434,31 +525,25 @@ def _summary_section(inputs: ReportInputs, runs: dict, figures: dict) -> list[st
     for info in STAGES:
         outputs = inputs.stages.get(info.name)
         if outputs is None:
-            notes.append(f"`{info.name}` has not run (`dvc repro {info.name}`).")
-            continue
-        notes += [f"`{info.name}`: {n}." for n in budget_notes(info.name, outputs.config)]
-        if (
-            info.kind == "resnet"
-            and not pretrained_info(outputs, runs.get(info.name))["pretrained"]
-        ):
-            notes.append(
-                "`resnet` ran from random initialisation (`resnet.weights: none`): "
-                "not a transfer-learning result, not comparable with the course's."
-            )
+            notes.append(f"`{info.name}` has not run here (its section says what it costs).")
+        elif outputs.smoke:
+            notes.append(f"`{info.name}`: not a result ({'; '.join(outputs.smoke)}).")
     if notes:
         lines += ["Caveats:", "", *[f"- {n}" for n in notes], ""]
     return lines
 
 
-def discussion_place(key: str, inputs: ReportInputs) -> list[str]:
+def discussion_place(
+    key: str, inputs: ReportInputs, command: str = "dvc repro report"
+) -> list[str]:
     """The marked place for the student's text `key` (3c, 3f, 4a), filled from
-    reports/discussion.md, so regenerating the report keeps it."""
+    reports/discussion.md, so regenerating the report (`command`) keeps it."""
     where = f"`{inputs.discussion_file}`, under `## {key}`"
     lines = [
         f"### Task {key}: {DISCUSSION[key]} (discussion)",
         "",
         f"<!-- discussion {key} begins: the text comes from {inputs.discussion_file}; edit "
-        "it there, then `dvc repro report` -->",
+        f"it there, then `{command}` -->",
         "",
     ]
     text = (inputs.discussion or {}).get(key, "")
@@ -467,7 +552,7 @@ def discussion_place(key: str, inputs: ReportInputs) -> list[str]:
     elif inputs.discussion is None:
         lines.append(f"> *Not available: `{inputs.discussion_file}` does not exist.*")
     else:
-        lines.append(f"> *Not written yet: write it in {where}; then run `dvc repro report`.*")
+        lines.append(f"> *Not written yet: write it in {where}; then run `{command}`.*")
     return [*lines, "", f"<!-- discussion {key} ends -->", ""]
 
 
@@ -499,37 +584,79 @@ def _tune_section(inputs: ReportInputs, copies: dict[str, Path]) -> list[str]:
     return lines
 
 
-def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = None) -> Report:
+def banner(inputs: ReportInputs) -> list[str]:
+    """What a reader must know before any number: stages that have not run, stages
+    rendered without their model file, and smoke runs (registry.smoke_reasons: the same
+    reasons that keep a version from being served)."""
+    notes = []
+    absent = [info for info in STAGES if inputs.stages.get(info.name) is None]
+    if absent:
+        names = ", ".join(f"`{i.name}` (task {i.task})" for i in absent)
+        notes.append(
+            f"**Partial report.** Not run here: {names}. Each one's section says why, what "
+            "running it costs and the command."
+        )
+    present = [o for o in inputs.stages.values() if o is not None]
+    without = [o for o in present if not o.has_model]
+    if without:
+        names = ", ".join(f"`{o.files['model']}`" for o in without)
+        notes.append(
+            f"**Without model files.** Not here: {names} (DVC-cached, not in git). Those "
+            "stages are rendered from their git-tracked `metrics.json` and `history.csv`; "
+            "their sections say what needs the model file and how to get it."
+        )
+    smoke = [o for o in present if o.smoke]
+    if smoke:
+        why = "; ".join(f"`{o.stage}`: {', '.join(o.smoke)}" for o in smoke)
+        notes.append(
+            f"**Smoke run, not results.** {why}. These numbers show that the pipeline runs; "
+            "they are not comparable with the course's."
+        )
+    lines: list[str] = []
+    for note in notes:
+        lines += [f"> {note}", ">"]
+    return lines[:-1] + [""] if lines else []
+
+
+def render_report(
+    inputs: ReportInputs,
+    runs: dict[str, dict | None] | None = None,
+    command: str = "dvc repro report",
+) -> Report:
     """The whole report: markdown (links figures under FIGURE_DIR/), the figures, and
-    tags for the report's MLflow run. `runs`: stage -> `tracking.run_summary(...)`."""
+    tags for the report's MLflow run. `runs`: stage -> `tracking.run_summary(...)`;
+    `command`: what generated it, as the reader would type it again."""
     runs = runs or {}
     figures: dict[str, Any] = {}
     baseline = inputs.stages.get("baseline")
     lines = [
         "# CIFAR-10 with convolutional networks: TDT4265 assignment 3",
         "",
-        "Generated by the `report` stage (`dvc repro report`; `src/report.py`) from the "
-        "outputs of the `download`, `baseline`, `improved` and `resnet` stages, the tuning "
-        f"summaries in `{inputs.tune_dir}/` and the discussion in `{inputs.discussion_file}`. "
-        "Do not edit this file: write the discussion in that file and rerun the stage.",
+        *banner(inputs),
+        f"Generated by `{command}` (`src/report.py`) from what the `download`, `baseline`, "
+        "`improved` and `resnet` stages wrote, the tuning summaries in "
+        f"`{inputs.tune_dir}/` and the discussion in `{inputs.discussion_file}`. Do not edit "
+        "this file: write the discussion in that file and run the same command again.",
         "",
     ]
     lines += _sources_section(inputs, runs)
     lines += _summary_section(inputs, runs, figures)
-    if baseline is not None:
-        source = f"the network the `baseline` stage trained (config in `{baseline.files['model']}`)"
+    if baseline is not None and baseline.config is not None:
+        source = f"the network the `baseline` stage trained, config from {baseline.config_source}"
         lines += task1_section(baseline.config, source)
     else:
-        source = "params.yaml's `baseline` network (the stage has not run)"
+        why = "has not run" if baseline is None else "left no record of its config here"
+        source = f"params.yaml's `baseline` network (the stage {why})"
         lines += task1_section(inputs.baseline_params, source)
     copies: dict[str, Path] = {}
     for info in STAGES:
         lines += stage_section(info, inputs, runs, figures)
         if info.name == "improved":
             lines += task3d_section(inputs, figures)
-            lines += discussion_place("3c", inputs) + discussion_place("3f", inputs)
+            lines += discussion_place("3c", inputs, command)
+            lines += discussion_place("3f", inputs, command)
         if info.name == "resnet":
-            lines += discussion_place("4a", inputs)
+            lines += discussion_place("4a", inputs, command)
     lines += _tune_section(inputs, copies)
 
     tags = {}
@@ -538,9 +665,10 @@ def render_report(inputs: ReportInputs, runs: dict[str, dict | None] | None = No
         if outputs is not None:
             tags[f"source_run.{info.name}"] = str(outputs.metrics.get("mlflow_run_id"))
             if info.kind == "resnet":
-                tags["resnet_pretrained"] = str(
-                    pretrained_info(outputs, runs.get(info.name))["pretrained"]
-                ).lower()
+                pretrained = pretrained_info(outputs, runs.get(info.name))["pretrained"]
+                tags["resnet_pretrained"] = (
+                    "unknown" if pretrained is None else str(pretrained).lower()
+                )
         else:
             tags[f"source_run.{info.name}"] = "missing"
     if inputs.download and inputs.download.get("mlflow_run_id"):

@@ -26,6 +26,18 @@ REFERENCE: dict[str, dict[str, float | int]] = {
 }
 
 
+# What running a stage costs, from measured figures only: the project path's training
+# images/s (median) of BENCHMARKS.md's CPU section (benchmarks/cpu.json), each stage's own
+# model, optimizer and batch size; ResNet at 64 px only, training layer4 + fc on cached
+# features. No GPU has been measured.
+BENCHMARK_MACHINE = "a 2-core AMD EPYC CPU in a quiet spell (BENCHMARKS.md)"
+BENCHMARK_RATES: dict[str, dict[str, float | int | None]] = {
+    "baseline": {"images_per_s": 545.1, "image_size": None},
+    "improved": {"images_per_s": 52.3, "image_size": None},
+    "resnet": {"images_per_s": 122.7, "image_size": 64},
+}
+
+
 @dataclass(frozen=True)
 class StageInfo:
     name: str
@@ -53,7 +65,9 @@ def fmt_metric(value: Any) -> str:
 
 
 def fmt_value(value: Any) -> str:
-    """A config or count value as a reader expects it: 390,410 · 0.05 · [32, 64] · true."""
+    """A config or count value as a reader expects it: 390,410 · 5,616 · 507.66 · 0.05 ·
+    true. Every number of 1,000 or more gets thousands separators: the report's one format
+    for counts, steps, sizes and timings (a params.yaml value is shown as `fmt_literal`)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, bool):
@@ -61,12 +75,27 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, (int, np.integer)):
         return f"{value:,}"
     if isinstance(value, (float, np.floating)):
-        return f"{value:g}"
+        if float(value).is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"  # 708.0 images/s, 2,048.0: no exponent, no ".0"
+        return f"{value:,g}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt_value(v).replace(",", "") for v in value) + "]"
+        return "[" + ", ".join(fmt_literal(v).strip("`") for v in value) + "]"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items())
     return str(value)
+
+
+def fmt_literal(value: Any) -> str:
+    """A params.yaml value as code, written as YAML writes it: `[128, 256, 512, 1024]`,
+    `0.05`, `1.0e-06`, `true`, `{crop_padding: 4, hflip: true}`. A literal is what the
+    reader types into params.yaml, so it is shown as code and not as a formatted number."""
+    import yaml
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+    text = text.strip().removesuffix("...").strip()
+    return f"`{text}`"
 
 
 def markdown_table(frame: pd.DataFrame, right: Sequence[str] = ()) -> str:
@@ -100,14 +129,20 @@ def signed(value: float | None) -> str:
 # --------------------------------------------------------------------------- models
 
 
+def typed_section(stage: str, config: dict) -> CNNStageConfig | ResNetConfig:
+    """The stage's params section as its typed config (keys and values checked)."""
+    kind = CNNStageConfig if STAGE_INFO[stage].kind == "cnn" else ResNetConfig
+    return build(kind, config, prefix=stage)
+
+
 def build_stage_model(stage: str, config: dict):
     """The stage's network from its resolved config (random init); and its input size."""
     from src.models import build_cnn, build_resnet
 
     if STAGE_INFO[stage].kind == "cnn":
-        cfg = build(CNNStageConfig, config, prefix=stage).model
+        cfg = typed_section(stage, config).model
         return build_cnn(cfg), cfg.image_size
-    cfg = build(ResNetConfig, {**config, "weights": "none"}, prefix=stage)  # never the weights
+    cfg = typed_section(stage, {**config, "weights": "none"})  # never loads the weights
     return build_resnet(cfg), cfg.image_size
 
 
@@ -120,15 +155,15 @@ def describe_module(module) -> str:
 
     if isinstance(module, nn.Conv2d):
         return (
-            f"Conv2d {module.in_channels}→{module.out_channels}, {pair(module.kernel_size)}, "
+            f"Conv2d {module.in_channels:,}→{module.out_channels:,}, {pair(module.kernel_size)}, "
             f"stride {module.stride[0]}, padding {module.padding[0]}"
         )
     if isinstance(module, nn.MaxPool2d):
         return f"MaxPool2d {pair(module.kernel_size)}, stride {pair(module.stride)[0]}"
     if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}→{module.out_features}"
+        return f"Linear {module.in_features:,}→{module.out_features:,}"
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return f"{type(module).__name__}({module.num_features})"
+        return f"{type(module).__name__}({module.num_features:,})"
     if isinstance(module, (nn.Dropout, nn.Dropout2d)):
         return f"{type(module).__name__}(p={module.p:g})"
     if isinstance(module, nn.LeakyReLU):
@@ -169,7 +204,7 @@ def architecture_table(model, image_size: int) -> pd.DataFrame:
             {
                 "Layer": name,
                 "Module": describe_module(child),
-                "Output shape": "×".join(str(d) for d in shapes.get(name, ())) or "—",
+                "Output shape": "×".join(f"{d:,}" for d in shapes.get(name, ())) or "—",
                 "Parameters": n,
                 "Trainable": ("yes" if trains else "frozen") if n else "—",
             }
@@ -235,7 +270,9 @@ def task1_section(baseline_config: dict, config_source: str) -> list[str]:
     model, _ = build_stage_model("baseline", baseline_config)
     table = pd.DataFrame(theory.layer_parameter_table(model))
     total = int(table["total"].sum())
-    table["weight_shape"] = ["×".join(map(str, s)) if s else "—" for s in table["weight_shape"]]
+    table["weight_shape"] = [
+        "×".join(f"{d:,}" for d in s) if s else "—" for s in table["weight_shape"]
+    ]
     table = table.rename(
         columns={
             "name": "Layer",

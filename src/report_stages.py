@@ -11,11 +11,14 @@ import pandas as pd
 from src import plots
 from src.config import flatten
 from src.report_blocks import (
+    BENCHMARK_MACHINE,
+    BENCHMARK_RATES,
     REFERENCE,
     StageInfo,
     architecture_table,
     build_stage_model,
     figure_link,
+    fmt_literal,
     fmt_metric,
     fmt_value,
     format_frame,
@@ -39,20 +42,22 @@ SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
 def pretrained_info(outputs: StageOutputs, run: dict | None) -> dict[str, Any]:
-    """ResNet weights as the MLflow run's tags record them (the model file's config
-    when the run is not in this store)."""
+    """ResNet weights as the MLflow run's tags record them (else the stage's config; with
+    neither, `pretrained` is None: unknown, never assumed)."""
     tags = (run or {}).get("tags", {})
+    config = outputs.config or {}
     if "pretrained" in tags:
         return {
-            "weights": tags.get("weights", outputs.config.get("weights")),
+            "weights": tags.get("weights", config.get("weights")),
             "pretrained": tags["pretrained"] == "true",
             "source": "MLflow run tags `weights`, `pretrained`",
         }
-    weights = outputs.config.get("weights", "?")
+    if "weights" not in config:
+        return {"weights": "?", "pretrained": None, "source": "no record here"}
     return {
-        "weights": weights,
-        "pretrained": weights != "none",
-        "source": f"`weights` in the resolved config of {outputs.files['model']}",
+        "weights": config["weights"],
+        "pretrained": config["weights"] != "none",
+        "source": f"`weights` in {outputs.config_source}",
     }
 
 
@@ -72,31 +77,85 @@ def agreement(outputs: StageOutputs, run: dict | None) -> str:
             mine, logged = outputs.metrics.get(k), run["metrics"].get(k)
             if logged is None or mine is None or not math.isclose(mine, logged, rel_tol=1e-9):
                 problems.append(f"MLflow {k} {fmt_metric(logged)} ≠ {fmt_metric(mine)}")
-        status = "MLflow and model file agree"
+        status = "MLflow and model file agree" if outputs.has_model else "MLflow agrees"
+    if not outputs.has_model:
+        status += "; no model file to check against"
     return "; ".join(problems) if problems else status
 
 
-def budget_notes(stage: str, config: dict) -> list[str]:
-    """Why a stage's numbers may not be comparable with the course's."""
-    train = config.get("train", {})
-    notes = []
-    if train.get("dry_run"):
-        notes.append(f"`{stage}.train.dry_run` is on: a few batches only")
-    if train.get("subset"):
-        notes.append(f"trained on a subset of {train['subset']:,} images (`{stage}.train.subset`)")
-    return notes
+def stage_cost(stage: str, planned: dict, n_train: int) -> str:
+    """What `dvc repro <stage>` costs with params.yaml's section `planned`, from measured
+    figures only (report_blocks.BENCHMARK_RATES), and what else it needs."""
+    train = planned.get("train", {})
+    images = min(train.get("subset") or n_train, n_train)
+    epochs = train.get("epochs")
+    rate = BENCHMARK_RATES.get(stage, {})
+    size = planned.get("image_size", planned.get("model", {}).get("image_size"))
+    parts = []
+    if epochs and rate and rate["image_size"] in (None, size):
+        seconds = epochs * images / rate["images_per_s"]
+        parts.append(
+            f"{epochs} epoch{'s' if epochs != 1 else ''} of {images:,} images: "
+            f"{fmt_duration(seconds)} of training at "
+            f"the {fmt_value(rate['images_per_s'])} training images/s measured on "
+            f"{BENCHMARK_MACHINE}, less if early stopping ends it, plus evaluation"
+        )
+    elif rate:
+        parts.append(
+            f"no training rate has been measured at {size} px, only "
+            f"{fmt_value(rate['images_per_s'])} images/s at {rate['image_size']} px "
+            f"(layer4 and fc on cached features) on {BENCHMARK_MACHINE}"
+        )
+    weights = planned.get("weights")
+    if weights == "imagenet":
+        from src.models import imagenet_weights_url
+
+        parts.append(
+            f"it needs torchvision's ImageNet weights, `{imagenet_weights_url()}`: read from "
+            "torchvision's cache, downloaded there when missing; offline, the README's "
+            "ResNet section says where to put the file"
+        )
+    elif weights == "none":
+        parts.append("`resnet.weights: none` trains from random weights: a smoke run")
+    elif weights:
+        parts.append(f"it reads its starting weights from `{weights}`")
+    return "; ".join(parts) + "." if parts else ""
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """A measured time as the summary table gives it: 508 s, 1,234 s."""
+    return "—" if seconds is None else f"{seconds:,.0f} s"
+
+
+def fmt_duration(seconds: float) -> str:
+    """14 min · 2.4 h: the precision a cost estimate has."""
+    if seconds < 90:
+        return f"{seconds:,.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 # --------------------------------------------------------------------------- sections
+
+
+CIFAR10_TRAIN = 45_000  # CIFAR-10's 50,000 training images less the 5,000 of validation
 
 
 def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: dict) -> list[str]:
     t = f"Task {info.task}"
     lines = [f"## {t}: {info.title}", ""]
     outputs = inputs.stages.get(info.name)
+    n_train = (inputs.manifest or {}).get("counts", {}).get("train") or CIFAR10_TRAIN
+    cost = stage_cost(info.name, inputs.planned.get(info.name, {}), n_train)
     if outputs is None:
         missing = ", ".join(f"`{f}`" for f in inputs.missing.get(info.name, []))
-        return lines + [f"Not available: {missing} missing. Run `dvc repro {info.name}`.", ""]
+        return lines + [
+            f"**Not run here**: {missing} do not exist: the stage has not run in this "
+            f"workspace (or did not finish). Run it with `dvc repro {info.name}`"
+            + (f"; {cost}" if cost else "."),
+            "",
+        ]
     m, run = outputs.metrics, runs.get(info.name)
     reference = REFERENCE.get(info.name, {})
     lines += [
@@ -105,20 +164,61 @@ def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: di
         f"MLflow run `{m.get('mlflow_run_id') or '—'}`.",
         "",
     ]
+    get_model = (
+        f"`{outputs.files['model']}` is a DVC-cached output, not in git: "
+        f"`dvc pull {outputs.files['model']}` fetches it from your team's DVC remote, "
+        f"`dvc repro {info.name}` trains it again." + (f" Training: {cost}" if cost else "")
+    )
+    if not outputs.has_model:
+        lines += [
+            f"> **`{outputs.files['model']}` is not here.** The figures below are the "
+            "git-tracked `metrics.json` and `history.csv`, not checked against a model file"
+            + (
+                f"; the config is from {outputs.config_source}."
+                if outputs.config is not None
+                else "; the architecture and hyperparameters need the model file."
+            )
+            + f" {get_model}",
+            "",
+        ]
     if info.kind == "resnet":
         p = pretrained_info(outputs, run)
         lines += [
             f"Weights: `{p['weights']}`, "
-            + ("**pretrained**" if p["pretrained"] else "**not pretrained** (random init)")
+            + {True: "**pretrained**", False: "**not pretrained** (random init)"}.get(
+                p["pretrained"], "**unknown** (no record of them here)"
+            )
             + f" (from {p['source']}).",
             "",
         ]
 
+    if outputs.config is None:
+        lines += [
+            f"### {t}: architecture",
+            "",
+            f"Needs `{outputs.files['model']}` (the resolved config it stores).",
+            "",
+            f"### {t}: hyperparameters",
+            "",
+            f"Needs `{outputs.files['model']}` (the resolved config it stores).",
+            "",
+        ]
+    else:
+        lines += _config_sections(info, outputs, reference)
+    lines += _results_sections(info, outputs, reference, figures)
+    if outputs.smoke:
+        lines += [f"> Not comparable with the course: {'; '.join(outputs.smoke)}.", ""]
+    return lines
+
+
+def _config_sections(info: StageInfo, outputs: StageOutputs, reference: dict) -> list[str]:
+    """Architecture (rebuilt from the stage's config) and hyperparameters."""
+    t = f"Task {info.task}"
     model, image_size = build_stage_model(info.name, outputs.config)
     arch = architecture_table(model, image_size)
     total = int(arch["Parameters"].sum())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lines += [
+    lines = [
         f"### {t}: architecture",
         "",
         f"Input 3×{image_size}×{image_size}; output shapes are C×H×W per image.",
@@ -136,17 +236,31 @@ def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: di
     ]
 
     hyper = pd.DataFrame(
-        [{"Key": f"`{k}`", "Value": fmt_value(v)} for k, v in flatten(outputs.config).items()]
+        [{"Key": f"`{k}`", "Value": fmt_literal(v)} for k, v in flatten(outputs.config).items()]
+    )
+    profile = (
+        f" These are profile `{outputs.profile}`'s values (`profiles.{outputs.profile}` in "
+        "params.yaml, as `python -m src.quick` passes them): a smoke run."
+        if outputs.profile
+        else ""
     )
     lines += [
         f"### {t}: hyperparameters",
         "",
-        f"The resolved config stored in `{outputs.files['model']}` (params.yaml section "
-        f"`{info.name}`, profile applied):",
+        f"params.yaml's section `{info.name}` as the stage read it, from "
+        f"{outputs.config_source}.{profile}",
         "",
         markdown_table(hyper),
         "",
     ]
+    return lines
+
+
+def _results_sections(
+    info: StageInfo, outputs: StageOutputs, reference: dict, figures: dict
+) -> list[str]:
+    """Learning curves (from history.csv) and the split table (from metrics.json)."""
+    t, m = f"Task {info.task}", outputs.metrics
 
     name = f"{info.name}_learning_curves.png"
     history = outputs.history.to_dict("records")
@@ -157,15 +271,15 @@ def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: di
         reference_label="Course report test accuracy",
     )
     stop = m.get("early_stop_step")
-    stopped = f"early stop at step {stop}" if stop else "no early stop"
-    lines += [
+    stopped = f"early stop at step {fmt_value(stop)}" if stop else "no early stop"
+    lines = [
         f"### {t}: learning curves",
         "",
         figure_link(name, f"{info.name} learning curves"),
         "",
-        f"{len(history)} validations over {fmt_value(m.get('epochs_run'))} epoch(s) "
+        f"{fmt_value(len(history))} validations over {fmt_value(m.get('epochs_run'))} epoch(s) "
         f"({fmt_value(m.get('steps'))} steps, {stopped}; best checkpoint at step "
-        f"{fmt_value(m.get('best_step'))}); {fmt_value(m.get('train_time_s'))} s of training "
+        f"{fmt_value(m.get('best_step'))}); {fmt_seconds(m.get('train_time_s'))} of training "
         f"at {fmt_value(m.get('train_images_per_s', m.get('images_per_s')))} images/s.",
         "",
     ]
@@ -190,9 +304,6 @@ def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: di
         ),
         "",
     ]
-    notes = budget_notes(info.name, outputs.config)
-    if notes:
-        lines += [f"> Not comparable with the course: {'; '.join(notes)}.", ""]
     return lines
 
 
