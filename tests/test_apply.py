@@ -76,3 +76,69 @@ def test_a_quick_study_retrains_the_full_design_with_its_knobs(tmp_path):
         for k, v in flatten(retrained, "improved").items()
         if k in {s.split("=")[0] for s in sets}
     }
+
+
+def _hand_tuned_wins(storage=None) -> optuna.Study:
+    """A study as search.py starts one (the hand-tuned design enqueued as trial 0), in
+    which that trial scores best."""
+    from src.tune import hand_tuned_knobs, load_tune_config, suggest_knobs
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    space = load_tune_config(params).space
+    study = optuna.create_study(study_name="hand", storage=storage, direction="maximize")
+    study.set_user_attr("base", "improved")
+    study.set_user_attr("profile", "full")
+    values, _ = hand_tuned_knobs(params.improved, space)
+    study.enqueue_trial(values, user_attrs={"hand_tuned": True})
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest_knobs(trial, space)
+        return 0.7 if trial.number == 0 else 0.5
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=2)
+    return study
+
+
+def test_apply_proposes_nothing_when_the_hand_tuned_design_wins(tmp_path):
+    from src.tune.apply import best_overrides, design_config
+
+    study = _hand_tuned_wins()
+    best = study.best_trial
+    assert best.number == 0
+    # the trap: weight_decay 0 lies below the space's low end, so trial 0 ran with the
+    # clipped 1e-06, which would read as a change to params.yaml
+    assert best_overrides(design_config(best.params, "improved"), "improved") == {
+        "improved.train.weight_decay": 1e-06
+    }
+
+    path, command = write_best_params(study, best, "improved", tmp_path)
+    assert command == []
+    text = path.read_text()
+    assert "It is the hand-tuned design, params.yaml's own improved" in text
+    assert "nothing to retrain" in text and "dvc exp run" not in text
+    assert yaml.safe_load(text) is None  # no key to change
+
+    # a rerun of it (same knobs, no hand_tuned attr: trials.retry keeps only retry_of)
+    rerun = optuna.trial.create_trial(
+        params=best.params,
+        distributions=best.distributions,
+        value=0.8,
+        user_attrs={"retry_of": 0},
+    )
+    study.add_trial(rerun)
+    _, command = write_best_params(study, study.best_trial, "improved", tmp_path)
+    assert study.best_trial.number == 2 and command == []
+
+
+def test_the_apply_command_says_the_hand_tuned_design_won(project, capsys):
+    from src import tune
+
+    journal = project / "optuna" / "journal.log"
+    journal.parent.mkdir()
+    _hand_tuned_wins(tune.open_storage(str(journal)).storage)
+    tune.main(["apply", "--study-name", "hand", "--storage", str(journal), "--run"])
+    out = capsys.readouterr().out
+    assert "is the hand-tuned design: params.yaml's own improved design, nothing to apply" in out
+    assert "dvc exp run" not in out
+    assert (project / "reports/tune/hand/best_params.yaml").is_file()

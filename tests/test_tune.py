@@ -147,6 +147,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     params = load_params()
     tcfg = tune.load_tune_config(params)
     assert trials[0].user_attrs["hand_tuned"]
+    assert study.metric_names == [search.OBJECTIVE]  # optuna-dashboard shows this name
     hand_tuned = tune.hand_tuned_knobs(params.improved, tcfg.space)[0]
     assert {k: trials[0].params[k] for k in hand_tuned} == hand_tuned
     assert len(trials[0].intermediate_values) >= 2  # a report per validation
@@ -275,6 +276,17 @@ def test_two_processes_share_one_study(tune_project, monkeypatch):
     assert [int(r.data.tags["optuna.trial_number"]) for r in runs] == list(range(4))
     assert len({r.data.tags["optuna.worker"] for r in runs}) == 2
     assert parent.info.status == "FINISHED"  # set by the last worker out
+
+
+def test_tuning_without_prepared_data_says_what_to_run(project, capsys):
+    """As after `python -m src.quick`: its data lives in a temporary copy only."""
+    with pytest.raises(SystemExit) as info:
+        _search("--study-name", "nodata")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "tuning trains on the prepared data set, and data/cifar10/ holds none" in err
+    assert "`CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz dvc repro download`" in err
+    assert "Traceback" not in err
 
 
 def test_an_unreachable_storage_fails_fast_without_leaking_the_password(tune_project, capsys):

@@ -27,6 +27,18 @@ from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial
 
 PROFILE_ATTR = "profile"  # study user attribute: the params profile the search ran under
+HAND_TUNED_ATTR = "hand_tuned"  # trial user attribute of the enqueued hand-tuned design
+
+
+def is_hand_tuned(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether `trial` is params.yaml's own design: the enqueued hand-tuned trial, or a
+    trial with its knob values (a rerun of it). Its knobs are the design clipped into the
+    search space (weight_decay 0 runs as the space's low end), so they would propose
+    changes that are only the clipping."""
+    if trial.user_attrs.get(HAND_TUNED_ATTR):
+        return True
+    hand = study.get_trials(deepcopy=False)
+    return any(t.user_attrs.get(HAND_TUNED_ATTR) and t.params == trial.params for t in hand)
 
 
 def best_overrides(config: dict, base: str) -> dict[str, Any]:
@@ -68,9 +80,11 @@ def write_best_params(
     study: optuna.Study, trial: FrozenTrial, base: str, report_dir: Path
 ) -> tuple[Path, list[str]]:
     """reports/tune/<study>/best_params.yaml: the best trial's knobs on params.yaml's own
-    `base` design as dotted keys, and the command retraining the stage with them."""
-    overrides = best_overrides(design_config(trial.params, base), base)
-    command = dvc_command(study.study_name, overrides, base)
+    `base` design as dotted keys, and the command retraining the stage with them (no keys
+    and no command when the best trial is the hand-tuned design itself)."""
+    hand_tuned = is_hand_tuned(study, trial)
+    overrides = {} if hand_tuned else best_overrides(design_config(trial.params, base), base)
+    command = dvc_command(study.study_name, overrides, base) if overrides else []
     profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
     train = trial.user_attrs.get("config", {}).get("train", {})
     knobs = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
@@ -80,10 +94,24 @@ def write_best_params(
         f"# (scored after {train.get('epochs', '?')} epochs on "
         f"{train.get('subset') or 'all'} training images).",
         f"# Its knobs: {knobs}.",
-        f"# Put into params.yaml's own {base} design (no profile), these {base}.* keys "
-        f"change; retrain the {base} stage with them at its own budget:",
-        f"#   {shlex.join(command)}",
     ]
+    if hand_tuned:
+        header.append(
+            f"# It is the hand-tuned design, params.yaml's own {base} (enqueued as the first "
+            "trial, its knobs clipped into the search space): the search found nothing "
+            f"better. No {base}.* key changes; there is nothing to retrain."
+        )
+    elif command:
+        header += [
+            f"# Put into params.yaml's own {base} design (no profile), these {base}.* keys "
+            f"change; retrain the {base} stage with them at its own budget:",
+            f"#   {shlex.join(command)}",
+        ]
+    else:
+        header.append(
+            f"# Put into params.yaml's own {base} design, its knobs change no {base}.* key: "
+            "there is nothing to retrain."
+        )
     if profile != "full":
         header.insert(
             4,
@@ -110,6 +138,14 @@ def apply_best(params: Params, study_name: str, storage: str, run: bool = False)
     report_dir = resolve_path(params.common.paths.reports) / "tune" / slug(study_name)
     path, command = write_best_params(study, trial, base, report_dir)
     profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
+    if not command:
+        won = "the hand-tuned design" if is_hand_tuned(study, trial) else "its knobs"
+        print(
+            f"# trial {trial.number}, val_accuracy {trial.value:.4f} (study ran under params "
+            f"profile {profile}) is {won}: params.yaml's own {base} design, nothing to "
+            f"apply or retrain; written to {path}"
+        )
+        return 0
     print(
         f"# trial {trial.number}, val_accuracy {trial.value:.4f} (study ran under params "
         f"profile {profile}); its knobs on params.yaml's {base} design, written to {path}"

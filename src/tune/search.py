@@ -21,13 +21,13 @@ from optuna.trial import FrozenTrial, TrialState
 from src import tracking
 from src.augment import input_pipeline
 from src.config import CNNStageConfig, ConfigError, Params, resolve_path, to_dict
-from src.data import load_dataset
+from src.data import MANIFEST, load_dataset
 from src.device import Placement, prepare_device
-from src.errors import NonFiniteLossError
+from src.errors import DataError, NonFiniteLossError
 from src.models import build_cnn
 from src.progress import Progress
 from src.train import TensorSplits, fit
-from src.tune.apply import PROFILE_ATTR, slug, write_best_params
+from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug, write_best_params
 from src.tune.space import (
     FIELD_KNOBS,
     PER_RUN,
@@ -51,6 +51,9 @@ from src.tune.trials import (
 )
 from src.workers import worker_id
 
+# The objective's name: each trial's best validation accuracy (its MLflow metric too).
+# optuna-dashboard and Optuna's figures show it instead of "Objective 0".
+OBJECTIVE = "best_val_accuracy"
 FIGURES = (
     "optimization_history",
     "param_importances",
@@ -83,7 +86,16 @@ class Search:
 def search_data(params: Params, device: torch.device) -> TensorSplits:
     """Training and validation images on the device. The test split is left out: an
     empty one keeps `fit`'s final evaluation (and so every trial) away from it."""
-    dataset = load_dataset(resolve_path(params.common.paths.data))
+    data_dir = resolve_path(params.common.paths.data)
+    if not (data_dir / MANIFEST).is_file():
+        # after `python -m src.quick` too: it prepares the data in a temporary copy only
+        raise DataError(
+            f"tuning trains on the prepared data set, and {params.common.paths.data}/ holds "
+            "none: prepare it first with `dvc repro download` (a local copy of CIFAR-10: "
+            "`CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz dvc repro download`; "
+            "`python -m src.quick` prepares it only inside its temporary copy)"
+        )
+    dataset = load_dataset(data_dir)
     t = torch.from_numpy
     no_images = t(dataset.test.images[:0])
     no_labels = t(dataset.test.labels[:0])
@@ -336,6 +348,10 @@ def _join(
     study = optuna.create_study(
         study_name=name, storage=ss.storage, direction="maximize", load_if_exists=True
     )
+    if study.metric_names != [OBJECTIVE]:  # also names it in studies created before
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     attrs = study.user_attrs
     if "signature" not in attrs:
         study.set_user_attr("signature", signature)
@@ -343,7 +359,7 @@ def _join(
         study.set_user_attr(PROFILE_ATTR, params.profile)  # `apply` names it
         study.set_user_attr("tune", to_dict(tcfg))
         values, notes = hand_tuned_knobs(getattr(params, tcfg.base), tcfg.space)
-        study.enqueue_trial(values, user_attrs={"hand_tuned": True})
+        study.enqueue_trial(values, user_attrs={HAND_TUNED_ATTR: True})
         for note in notes:
             print(f"[tune] hand-tuned trial: {note}")
     elif attrs["signature"] != signature:
@@ -427,7 +443,10 @@ def summarise(s: Search, parent: tracking.Run, n_trials: int) -> None:
     parent.log_artifact(path)
     print(f"[tune] best: trial {trial.number}, val_accuracy {trial.value:.4f}")
     print(f"[tune] best config: {path}")
-    print(f"[tune] retrain the {s.tcfg.base} stage with it:\n  {shlex.join(command)}")
+    if command:
+        print(f"[tune] retrain the {s.tcfg.base} stage with it:\n  {shlex.join(command)}")
+    else:
+        print(f"[tune] it is params.yaml's own {s.tcfg.base} design: nothing to retrain")
     print(f"[tune] dashboard: optuna-dashboard {shlex.quote(s.storage.display)}")
 
 
