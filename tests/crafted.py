@@ -76,3 +76,22 @@ def _values(tree):
             yield from _values(value)
     else:
         yield tree
+
+
+def huge_png(width: int = 15000, height: int = 15000) -> bytes:
+    """A PNG whose header says `width` x `height` RGB (a few hundred bytes: its pixel data
+    is missing, which only matters to a reader that decodes it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
