@@ -1,8 +1,10 @@
 """Every file the stages write and read back: one writer and one reader per format.
 
 Writes are atomic (a temporary sibling, then rename): a kill never leaves half a
-file that looks complete. Torch files are read with `weights_only=True`: a file
-that needs arbitrary unpickling (which could run code) is refused, naming it.
+file that looks complete. Torch files are read with `weights_only=True`: a file whose
+pickle names globals that reader does not build (which could run code) is refused, naming
+it and them; the refusal is recognised by disassembling the pickle, never by the wording
+of torch's message.
 
 Outputs of training stage <name> (paths from params.yaml `common.paths`), in the
 order the stage writes them:
@@ -20,14 +22,15 @@ refuse such a mix (`src.report.load_inputs`).
 
 from __future__ import annotations
 
+import _compat_pickle
 import csv
 import hashlib
 import io
 import json
 import os
-import pickle
-import re
+import pickletools
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,26 +93,122 @@ def save_torch(obj: object, path: Path) -> None:
 
 
 def load_torch(path: Path, refused: type[Exception] = WeightsError, mmap: bool = False) -> Any:
-    """`torch.load(weights_only=True)` on the CPU. A file that needs arbitrary unpickling
-    raises `refused` naming what it asks for (nothing in it runs); a missing, torn or
-    foreign file raises WeightsError."""
+    """`torch.load(weights_only=True)` on the CPU. A file whose pickle names globals that
+    reader does not build (functions a crafted file would call) raises `refused` naming
+    the file and those globals: nothing in it runs, and the file is left as it is. A
+    missing, torn or foreign file raises WeightsError."""
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise WeightsError(f"{path} does not exist") from None
-    except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asks for
-        found = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
-        asks = found.group(1).strip() if found else ""
-        if not asks:  # garbage rather than a request for some class
-            raise WeightsError(f"{path}: corrupt or not a readable PyTorch file") from None
-        raise refused(
-            f"{path}: refused: reading it needs arbitrary unpickling, which could run code; "
-            f"only tensors and plain containers are read ({asks})"
-        ) from None
     except Exception as exc:
-        raise WeightsError(f"{path}: corrupt or not a readable PyTorch file ({exc})") from exc
+        # What the file is, not how torch words its refusal: the globals its pickle names
+        asks = refused_globals(Path(path))
+        if asks:
+            raise refused(
+                f"{path}: refused: reading it needs arbitrary unpickling, which could run "
+                f"code; only tensors and plain containers are read (it names {', '.join(asks)})"
+            ) from None
+        reason = _first_reason(exc)
+        raise WeightsError(f"{path}: corrupt or not a readable PyTorch file ({reason})") from None
+
+
+def _first_reason(exc: Exception) -> str:
+    """The first sentence of torch's message that says what went wrong, not its advice."""
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(advice)]
+    return (useful or lines or [type(exc).__name__])[0].split(". ")[0]
+
+
+# torch's pre-1.6 (non-zip) format: magic number, protocol, system info, the object and its
+# storage keys are five pickles in a row, then raw storage bytes
+_LEGACY_PICKLES = 5
+_STRING_OPS = frozenset(
+    {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING"}
+    | {"SHORT_BINSTRING"}
+)
+
+
+def refused_globals(path: Path) -> list[str]:
+    """The globals a torch file's pickle names that `weights_only` does not build, found by
+    disassembling the pickle (nothing in it is imported or run); [] for a file without
+    such a pickle (torn, garbage, or plain tensors). Names as Python 3 resolves them."""
+    import torch
+
+    try:  # the zip format with the opcodes torch.save writes
+        names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # the legacy format, or opcodes torch's disassembler does not read
+        names = _pickle_globals(path) - _weights_only_globals()
+    return sorted({_python3_name(name) for name in names})
+
+
+def _pickle_globals(path: Path) -> set[str]:
+    """Every global the pickle(s) of a torch file name (GLOBAL, INST, STACK_GLOBAL and
+    extension-registry opcodes), read with `pickletools`; as far as the pickle parses."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                records = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+                if not records:
+                    return set()
+                stream, count = io.BytesIO(archive.read(records[0])), 1
+        else:
+            stream, count = io.BytesIO(Path(path).read_bytes()), _LEGACY_PICKLES
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return set()
+    names: set[str] = set()
+    for _ in range(count):
+        if not _scan_one_pickle(stream, names):
+            break
+    return names
+
+
+def _scan_one_pickle(stream: io.BytesIO, names: set[str]) -> bool:
+    """Add the globals of the pickle at `stream`'s position to `names`; whether it parsed
+    to its STOP (the stream then stands after it)."""
+    strings: list[str | None] = []  # what string pushes and memo reads put on the stack
+    memo: dict[int, str | None] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(stream):
+            if op.name in ("GLOBAL", "INST"):
+                names.add(".".join(str(arg).split(" ", 1)))
+            elif op.name == "STACK_GLOBAL":
+                module, name = ([None, None] + strings)[-2:]
+                resolved = isinstance(module, str) and isinstance(name, str)
+                names.add(f"{module}.{name}" if resolved else "<a global built at load time>")
+            elif op.name.startswith("EXT"):
+                names.add(f"<copyreg extension {arg}>")
+            elif op.name in _STRING_OPS:
+                strings.append(str(arg))
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = strings[-1] if strings else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                strings.append(memo.get(arg))
+            elif op.name == "STOP":
+                return True
+    except Exception:  # EOF, garbage, or the raw bytes after a legacy file's pickles
+        return False
+    return False
+
+
+def _weights_only_globals() -> set[str]:
+    """The globals torch's weights_only reader builds by default (left out of a refusal)."""
+    try:  # no public name for the default list; without it every global is named
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:
+        return set()
+    return set(_get_allowed_globals())
+
+
+def _python3_name(name: str) -> str:
+    """'commands.Popen' (how protocol 2 spells subprocess.Popen) -> 'subprocess.Popen'."""
+    module, _, attr = name.rpartition(".")
+    if (module, attr) in _compat_pickle.NAME_MAPPING:
+        return ".".join(_compat_pickle.NAME_MAPPING[(module, attr)])
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}" if module else name
 
 
 def load_state_strict(model: nn.Module, state: dict, source: str) -> None:

@@ -39,6 +39,11 @@ CIFAR10_CLASSES = (
 )
 
 
+# The largest seed every RNG the project seeds accepts (numpy's legacy RandomState, under
+# Optuna's samplers, takes no more); a larger one would end in a traceback mid-run.
+SEED_MAX = 2**32 - 1
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
@@ -64,6 +69,7 @@ class CommonConfig:
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(self.seed <= SEED_MAX, "seed", f"{self.seed} is out of range [0, {SEED_MAX}]")
         _require(bool(self.experiment.strip()), "experiment", "must not be empty")
 
 
@@ -84,9 +90,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
-        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(0 < self.timeout_s < math.inf, "timeout_s", "must be a number > 0")
         _require(self.retries >= 0, "retries", "must be >= 0")
         _require(self.split_seed >= 0, "split_seed", "must be >= 0")
+        _require(
+            self.split_seed <= SEED_MAX,
+            "split_seed",
+            f"{self.split_seed} is out of range [0, {SEED_MAX}]",
+        )
         _require(bool(self.source.strip()), "source", "must not be empty")
         _require(
             len(self.md5) == 32 and all(c in "0123456789abcdef" for c in self.md5),
@@ -188,7 +199,7 @@ class TrainConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
         _require(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
         _require(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
-        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(0 <= self.weight_decay < math.inf, "weight_decay", "must be a number >= 0")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         _require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -197,7 +208,17 @@ class TrainConfig:
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
         _require(self.validations_per_epoch >= 1, "validations_per_epoch", "must be >= 1")
         _require(self.early_stop_count >= 0, "early_stop_count", "must be >= 0")
-        _require(all(s > 0 for s in self.std), "std", "every entry must be > 0")
+        # .inf or .nan would zero or poison a channel of every image, silently
+        _require(
+            all(math.isfinite(m) for m in self.mean),
+            "mean",
+            f"every entry must be a finite number, got {list(self.mean)}",
+        )
+        _require(
+            all(math.isfinite(s) and s > 0 for s in self.std),
+            "std",
+            f"every entry must be a finite number > 0, got {list(self.std)}",
+        )
         _require(self.subset >= 0, "subset", "must be >= 0 (0 = all images)")
         _require(self.num_threads >= 0, "num_threads", "must be >= 0")
 
@@ -352,25 +373,77 @@ def apply_profile(raw: dict, name: str) -> dict:
 
 
 def load_raw(path: str | Path | None = None) -> dict:
+    """params.yaml as plain data. Bytes that are not UTF-8, YAML errors, a duplicate key
+    (at any depth: YAML's last-one-wins would hide a value from its reader) and tabs are
+    ConfigErrors naming the line."""
     import yaml  # optional at import time: the GPU machine may lack it
 
     path = Path(path) if path else project_root() / PARAMS_FILE
     if not path.is_file():
         raise ConfigError("", f"{path} not found")
+    data = path.read_bytes()
     try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            "",
+            f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+            f"offset {exc.start}); save the file as UTF-8",
+        ) from None
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_unique_keys(node, path)
+            raw = (loader.construct_document(node) if node is not None else None) or {}
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
         hint = "; indent with spaces, not tabs" if "\\t" in problem else ""
         raise ConfigError("", f"{where}: invalid YAML: {problem}{hint}") from None
+    except yaml.reader.ReaderError as exc:  # a control character, say: one line, not YAML's
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            "", f"{path}:{line}: invalid YAML: {exc.reason} (#x{exc.character:04x})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path}: invalid YAML: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("", f"{path}: invalid YAML: {first}") from None
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a mapping at top level")
     return raw
+
+
+def _check_unique_keys(node: Any, path: Path, prefix: str = "") -> None:
+    """ConfigError naming a key a mapping holds twice (both lines), at any depth."""
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, path, f"{prefix}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges defaults on purpose
+            continue
+        name = str(key_node.value)
+        key = f"{prefix}.{name}" if prefix else name
+        line = key_node.start_mark.line + 1
+        if name in seen:
+            raise ConfigError(
+                key,
+                f"set twice in {path} (lines {seen[name]} and {line}); YAML would keep "
+                "only the last one: remove one",
+            )
+        seen[name] = line
+        _check_unique_keys(value_node, path, key)
 
 
 def load_params(

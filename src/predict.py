@@ -35,10 +35,14 @@ def load_image(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    from src.sources import too_large_is_an_error
+
     try:
-        with Image.open(path) as img:
+        with too_large_is_an_error(), Image.open(path) as img:
             img.load()
             rgb = ImageOps.exif_transpose(img).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{path}: not an image Pillow can read ({exc})") from None
     square = ImageOps.fit(rgb, (SIZE, SIZE), Image.Resampling.LANCZOS)

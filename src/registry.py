@@ -45,21 +45,30 @@ def log_model(
     smoke: list[str] | None = None,
 ) -> str | None:
     """Log the stage's model file as a pyfunc model named after the stage, link the
-    final metrics to it, register it as a new version of `<experiment>-<stage>` and
-    move the `champion` alias when it earns it. Returns a line for the stage's log.
+    final metrics to it, register it as a new version of `<experiment>-<stage>` (tagged
+    in the same call that creates it) and move the `champion` alias when it earns it.
+    Returns a line for the stage's log.
+
+    One run registers one version: a rerun of a run whose version exists (killed after
+    registering it) repairs that version's tags and alias instead of adding another.
 
     The pyfunc is "models from code" (src/serving.py): the project's own model file
     (weights + config, read with weights_only=True) is its artifact and `src` ships
     with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
     class names and probabilities; `input_example` is a few such images."""
     import mlflow
-    from mlflow.models import infer_signature
 
     from src import serving
 
-    example = serving.as_images(input_example)
-    signature = infer_signature(example, serving.Classifier.from_file(model_file)(example))
+    client = mlflow.MlflowClient()
     name = f"{run.experiment}-{stage}"
+    test_accuracy = final_metrics.get("test_accuracy")
+    smoke = smoke or []
+    existing = version_of_run(client, name, run.run_id)
+    if existing is not None:
+        return register_version(name, str(existing.version), stage, test_accuracy, smoke)
+
+    example = serving.as_images(input_example)
     with tracking.activate(run.run_id), _no_progress_bars():
         info = mlflow.pyfunc.log_model(
             name=stage,
@@ -67,32 +76,37 @@ def log_model(
             artifacts={serving.MODEL_FILE_ARTIFACT: str(model_file)},
             code_paths=[str(Path(serving.__file__).parent)],
             input_example=example,
-            signature=signature,
+            signature=serving.signature(example, serving.Classifier.from_file(model_file)),
+            metadata={"input": serving.INPUT_DESCRIPTION},
             pip_requirements=_model_requirements(),
-            registered_model_name=name,
             step=step,
             tags={"stage": stage},
         )
     # test figures first: the Models tab shows the model's metrics in logging order
     ordered = dict(sorted(final_metrics.items(), key=lambda kv: not kv[0].startswith("test")))
     run.log_metrics(ordered, step=step, model_id=info.model_id)
-    version = str(info.registered_model_version)
-    test_accuracy = final_metrics.get("test_accuracy")
-    return register_version(name, version, stage, test_accuracy, smoke or [])
+    _ensure_registered_model(client, name, stage)
+    # tags and description in the creating call: a kill cannot leave an untagged version
+    created = client.create_model_version(
+        name,
+        f"models:/{info.model_id}",
+        run_id=run.run_id,
+        tags=version_tags(stage, test_accuracy, smoke),
+        description=version_description(stage, test_accuracy, smoke),
+        model_id=info.model_id,
+    )
+    return register_version(name, str(created.version), stage, test_accuracy, smoke, tagged=True)
 
 
-def register_version(
-    name: str, version: str, stage: str, test_accuracy: float | None, smoke: list[str]
-) -> str:
-    """Tag and describe a new registry version, and point `champion` at it when it is a
-    full-budget model whose test accuracy beats the current champion's (smoke runs never
-    become champion: their versions carry `smoke` and `servable=false`). Returns a line
-    for the stage's log."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def version_of_run(client: Any, name: str, run_id: str) -> Any | None:
+    """The version of registered model `name` that run `run_id` created (the first, if an
+    older release of this code made several), or None."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
 
-    client = mlflow.MlflowClient()
-    accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
+
+def version_tags(stage: str, test_accuracy: float | None, smoke: list[str]) -> dict[str, str]:
+    """A registry version's tags: `servable` false and `smoke` (why) for a smoke run."""
     tags = {
         "stage": stage,
         "test_accuracy": "" if test_accuracy is None else repr(float(test_accuracy)),
@@ -102,21 +116,60 @@ def register_version(
     }
     if smoke:
         tags["smoke"] = "; ".join(smoke)
-    for key, value in tags.items():
-        if value:
+    return {key: value for key, value in tags.items() if value}
+
+
+def version_description(stage: str, test_accuracy: float | None, smoke: list[str]) -> str:
+    accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
+    note = f"smoke run, not for serving: {'; '.join(smoke)}" if smoke else "full budget"
+    return f"{stage}: test accuracy {accuracy} ({note})"
+
+
+def _ensure_registered_model(client: Any, name: str, stage: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=_registered_description(stage))
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def register_version(
+    name: str,
+    version: str,
+    stage: str,
+    test_accuracy: float | None,
+    smoke: list[str],
+    tagged: bool = False,
+) -> str:
+    """Tag and describe registry version `version` (unless `tagged`: it was created so;
+    tagging again repairs a version a kill left untagged), and point `champion` at it
+    when it is a full-budget model whose test accuracy beats the current champion's
+    (smoke runs never become champion: their versions carry `smoke` and
+    `servable=false`). Returns a line for the stage's log."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
+    if not tagged:
+        for key, value in version_tags(stage, test_accuracy, smoke).items():
             client.set_model_version_tag(name, version, key, value)
-    note = f"smoke run, not for serving: {tags['smoke']}" if smoke else "full budget"
-    client.update_model_version(name, version, f"{stage}: test accuracy {accuracy} ({note})")
+        description = version_description(stage, test_accuracy, smoke)
+        client.update_model_version(name, version, description)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, _registered_description(stage))
 
     where = f"registry: {name} version {version}, test accuracy {accuracy}"
     if smoke:
-        return f"{where}; tagged smoke ({tags['smoke']}), not @{CHAMPION}"
+        return f"{where}; tagged smoke ({'; '.join(smoke)}), not @{CHAMPION}"
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         current = None
+    if current is not None and str(current.version) == version:
+        return f"{where}; @{CHAMPION}"  # a rerun: the alias already points here
     best = _version_accuracy(client, current) if current is not None else None
     beats = test_accuracy is not None and (best is None or test_accuracy > best)
     if current is not None and not beats:
@@ -125,7 +178,8 @@ def register_version(
     client.set_registered_model_alias(name, CHAMPION, version)
     if current is None:
         return f"{where}; now @{CHAMPION}"
-    return f"{where}; now @{CHAMPION} (was version {current.version}, {best:.4f})"
+    was = "n/a" if best is None else f"{best:.4f}"
+    return f"{where}; now @{CHAMPION} (was version {current.version}, {was})"
 
 
 def _version_accuracy(client: Any, version: Any) -> float | None:
@@ -141,7 +195,8 @@ def _version_accuracy(client: Any, version: Any) -> float | None:
 def _registered_description(stage: str) -> str:
     return (
         f"CIFAR-10 classifier trained by the `{stage}` stage. Input: uint8 RGB images "
-        "(N, 32, 32, 3); `python -m src.predict` takes image files of any size. Output: "
+        "(N, 32, 32, 3), integer pixels 0..255 (floats, values out of range and other shapes "
+        "are refused); `python -m src.predict` takes image files of any size. Output: "
         "`label`, its `probability`, and one probability column per class. Serve "
         f"`models:/<name>@{CHAMPION}` (the best test accuracy among full-budget runs); "
         "`models:/<name>/latest` is the newest version, smoke runs (tag `smoke`) included."

@@ -19,6 +19,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from torch import nn
 
 from src import artifacts
@@ -34,21 +37,48 @@ BATCH = 256  # images per forward pass
 
 
 def as_images(images: Any) -> np.ndarray:
-    """uint8 (N, 32, 32, 3) from an array, tensor or nested list; ValueError otherwise."""
+    """uint8 (N, 32, 32, 3) from an integer array, tensor or nested list of pixels 0..255
+    (one image (32, 32, 3) is a batch of one); ValueError saying what is wrong otherwise.
+    Float pixels are refused, not rounded: 0..1 normalised images are a caller's mistake."""
     if isinstance(images, pd.DataFrame):  # a served tensor input never arrives as one
-        raise ValueError("expected a uint8 array (N, 32, 32, 3), got a DataFrame")
+        raise ValueError("expected uint8 images (N, 32, 32, 3), got a DataFrame")
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
-    array = np.asarray(images)
+    try:
+        array = np.asarray(images)
+    except ValueError:  # ragged nested lists
+        raise ValueError("expected images of shape (N, 32, 32, 3), got ragged lists") from None
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or tuple(array.shape[1:]) != IMAGE_SHAPE:
         raise ValueError(f"expected images of shape (N, 32, 32, 3), got {array.shape}")
-    if array.dtype != np.uint8:
-        if array.size and (array.min() < 0 or array.max() > 255 or np.any(array % 1)):
-            raise ValueError("expected uint8 pixel values 0..255")
-        array = array.astype(np.uint8)
-    return array
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"expected integer pixel values 0..255 (uint8), got {array.dtype} values "
+            "(normalised or float images are not rounded: send the 0..255 integers)"
+        )
+    if array.size and (array.min() < 0 or array.max() > 255):
+        low, high = int(array.min()), int(array.max())
+        raise ValueError(f"expected pixel values 0..255, got values from {low} to {high}")
+    return array.astype(np.uint8)
+
+
+def signature(example: np.ndarray, classifier: Classifier) -> ModelSignature:
+    """The MLflow signature: the output columns only. An input schema would make
+    `mlflow models serve` cast the request's JSON to its dtype before the model sees it
+    (a uint8 tensor spec turns 0.5 into 0 and answers 200); without one the raw numbers
+    reach `CifarModel.predict`, which refuses what `as_images` refuses, with a 400."""
+    return ModelSignature(
+        inputs=None, outputs=infer_signature(example, classifier(example)).outputs
+    )
+
+
+INPUT_DESCRIPTION = (
+    "uint8 RGB images (N, 32, 32, 3), integer pixel values 0..255; floats, values out of "
+    "range and other shapes are refused (HTTP 400 when served)"
+)
 
 
 def read_model_file(path: str | Path) -> dict:
@@ -129,8 +159,14 @@ class CifarModel(mlflow.pyfunc.PythonModel):
         self.classifier = Classifier.from_file(context.artifacts[MODEL_FILE_ARTIFACT])
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        # np.ndarray: a hint MLflow infers no schema from; the logged signature checks
-        return self.classifier(model_input)
+        # np.ndarray: a hint MLflow infers no schema from. The input arrives as sent (the
+        # signature has no input schema, see `signature`): it is checked here, and a bad
+        # one is an INVALID_PARAMETER_VALUE, which the scoring server answers with a 400.
+        try:
+            images = as_images(model_input)
+        except ValueError as exc:
+            raise MlflowException(f"invalid input: {exc}", INVALID_PARAMETER_VALUE) from None
+        return self.classifier(images)
 
 
 mlflow.models.set_model(CifarModel())

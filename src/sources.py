@@ -11,6 +11,7 @@ refused. Only numpy and pillow are imported here.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,14 +251,27 @@ def _iter_zip(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
 
 
 def _decode(name: str, payload: bytes) -> np.ndarray:
+    """uint8 (32, 32, 3) from an image file's bytes; the size and mode are checked from
+    the header, so a huge image is refused before anything is decompressed."""
     try:
-        with Image.open(io.BytesIO(payload)) as img:
-            img.load()
+        with too_large_is_an_error(), Image.open(io.BytesIO(payload)) as img:
             if img.mode != "RGB" or img.size != (32, 32):
                 raise DataError(f"{name}: expected a 32x32 RGB image, got {img.size} {img.mode}")
+            img.load()
             return np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name}: refused: {exc} (expected a 32x32 RGB image)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from exc
+
+
+@contextlib.contextmanager
+def too_large_is_an_error() -> Iterator[None]:
+    """Pillow only warns about an image between its pixel limit and twice that (and
+    decodes it); an error instead, like the one it raises beyond twice the limit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def read_image_folder(path: Path) -> tuple[Split, Split]:

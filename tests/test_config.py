@@ -255,6 +255,64 @@ def test_a_tab_in_params_yaml_names_line_and_column(project):
     _assert_config_error(proc, project, f"params.yaml:{index + 1}:1:", "not tabs")
 
 
+def _edit_params(root, old: bytes, new: bytes) -> int:
+    """Replace the first `old` in params.yaml by `new`; the 1-based line it is on."""
+    path = root / "params.yaml"
+    data = path.read_bytes()
+    at = data.index(old)
+    path.write_bytes(data[:at] + new + data[at + len(old) :])
+    return data.count(b"\n", 0, at) + 1
+
+
+def test_a_byte_that_is_not_utf8_names_line_and_offset(project):
+    line = _edit_params(project, b"seed:", b"# caf\xe9\n  seed:")
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, f"params.yaml:{line}:", "not UTF-8", "0xe9")
+
+
+def test_a_control_character_names_its_line(project):
+    line = _edit_params(project, b"seed:", b"seed: \x01")
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, f"params.yaml:{line}:", "#x0001")
+
+
+@pytest.mark.parametrize("depth", ["section", "nested key"])
+def test_a_duplicate_key_names_it_and_both_lines(project, depth):
+    text = (project / "params.yaml").read_text().splitlines()
+    if depth == "section":
+        first = text.index("common:") + 1
+        second = len(text) + 1
+        (project / "params.yaml").write_text("\n".join([*text, "common:", "  seed: 1"]) + "\n")
+        key = "'common'"
+    else:
+        first = next(i for i, t in enumerate(text) if t.strip().startswith("lr:")) + 1
+        second = first + 1
+        text.insert(first, text[first - 1].replace(text[first - 1].split(":")[1], " 0.1"))
+        (project / "params.yaml").write_text("\n".join(text) + "\n")
+        key = "'baseline.train.lr'"
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, key, f"lines {first} and {second}", "set twice")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("common.seed", 99999999999999999999999, "out of range"),
+        ("baseline.train.std", [float("inf"), 0.25, 0.25], "finite number > 0, got [inf"),
+        ("improved.train.std", [0.25, float("nan"), 0.25], "finite number > 0, got [0.25, nan"),
+        ("resnet.train.std", [0.2, 0.2, 0.0], "finite number > 0"),
+        ("baseline.train.mean", [float("-inf"), 0.5, 0.5], "finite number, got [-inf"),
+    ],
+)
+def test_out_of_range_and_non_finite_values_are_config_errors(project, key, value, expected):
+    from tests.conftest import update_params
+
+    update_params(project, **{key: value})
+    proc = _run(project, "pipelines.download")
+    _assert_config_error(proc, project, f"'{key}'", expected)
+    assert not (project / "data").exists()
+
+
 def test_a_missing_key_stops_the_download_stage(project):
     _drop(project, "improved.model.filters")
     _assert_config_error(

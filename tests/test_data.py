@@ -223,6 +223,32 @@ def test_grayscale_and_garbage_images_are_named(tmp_path, tiny_cifar):
         prepare_dataset(_cfg(source=str(folder)), tmp_path / "o", tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["dir", "zip"])
+@pytest.mark.parametrize("side", [15000, 10000])  # beyond 2x Pillow's limit, and 1x-2x
+def test_a_huge_image_is_named_in_one_line_and_nothing_is_written(
+    project, tiny_cifar, capsys, kind, side
+):
+    """A 15000x15000 PNG (a few hundred bytes) in an image-folder source: the data stage
+    names the file, exits 1 and leaves no prepared data; nothing is decompressed."""
+    from pipelines import download
+    from tests.conftest import update_params
+    from tests.crafted import huge_png
+
+    folder = write_image_folder(project.parent / "imgs", tiny_cifar)
+    (folder / "train" / "cat" / "huge.png").write_bytes(huge_png(side, side))
+    source = folder if kind == "dir" else archive_folder(folder, project.parent / "imgs.zip")
+    update_params(project, **{"data.source": str(source)})
+    with pytest.raises(SystemExit) as info:
+        download.main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {source}: ") and "train/cat/huge.png: refused" in line
+    assert f"{side * side} pixels" in line and "Traceback" not in err
+    data = project / "data"
+    assert not data.exists() or [p.name for p in data.iterdir()] in ([], ["raw"])
+
+
 def test_rerun_after_failure_starts_clean(tmp_path, tiny_cifar, official_archive):
     out = tmp_path / "out"
     with pytest.raises(DataError):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import warnings
 
@@ -151,9 +152,14 @@ def test_logged_model_takes_uint8_images_and_returns_class_names(trained):
     latest = mlflow.pyfunc.load_model("models:/cifar10-baseline/2").predict(images)
     own = Classifier.from_file(root / "models/baseline.pt")(images)
     np.testing.assert_allclose(latest[list(CIFAR10_CLASSES)], own[list(CIFAR10_CLASSES)])
-    # MLflow checks the input against the signature
-    with pytest.raises(Exception, match="shape|32"):
-        model.predict(np.zeros((1, 28, 28, 3), dtype=np.uint8))
+    # the model checks its input (what the served model refuses, see below)
+    for bad, reason in [
+        (np.zeros((1, 28, 28, 3), dtype=np.uint8), "shape"),
+        (images / 255.0, "integer pixel values"),
+        (np.full((1, 32, 32, 3), 300), "0..255"),
+    ]:
+        with pytest.raises(mlflow.exceptions.MlflowException, match=reason):
+            model.predict(bad)
 
 
 def test_stages_raise_no_needless_warnings(trained):
@@ -213,10 +219,36 @@ def test_served_model_answers_http_with_labels(trained, tmp_path):
             predictions = json.load(resp)["predictions"]
         assert len(predictions) == 3
         assert all(p["label"] in CIFAR10_CLASSES and 0 < p["probability"] <= 1 for p in predictions)
+        # refused with a 400 that says why, as the in-process model refuses them: never
+        # cast to uint8 (a 0..1 normalised image would get the all-black image's answer)
+        negative, too_big = images.astype(np.int64), images.astype(np.int64)
+        negative[0, 0, 0, 0], too_big[-1, -1, -1, -1] = -1, 256
+        for bad, reason in [
+            ((images / 255.0).tolist(), "integer pixel values 0..255"),
+            (images.astype(np.float64).tolist(), "integer pixel values 0..255"),
+            (negative.tolist(), "got values from -1"),
+            (too_big.tolist(), "to 256"),
+            (np.zeros((1, 28, 28, 3), dtype=int).tolist(), "shape (N, 32, 32, 3)"),
+            ([[[0, 0, 0]]] * 32, "shape (N, 32, 32, 3)"),
+        ]:
+            status, body = _post(f"{url}/invocations", {"inputs": bad})
+            assert status == 400, (reason, body[:300])
+            assert reason in json.loads(body)["message"], body[-500:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def _post(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_params_of_a_stage_run_and_its_smoke_reasons():
@@ -254,3 +286,93 @@ def test_git_dirty_ignores_what_dvc_repro_writes(tmp_path):
     assert tracking.git_info(tmp_path)["git_dirty"] == "false"
     (tmp_path / "params.yaml").write_text("b\n")
     assert tracking.git_info(tmp_path)["git_dirty"] == "true"
+
+
+# --------------------------------------------------------------------------- one version per run
+
+
+@pytest.fixture
+def registry_store(tmp_path, monkeypatch):
+    """An empty store of its own, a run in it and a tiny model file to register (the
+    global tracking URI is put back afterwards: the module's other tests use theirs)."""
+    import torch
+
+    from src.artifacts import write_model_file
+    from src.config import ModelConfig
+    from src.models import build_cnn
+
+    _isolate(monkeypatch, tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    torch.manual_seed(0)
+    cfg = {"model": ModelConfig(filters=(4,), fc=()), "train": {}}
+    model_file = tmp_path / "baseline.pt"
+    write_model_file(model_file, build_cnn(cfg["model"]), "baseline", cfg, {})
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("cifar10")).info.run_id
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    try:
+        yield client, tracking.Run(run_id, "cifar10"), model_file, images
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _register(run, model_file, images, smoke=()):
+    return registry.log_model(
+        run,
+        "baseline",
+        model_file,
+        images,
+        final_metrics={"test_accuracy": 0.25},
+        smoke=list(smoke),
+    )
+
+
+def _logged_models(client, run) -> list:
+    return mlflow.search_logged_models(
+        experiment_ids=[client.get_run(run.run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run.run_id}'",
+        output_format="list",
+    )
+
+
+def test_a_version_is_tagged_by_the_call_that_creates_it(registry_store, monkeypatch):
+    """Killed right after the registry created the version: the version already has its
+    tags; the rerun adds no second version and sets the champion alias."""
+    client, run, model_file, images = registry_store
+    create = mlflow.MlflowClient.create_model_version
+
+    def create_then_die(self, *args, **kwargs):
+        create(self, *args, **kwargs)
+        raise KeyboardInterrupt  # kill -9 before the next statement
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", create_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _register(run, model_file, images, smoke=["dry run"])
+    (version,) = client.search_model_versions("name = 'cifar10-baseline'")
+    assert version.tags["smoke"] == "dry run" and version.tags["servable"] == "false"
+    assert "smoke run, not for serving" in version.description
+    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", create)
+    line = _register(run, model_file, images, smoke=["dry run"])
+    assert "version 1" in line and "not @champion" in line
+    (again,) = client.search_model_versions("name = 'cifar10-baseline'")
+    assert again.tags == version.tags
+    assert len(_logged_models(client, run)) == 1  # the rerun logged no second model
+
+
+def test_a_rerun_repairs_the_untagged_version_of_its_run(registry_store):
+    """A version left untagged (an older release killed between creating and tagging it):
+    the rerun of that run tags it and makes it champion, and logs no second model."""
+    client, run, model_file, images = registry_store
+    client.create_registered_model("cifar10-baseline")
+    client.create_model_version("cifar10-baseline", str(model_file.parent), run_id=run.run_id)
+    line = _register(run, model_file, images)
+    (version,) = client.search_model_versions("name = 'cifar10-baseline'")
+    assert version.tags["servable"] == "true" and version.tags["test_accuracy"] == "0.25"
+    assert "smoke" not in version.tags and "now @champion" in line
+    assert str(client.get_model_version_by_alias("cifar10-baseline", "champion").version) == "1"
+    assert not _logged_models(client, run)
+    assert "@champion" in _register(run, model_file, images)  # and again: still one version
+    assert len(client.search_model_versions("name = 'cifar10-baseline'")) == 1

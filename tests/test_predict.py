@@ -128,3 +128,31 @@ def test_weights_for_another_architecture_are_refused(capsys, tmp_path, model_fi
     torch.save(payload, wrong)
     code, _, err = _run(capsys, images[0], "--model", wrong)
     assert code == 1 and "another architecture" in err
+
+
+def test_a_crafted_model_file_is_refused_by_name_and_kept(capsys, tmp_path, images):
+    from tests.crafted import crafted_files
+
+    marker = tmp_path / "code-ran"
+    files = crafted_files(tmp_path / "crafted", marker, wrap=lambda p: {"model": {}, "x": p})
+    for name, path in files.items():
+        before = path.read_bytes()
+        code, out, err = _run(capsys, images[0], "--model", path)
+        assert code == 1 and out == "", err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"error: {path}: refused: reading it needs arbitrary unpickling")
+        assert f"it names {name})" in line
+        assert not marker.exists(), f"{name}: code ran"
+        assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("side", [15000, 10000])
+def test_a_huge_image_is_one_line_naming_it(capsys, tmp_path, model_file, images, side):
+    from tests.crafted import huge_png
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(huge_png(side, side))
+    code, out, err = _run(capsys, images[0], huge, "--model", model_file)
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {huge}: refused: Image size ({side * side} pixels)")

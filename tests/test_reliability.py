@@ -168,6 +168,29 @@ def test_download_killed_midway_leaves_no_running_run(prepared: Path):
     assert "RUNNING" not in runs.values() and len(runs) == len(before) + 2
 
 
+def test_stage_killed_while_registering_leaves_one_tagged_version(prepared: Path):
+    """kill -9 right after the registry created the version (before the alias and the
+    stage's last writes): the version already carries its smoke tags, and the rerun, which
+    resumes the same run, repairs that version instead of adding a second one."""
+    from pipelines import train_cnn
+
+    update_params(prepared, **{"baseline.train.dry_run": True})  # a smoke run
+    argv = ["baseline", "--no-progress"]
+    _kill_at(prepared, "src.registry", "register_version", "train_cnn", argv)
+    assert (prepared / "checkpoints/baseline.pt").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    (killed,) = client.search_model_versions("name = 'cifar10-baseline'")
+    assert killed.tags["servable"] == "false" and "dry run" in killed.tags["smoke"]
+
+    train_cnn.main(argv)
+    (version,) = client.search_model_versions("name = 'cifar10-baseline'")
+    assert version.version == killed.version and version.run_id == killed.run_id
+    assert version.tags == killed.tags
+    assert _metrics(prepared)["run_id"] == killed.run_id  # the same run, resumed
+    assert sorted(_statuses(prepared, "baseline").values()) == ["FINISHED"]
+
+
 def _dead_worker() -> str:
     """The worker id of a process that has ended (and been reaped)."""
     import socket

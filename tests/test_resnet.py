@@ -170,6 +170,23 @@ def test_a_weights_file_that_needs_unpickling_is_refused(tmp_path, torch_home, w
     assert marker.exists()
 
 
+def test_every_crafted_weights_file_is_refused_by_name(tmp_path):
+    from tests.crafted import crafted_files
+
+    marker = tmp_path / "pwned"
+    files = crafted_files(
+        tmp_path / "crafted", marker, wrap=lambda p: {**_fake_imagenet_state(), "x": p}
+    )
+    for name, path in files.items():
+        before = path.read_bytes()
+        with pytest.raises(WeightsError) as info:
+            build_resnet(_cfg(weights=str(path)))
+        message = str(info.value)
+        assert message.startswith(f"{path}: refused: reading it needs arbitrary unpickling")
+        assert f"it names {name})" in message
+        assert not marker.exists() and path.read_bytes() == before
+
+
 # --------------------------------------------------------------------------- split
 
 

@@ -166,25 +166,28 @@ def test_subset_smaller_than_a_batch_stops_before_training(prepared, capsys):
     assert not (prepared / "models/baseline.pt").exists()
 
 
-class _WritesMarker:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
 def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
+    """Each crafted checkpoint stops the stage (exit 1, one line naming the file and the
+    global) and stays as it was: no run from step 0 overwrites the evidence."""
     from pipelines import train_cnn
     from src.checkpoint import CHECKPOINT_VERSION
+    from tests.crafted import crafted_files
 
     marker = prepared / "code-ran"
     ckpt = prepared / "checkpoints/baseline.pt"
-    ckpt.parent.mkdir()
-    torch.save({"version": CHECKPOINT_VERSION, "pwn": _WritesMarker(marker)}, ckpt)
-    with pytest.raises(SystemExit) as info:
-        train_cnn.main(["baseline", "--no-progress"])
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    assert str(ckpt) in err and "refused" in err and "Traceback" not in err
-    assert not marker.exists()
+    files = crafted_files(
+        prepared / "crafted", marker, wrap=lambda p: {"version": CHECKPOINT_VERSION, "pwn": p}
+    )
+    for name, crafted in files.items():
+        ckpt.parent.mkdir(exist_ok=True)
+        ckpt.write_bytes(crafted.read_bytes())
+        with pytest.raises(SystemExit) as info:
+            train_cnn.main(["baseline", "--no-progress"])
+        assert info.value.code == 1, name
+        err = capsys.readouterr().err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"error: {ckpt}: refused: reading it needs arbitrary unpickling")
+        assert f"it names {name})" in line and "Traceback" not in err
+        assert ckpt.read_bytes() == crafted.read_bytes(), f"{name}: the checkpoint was touched"
+        assert not marker.exists(), f"{name}: code ran"
+        assert not (prepared / "models/baseline.pt").exists()

@@ -270,6 +270,42 @@ def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
     assert marker.exists()
 
 
+def test_every_crafted_checkpoint_is_refused_by_what_it_names(tmp_path):
+    """os.system, os.popen, subprocess.Popen, eval, exec: whatever words torch uses for
+    each, the refusal names the file and the global, and the file stays as it was."""
+    from src.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+    from tests.crafted import crafted_files, is_live
+
+    marker = tmp_path / "code-ran"
+    files = crafted_files(
+        tmp_path / "ckpts",
+        marker,
+        wrap=lambda payload: {"version": CHECKPOINT_VERSION, "config_key": "k", "x": payload},
+    )
+    for name, ckpt in files.items():
+        before = ckpt.read_bytes()
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(ckpt, "k")
+        message = str(info.value)
+        assert str(ckpt) in message and "refused: reading it needs arbitrary unpickling" in message
+        assert f"it names {name})" in message and "\n" not in message
+        assert not marker.exists(), f"{name}: code ran"
+        assert ckpt.read_bytes() == before
+        assert is_live(ckpt, marker), f"{name}: the payload is live when fully unpickled"
+
+
+def test_a_torn_or_garbage_checkpoint_is_ignored_not_refused(tmp_path, capsys):
+    from src.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"version": 2, "config_key": "k", "w": torch.ones(3)}, ckpt)
+    whole = ckpt.read_bytes()
+    for payload in (whole[: len(whole) // 2], b"\x00" * 64, b"garbage", b""):
+        ckpt.write_bytes(payload)
+        assert load_checkpoint(ckpt, "k") is None
+        assert "ignoring unreadable checkpoint" in capsys.readouterr().out
+
+
 def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path):
     cfg = _cfg(epochs=1, optimizer="sgd", momentum=0.9, scheduler="onecycle")
     ckpt = tmp_path / "ckpt.pt"

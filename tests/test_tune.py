@@ -300,6 +300,32 @@ def test_an_unreachable_storage_fails_fast_without_leaking_the_password(tune_pro
     assert "s3cret" not in err
 
 
+@pytest.mark.parametrize("command", ["search", "apply"])
+def test_a_storage_that_is_not_a_journal_file_is_refused_by_name(tune_project, capsys, command):
+    """A directory, params.yaml, or a path under a file: one line naming it, exit 2,
+    nothing written (no journal lines appended to params.yaml, no lock file)."""
+    folder = tune_project / "optuna-dir"
+    folder.mkdir(exist_ok=True)
+    params = tune_project / "params.yaml"
+    before = params.read_bytes()
+    for spec, says in [
+        (str(folder), "is a directory, not an Optuna journal file"),
+        ("params.yaml", "is not an Optuna journal file"),
+        ("params.yaml/journal.log", "cannot create"),
+    ]:
+        listing = sorted(p.name for p in tune_project.iterdir())
+        with pytest.raises(SystemExit) as info:
+            tune.main([command, "--no-progress", "--storage", spec, "--study-name", "x"])
+        assert info.value.code == 2, spec
+        err = capsys.readouterr().err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: ") and f"storage {spec!r}" in line and says in line
+        assert "Traceback" not in err
+        assert params.read_bytes() == before
+        assert sorted(p.name for p in tune_project.iterdir()) == listing
+        assert not list(folder.iterdir())
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get("CIFAR_MLOPS_PG_URL"), reason="CIFAR_MLOPS_PG_URL unset")
 def test_a_postgresql_storage(tune_project, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from src.config import resolve_path
-from src.errors import TuneError
+from src.errors import ConfigError, TuneError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable database fails fast
 
@@ -96,7 +97,12 @@ def open_storage(
         from optuna.storages.journal import JournalFileBackend
 
         path = resolve_path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal_file(spec, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder of the path should be
+            reason = f"cannot create {path.parent} ({exc.strerror})"
+            raise ConfigError("", f"storage {spec!r}: {reason}") from None
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         lock_path = path.with_name(path.name + ".workers.lock")
         return StudyStorage(storage, str(path), lambda _name: _file_lock(lock_path))
@@ -143,6 +149,32 @@ def open_storage(
         print(f"[tune] no cross-worker lock for {backend}: parallel workers may overshoot")
         lock = lambda _name: contextlib.nullcontext()
     return StudyStorage(storage, display, lock)
+
+
+def check_journal_file(spec: str, path: Path) -> None:
+    """ConfigError (nothing written) unless `path` is new, empty or a journal Optuna wrote:
+    a directory ends in a traceback deep in Optuna, and any other file (params.yaml, say)
+    would get journal lines appended to it, or fail to parse."""
+    if not path.exists():
+        return
+    what = f"storage {spec!r}"
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError("", f"{what}: {path} is {kind}, not an Optuna journal file")
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    if not first.strip():
+        return
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    if not (isinstance(entry, dict) and "op_code" in entry):
+        raise ConfigError(
+            "",
+            f"{what}: {path} is not an Optuna journal file (its first line is no journal "
+            "entry); name a new file or an existing journal",
+        )
 
 
 def _postgres_driver() -> str:
