@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from src import artifacts, plots
-from src.config import Params, flatten, to_dict
+from src.config import Layout, Params, flatten, to_dict
 from src.data import MANIFEST
 from src.errors import ReportInputError, WeightsError
 from src.report_blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via src.report
@@ -56,7 +56,7 @@ from src.report_stages import (
     task3d_section,
 )
 
-REPORT_FILE = "report.md"  # under common.paths.reports
+REPORT_FILE = "report.md"  # under reports/ (src.config.Layout)
 HTML_FILE = "report.html"  # the same report, self-contained (src.report_html)
 # Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
 TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
@@ -103,11 +103,6 @@ class Report:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _under(root: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else root / p
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -181,13 +176,13 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
     `dvc repro` that makes it; with `allow_missing` the stage is reported as not run.
     """
     root = Path(root)
-    paths = params.common.paths
+    layout = Layout(root)
     missing: dict[str, list[str]] = {}
-    manifest_path = _under(root, paths.data) / MANIFEST
+    manifest_path = layout.data / MANIFEST
     if not manifest_path.is_file():
         missing["download"] = [_relative(manifest_path, root)]
     for info in STAGES:
-        files = artifacts.StagePaths.for_stage(params, info.name, root).linked().values()
+        files = artifacts.StagePaths.for_stage(info.name, root).linked().values()
         absent = [_relative(p, root) for p in files if not p.is_file()]
         if absent:
             missing[info.name] = absent
@@ -205,7 +200,7 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         if info.name in missing:
             stages[info.name] = None
             continue
-        files = artifacts.StagePaths.for_stage(params, info.name, root).linked()
+        files = artifacts.StagePaths.for_stage(info.name, root).linked()
         model = _read_model_file(files["model"])
         metrics = _read_json(files["metrics"])
         try:
@@ -222,8 +217,8 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
             files={k: _relative(p, root) for k, p in files.items()},
         )
 
-    reports = _under(root, paths.reports)
-    download = reports / "download" / "metrics.json"
+    reports = layout.reports
+    download = artifacts.StagePaths.for_stage("download", root).metrics
     return ReportInputs(
         stages=stages,
         missing=missing,

@@ -287,13 +287,10 @@ def _client(root):
 
 def _declared_outs(root) -> list[Path]:
     dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    paths = load_params(root / "params.yaml").common.paths
     names = []
     for kind in ("outs", "metrics", "plots"):
         for entry in dvc["stages"]["resnet"].get(kind, []):
-            name = entry if isinstance(entry, str) else next(iter(entry))
-            name = name.replace("${common.paths.models}", paths.models)
-            names.append(root / name.replace("${common.paths.reports}", paths.reports))
+            names.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
     return names
 
 

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src import tracking
 from src.augment import input_pipeline
-from src.config import CNNStageConfig, ConfigError, Params, resolve_path, to_dict
+from src.config import CNNStageConfig, ConfigError, Layout, Params, to_dict
 from src.data import load_dataset
 from src.device import Placement, prepare_device
 from src.errors import NonFiniteLossError
@@ -83,7 +83,7 @@ class Search:
 def search_data(params: Params, device: torch.device) -> TensorSplits:
     """Training and validation images on the device. The test split is left out: an
     empty one keeps `fit`'s final evaluation (and so every trial) away from it."""
-    dataset = load_dataset(resolve_path(params.common.paths.data))
+    dataset = load_dataset(Layout().data)
     t = torch.from_numpy
     no_images = t(dataset.test.images[:0])
     no_labels = t(dataset.test.labels[:0])
@@ -274,7 +274,7 @@ def run_search(
     data = search_data(params, device)
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
-    report_dir = resolve_path(params.common.paths.reports) / "tune" / slug(study_name)
+    report_dir = Layout().reports / "tune" / slug(study_name)
     with contextlib.ExitStack() as stack:
         with ss.lock(study_name):
             study, index, parent_id = _join(ss, study_name, params, tcfg, me)
