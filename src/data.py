@@ -160,7 +160,7 @@ def check_replaceable(out_dir: Path) -> None:
         raise DataError(
             f"{out_dir} is not a prepared data folder of this project ({why}); the data stage "
             "replaces only its own folder and touched nothing. Move this one away (the "
-            "layout is fixed; to keep the data elsewhere, make data/ a symlink)."
+            "project layout is fixed)."
         )
 
 

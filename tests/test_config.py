@@ -254,8 +254,8 @@ def test_bad_values_stop_the_download_stage_before_reading(project, key, value, 
 
 
 def test_a_source_inside_a_symlinked_data_folder_is_refused(project, tmp_path):
-    """data/ may be a symlink (the data then lives on its target); the source check
-    follows it."""
+    """The source check resolves symlinks: a data/ made a symlink (DVC would not record
+    outs there, but the stage command alone writes on the target) is followed."""
     from tests.conftest import update_params
 
     elsewhere = tmp_path / "big-disk"

@@ -173,7 +173,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
 
     marker = prepared / "code-ran"
     ckpt = prepared / "checkpoints/baseline.pt"
-    ckpt.parent.mkdir()
+    ckpt.parent.mkdir(exist_ok=True)  # the download stage made it (its lock file)
     torch.save({"version": CHECKPOINT_VERSION, "pwn": _WritesMarker(marker)}, ckpt)
     with pytest.raises(SystemExit) as info:
         train_cnn.main(["baseline", "--no-progress"])
