@@ -48,7 +48,7 @@ def _train(params: Params, progress: bool) -> dict:
     torch.manual_seed(params.common.seed)
     # WeightsError here, before any data is read
     model = placement.place_model(build_resnet(section))
-    dataset, data = load_data(params, device)
+    dataset, data = load_data(device)
     check_train_size(len(dataset.train), section.train, f"{STAGE}.train")  # before caching
     pipeline = input_pipeline(section.train, placement, section.image_size)
     training = prepare_resnet_training(

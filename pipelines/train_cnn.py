@@ -44,7 +44,7 @@ def _train(stage: str, params: Params, progress: bool) -> dict:
     section = getattr(params, stage)
     placement = prepare_device(section.train)
     device = placement.device
-    dataset, data = load_data(params, device)
+    dataset, data = load_data(device)
     check_train_size(len(dataset.train), section.train, f"{stage}.train")
     torch.manual_seed(params.common.seed)
     model = placement.place_model(build_cnn(section.model))

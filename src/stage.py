@@ -161,7 +161,7 @@ def write_outputs(
     run.log_dict(metrics, "metrics.json")
 
 
-def load_data(params: Params, device: torch.device) -> tuple[Dataset, TensorSplits]:
+def load_data(device: torch.device) -> tuple[Dataset, TensorSplits]:
     """The prepared data set, and all of it as uint8 tensors on `device`."""
     dataset = load_dataset(Layout().data)
     return dataset, TensorSplits.from_dataset(dataset).to(device)
