@@ -64,12 +64,12 @@ from src.augment import input_pipeline
 from src.cli import guarded
 from src.config import (
     PARAMS_FILE,
+    Layout,
     Params,
     TrainConfig,
     config_hash,
     load_params,
     project_root,
-    resolve_path,
     to_dict,
 )
 from src.data import load_dataset
@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(
                 "--tracking on: mlflow is not importable (or CIFAR_MLOPS_TRACKING=off)"
             )
-    data_dir = args.data or resolve_path(params.common.paths.data)
+    data_dir = args.data or Layout().data
     eval_images = None if args.eval_epoch else args.eval_images
     data = load_bench_data(
         None if args.synthetic else data_dir, device, eval_images or 10**9, args.synthetic

@@ -18,7 +18,7 @@ from pathlib import Path
 from src import report, report_html, tracking
 from src.artifacts import atomic_write_bytes
 from src.cli import guarded
-from src.config import load_params, project_root, resolve_path
+from src.config import Layout, load_params, project_root
 
 STAGE = "report"
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     rendered = report.render_report(inputs, runs, command=command)
 
-    out = resolve_path(params.common.paths.reports) / report.REPORT_FILE
+    out = Layout().reports / report.REPORT_FILE
     figure_dir = out.parent / report.FIGURE_DIR
     previous = linked_figures(out)  # only figures an earlier render wrote are ever removed
     logged = {"common": params.common}

@@ -13,11 +13,12 @@ import torch
 
 from src.augment import input_pipeline
 from src.cli import guarded
-from src.config import check_device, load_params
+from src.config import Params, check_device, load_params
 from src.device import prepare_device
 from src.feature_cache import describe_weights, prepare_resnet_training
 from src.models import build_resnet, count_parameters
 from src.stage import load_data, run_training_stage
+from src.stage_lock import stage_lock
 from src.train import check_train_size
 
 STAGE = "resnet"
@@ -32,12 +33,22 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     section = params.resnet
     check_device(section.train, f"{STAGE}.train")  # exit 2 before any work
+    with stage_lock(STAGE):  # before any work (weights, feature cache): one writer
+        metrics = _train(params, progress=not args.no_progress)
+    print(
+        f"[{STAGE}] test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
+    )
+
+
+def _train(params: Params, progress: bool) -> dict:
+    section = params.resnet
     placement = prepare_device(section.train)
     device = placement.device
     torch.manual_seed(params.common.seed)
     # WeightsError here, before any data is read
     model = placement.place_model(build_resnet(section))
-    dataset, data = load_data(params, device)
+    dataset, data = load_data(device)
     check_train_size(len(dataset.train), section.train, f"{STAGE}.train")  # before caching
     pipeline = input_pipeline(section.train, placement, section.image_size)
     training = prepare_resnet_training(
@@ -49,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         f"[{STAGE}] weights {section.weights}; {n_trainable:,} of {n_params:,} parameters "
         f"train on {device}; {'cached ' if training.cached else 'not cached: '}{training.note}"
     )
-    metrics = run_training_stage(
+    return run_training_stage(
         STAGE,
         params,
         section,
@@ -67,12 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             "device": str(device),
         },
         extra_metrics=training.metrics(),
-        progress=not args.no_progress,
+        progress=progress,
         placement=placement,
-    )
-    print(
-        f"[{STAGE}] test accuracy {metrics['test_accuracy']:.4f} "
-        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
     )
 
 

@@ -12,10 +12,11 @@ import torch
 
 from src.augment import input_pipeline
 from src.cli import guarded
-from src.config import check_device, load_params
+from src.config import Params, check_device, load_params
 from src.device import prepare_device
 from src.models import build_cnn, count_parameters
 from src.stage import load_data, run_training_stage
+from src.stage_lock import stage_lock
 from src.train import check_train_size
 
 STAGES = ("baseline", "improved")
@@ -31,17 +32,27 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     section = getattr(params, args.stage)
     check_device(section.train, f"{args.stage}.train")  # exit 2 before any work
+    with stage_lock(args.stage):  # before any work: one writer per stage
+        metrics = _train(args.stage, params, progress=not args.no_progress)
+    print(
+        f"[{args.stage}] test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
+    )
+
+
+def _train(stage: str, params: Params, progress: bool) -> dict:
+    section = getattr(params, stage)
     placement = prepare_device(section.train)
     device = placement.device
-    dataset, data = load_data(params, device)
-    check_train_size(len(dataset.train), section.train, f"{args.stage}.train")
+    dataset, data = load_data(device)
+    check_train_size(len(dataset.train), section.train, f"{stage}.train")
     torch.manual_seed(params.common.seed)
     model = placement.place_model(build_cnn(section.model))
     pipeline = input_pipeline(section.train, placement)
     n_params = count_parameters(model)
-    print(f"[{args.stage}] {n_params:,} parameters on {device}")
-    metrics = run_training_stage(
-        args.stage,
+    print(f"[{stage}] {n_params:,} parameters on {device}")
+    return run_training_stage(
+        stage,
         params,
         section,
         model,
@@ -50,12 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         pipeline=pipeline,
         dataset=dataset,
         tags={"n_parameters": n_params, "device": str(device)},
-        progress=not args.no_progress,
+        progress=progress,
         placement=placement,
-    )
-    print(
-        f"[{args.stage}] test accuracy {metrics['test_accuracy']:.4f} "
-        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
     )
 
 

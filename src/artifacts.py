@@ -6,8 +6,8 @@ pickle names globals that reader does not build (which could run code) is refuse
 it and them; the refusal is recognised by disassembling the pickle, never by the wording
 of torch's message.
 
-Outputs of training stage <name> (paths from params.yaml `common.paths`), in the
-order the stage writes them:
+Outputs of training stage <name> (folders: `src.config.Layout`, fixed; dvc.yaml names the
+same files), in the order the stage writes them:
     reports/<name>/history.csv       one row per validation (DVC plots)
     reports/<name>/learning_curves.png, confusion_matrix.png
     models/<name>.pt                 the model file: weights + resolved config + final
@@ -15,6 +15,9 @@ order the stage writes them:
     reports/<name>/metrics.json      final figures, timings, MLflow run id (DVC metrics)
     checkpoints/<name>.pt            resumable training state while it runs (not a DVC
                                      out: DVC deletes outs before a stage runs)
+Every one of them but the checkpoint is written after training ends: a `dvc repro` that
+deletes the outs while an earlier run of the stage still trains (see `src.stage_lock`)
+takes nothing that run needs.
 A kill between two writes leaves files of two runs side by side; the links (run id
 and final figures shared with metrics.json, the history digest) let the report
 refuse such a mix (`src.report.load_inputs`).
@@ -35,14 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.config import Params, config_hash, project_root, to_dict
+from src.config import Layout, config_hash, to_dict
 from src.errors import WeightsError
 
 if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-CHECKPOINT_DIR = "checkpoints"  # under the project root
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 FIGURE_DPI = 120
@@ -238,27 +240,22 @@ def load_state_strict(model: nn.Module, state: dict, source: str) -> None:
 # --------------------------------------------------------------------------- stage outputs
 
 
-def _under(root: Path, path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else root / p
-
-
 @dataclass(frozen=True)
 class StagePaths:
-    """Where training stage `stage` writes, under `root` (default: the project root)."""
+    """Where stage `stage` writes, under `root` (default: the project root). The data
+    stage uses `reports` and `metrics` only."""
 
     model: Path
     reports: Path
     checkpoint: Path
 
     @classmethod
-    def for_stage(cls, params: Params, stage: str, root: Path | None = None) -> StagePaths:
-        root = Path(root) if root is not None else project_root()
-        paths = params.common.paths
+    def for_stage(cls, stage: str, root: Path | None = None) -> StagePaths:
+        layout = Layout(Path(root)) if root is not None else Layout()
         return cls(
-            model=_under(root, paths.models) / f"{stage}.pt",
-            reports=_under(root, paths.reports) / stage,
-            checkpoint=root / CHECKPOINT_DIR / f"{stage}.pt",
+            model=layout.models / f"{stage}.pt",
+            reports=layout.reports / stage,
+            checkpoint=layout.checkpoints / f"{stage}.pt",
         )
 
     @property

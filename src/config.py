@@ -53,17 +53,8 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class PathsConfig:
-    data: str = "data/cifar10"  # prepared arrays + manifest (DVC out of `download`)
-    raw: str = "data/raw"  # downloaded archives (not a DVC out: kept across reruns)
-    models: str = "models"
-    reports: str = "reports"
-
-
-@dataclass(frozen=True)
 class CommonConfig:
     seed: int = 0
-    paths: PathsConfig = field(default_factory=PathsConfig)
     # One MLflow experiment for every stage, so the UI compares them side by side.
     experiment: str = "cifar10"
 
@@ -452,11 +443,13 @@ def load_params(
     """Load and validate params.yaml, with profile `profile` (`profiles.<name>`) and then
     `overrides` (dotted keys; a "profile" entry there selects the profile) put in.
 
-    Every required key must be in the file (:data:`OPTIONAL_KEYS` lists the others), and
-    every path param must stay inside the project (:func:`check_paths`). No stage passes a
-    profile: what a stage trains with is what params.yaml (and so DVC) says.
+    Every required key must be in the file (:data:`OPTIONAL_KEYS` lists the others), and a
+    local `data.source` must lie outside the folder the data stage replaces
+    (:func:`check_source`). No stage passes a profile: what a stage trains with is what
+    params.yaml (and so DVC) says.
     """
     raw = load_raw(path)
+    check_retired(raw)
     check_required(raw)
     if "profile" in raw:
         raise ConfigError(
@@ -474,8 +467,21 @@ def load_params(
     source = os.environ.get(SOURCE_ENV_VAR)
     if source:
         params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
-    check_paths(params)
+    check_source(params)
     return params
+
+
+def check_retired(raw: dict) -> None:
+    """ConfigError for keys params.yaml no longer has, saying what replaced them."""
+    common = raw.get("common")
+    if isinstance(common, dict) and "paths" in common:
+        fixed = ", ".join(f"{p}/" for p in Layout(Path()).folders())
+        raise ConfigError(
+            "common.paths",
+            f"is no longer a param: the project layout is fixed ({fixed}), because DVC "
+            "deletes a stage's outputs before running it and a path param could aim that "
+            "deletion anywhere; remove it (data on another disk: README, Design notes)",
+        )
 
 
 # --------------------------------------------------------------------------- paths
@@ -488,46 +494,15 @@ def temp_dir_pattern(name: str) -> re.Pattern:
     return re.compile(rf"\.{re.escape(name)}\.(?:tmp-|old-)?[a-z0-9_]{{8}}")
 
 
-def project_path(value: str, key: str) -> Path:
-    """`value` (a path param) resolved, symlinks and `..` included; ConfigError naming
-    `key` unless it lies strictly inside the project and outside `.git`."""
-    root = project_root().resolve()
-    if not value.strip():
-        raise ConfigError(key, "must not be empty (that names the project root)")
-    path = resolve_path(value).resolve()
-    if path == root or path in root.parents:
-        what = "the project root" if path == root else "a parent of the project root"
-        raise ConfigError(key, f"{value!r} is {what} ({path}); name a folder inside it")
-    if not path.is_relative_to(root):
-        raise ConfigError(
-            key, f"{value!r} resolves to {path}, outside the project {root}; keep it inside"
-        )
-    if path.relative_to(root).parts[0] == ".git":
-        raise ConfigError(key, f"{value!r} is inside .git")
-    return path
-
-
-def check_paths(params: Params) -> None:
-    """Every output path param inside the project; the data folder (which the data stage
-    replaces) apart from the other outputs and from a local `data.source`."""
-    paths = params.common.paths
-    resolved = {
-        name: project_path(getattr(paths, name), f"common.paths.{name}")
-        for name in ("data", "raw", "models", "reports")
-    }
-    data = resolved.pop("data")
-    for name, other in resolved.items():
-        if data == other or data.is_relative_to(other) or other.is_relative_to(data):
-            raise ConfigError(
-                "common.paths.data",
-                f"overlaps common.paths.{name} ({other}): the data stage replaces the whole "
-                f"folder {data}; give it one of its own",
-            )
+def check_source(params: Params) -> None:
+    """A local `data.source` must not lie inside the prepared data folder, which the data
+    stage replaces, nor inside its temporary copies (symlinks resolved)."""
     source = params.data.source
     if source == "official":
         return
+    data = Layout().data.resolve()
     where = f" (from ${SOURCE_ENV_VAR})" if os.environ.get(SOURCE_ENV_VAR) else ""
-    path = Path(source).expanduser().resolve()
+    path = Path(source).expanduser().resolve()  # as src.sources reads it
     temp = temp_dir_pattern(data.name)
     if path.is_relative_to(data) or (
         path.is_relative_to(data.parent)
@@ -536,8 +511,8 @@ def check_paths(params: Params) -> None:
     ):
         raise ConfigError(
             "data.source",
-            f"{source!r}{where} lies inside {data} (common.paths.data) or its temporary "
-            "copies, which the data stage replaces; keep the source elsewhere",
+            f"{source!r}{where} lies inside {data} or its temporary copies, which the data "
+            "stage replaces; keep the source elsewhere",
         )
 
 
@@ -593,6 +568,43 @@ def repo_root() -> Path:
         if parts[i : i + len(DVC_TEMP_EXPS)] == DVC_TEMP_EXPS:
             return Path(*parts[:i])
     return root
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the stages read and write: fixed folders under `root` (the project root by
+    default). Not params: DVC deletes a stage's declared outs *before* it runs the
+    stage's command, so a params value that moved an out could aim that deletion at any
+    folder before the stage's own checks ran. dvc.yaml spells these same paths
+    literally; tests/test_dvc_deps.py checks the two agree."""
+
+    root: Path = field(default_factory=lambda: project_root())
+
+    @property
+    def data(self) -> Path:
+        """Prepared arrays + manifest.json: the `download` stage's out."""
+        return self.root / "data" / "cifar10"
+
+    @property
+    def raw(self) -> Path:
+        """Downloaded archives: not an out, so kept across reruns."""
+        return self.root / "data" / "raw"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Resumable training state and the stages' lock files: never an out."""
+        return self.root / "checkpoints"
+
+    def folders(self) -> list[Path]:
+        return [self.data, self.raw, self.models, self.reports, self.checkpoints]
 
 
 def set_param_args(overrides: dict[str, Any]) -> list[str]:

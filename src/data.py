@@ -159,8 +159,8 @@ def check_replaceable(out_dir: Path) -> None:
     if not ok:
         raise DataError(
             f"{out_dir} is not a prepared data folder of this project ({why}); the data stage "
-            "replaces only its own folder and touched nothing. Point common.paths.data at a "
-            "new folder, or move this one away."
+            "replaces only its own folder and touched nothing. Move this one away (the "
+            "project layout is fixed)."
         )
 
 

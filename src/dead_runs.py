@@ -49,12 +49,16 @@ def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> 
 
 
 def mark_run_killed(run_id: str) -> None:
-    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
+    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED; one
+    whose process still runs on this host is left alone (the stage lock keeps a second
+    run of a stage out; this holds even without it)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
+        run = client.get_run(run_id)
+        alive = worker_alive(run.data.tags.get("worker", ""))
+        if run.info.status == "RUNNING" and alive is not True:
             client.set_terminated(run_id, status="KILLED")
     except Exception:  # the run may live in another store; nothing to mend then
         pass

@@ -47,6 +47,10 @@ class NonFiniteLossError(ProjectError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and last checkpoint."""
 
 
+class StageBusyError(ProjectError, RuntimeError):
+    """Another process runs the same stage now; the message names it (pid, since when)."""
+
+
 class ReportInputError(ProjectError, RuntimeError):
     """A stage output the report reads is missing or unreadable; the message says
     which file and which stage makes it."""

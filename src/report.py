@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from src import artifacts, plots
-from src.config import Params, flatten, to_dict
+from src.config import Layout, Params, flatten, to_dict
 from src.data import MANIFEST
 from src.errors import ReportInputError, WeightsError
 from src.registry import smoke_reasons
@@ -57,7 +57,7 @@ from src.report_stages import (
     task3d_section,
 )
 
-REPORT_FILE = "report.md"  # under common.paths.reports
+REPORT_FILE = "report.md"  # under reports/ (src.config.Layout)
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 # The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
 # every missing upstream stage, and DVC runs no stage whose dependency is missing).
@@ -117,11 +117,6 @@ class Report:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _under(root: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else root / p
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -199,13 +194,13 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
     clone: the two are in git, the model file only in DVC's cache) is rendered from them.
     """
     root = Path(root)
-    paths = params.common.paths
+    layout = Layout(root)
     missing: dict[str, list[str]] = {}
-    manifest_path = _under(root, paths.data) / MANIFEST
+    manifest_path = layout.data / MANIFEST
     if not manifest_path.is_file():
         missing["download"] = [_relative(manifest_path, root)]
     for info in STAGES:
-        files = artifacts.StagePaths.for_stage(params, info.name, root).linked().values()
+        files = artifacts.StagePaths.for_stage(info.name, root).linked().values()
         absent = [_relative(p, root) for p in files if not p.is_file()]
         if absent:
             missing[info.name] = absent
@@ -221,8 +216,8 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         raise error
 
     stages = {info.name: _stage_outputs(root, params, info.name) for info in STAGES}
-    reports = _under(root, paths.reports)
-    download = reports / "download" / "metrics.json"
+    reports = layout.reports
+    download = artifacts.StagePaths.for_stage("download", root).metrics
     return ReportInputs(
         stages=stages,
         missing=missing,
@@ -240,7 +235,7 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
 
 def _stage_outputs(root: Path, params: Params, stage: str) -> StageOutputs | None:
     """One stage's outputs; None when its metrics.json or history.csv does not exist."""
-    files = artifacts.StagePaths.for_stage(params, stage, root).linked()
+    files = artifacts.StagePaths.for_stage(stage, root).linked()
     if not (files["metrics"].is_file() and files["history"].is_file()):
         return None
     metrics = _read_json(files["metrics"])

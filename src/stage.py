@@ -13,7 +13,7 @@ from torch import nn
 from src import artifacts, registry, tracking
 from src.artifacts import StagePaths
 from src.checkpoint import load_checkpoint
-from src.config import Params, TrainConfig, config_hash, resolve_path, to_dict
+from src.config import Layout, Params, TrainConfig, config_hash, to_dict
 from src.data import Dataset, load_dataset
 from src.device import Placement
 from src.train import FitResult, Pipeline, TensorSplits, fit
@@ -41,7 +41,7 @@ def run_training_stage(
     trains on precomputed inputs (ResNet feature caching). `extra_metrics` join the
     stage's metrics (the feature-caching time, say).
     """
-    paths = StagePaths.for_stage(params, stage)
+    paths = StagePaths.for_stage(stage)
     logged = {"common": params.common, stage: section}
     key = config_hash(logged)
     previous = load_checkpoint(paths.checkpoint, key)
@@ -55,7 +55,7 @@ def run_training_stage(
     ) as run:
         run.log_dataset(  # on resume too: final metrics and the model link to it
             dataset.manifest,
-            resolve_path(params.common.paths.data),
+            Layout().data,
             dataset.train.images,
             dataset.train.labels,
         )
@@ -161,7 +161,7 @@ def write_outputs(
     run.log_dict(metrics, "metrics.json")
 
 
-def load_data(params: Params, device: torch.device) -> tuple[Dataset, TensorSplits]:
+def load_data(device: torch.device) -> tuple[Dataset, TensorSplits]:
     """The prepared data set, and all of it as uint8 tensors on `device`."""
-    dataset = load_dataset(resolve_path(params.common.paths.data))
+    dataset = load_dataset(Layout().data)
     return dataset, TensorSplits.from_dataset(dataset).to(device)

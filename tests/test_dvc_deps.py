@@ -71,3 +71,88 @@ def test_closure_follows_lazy_imports_and_packages():
     assert {"src/tune/__init__.py", "src/tune/search.py", "src/train.py"} <= closure
     # src.report imports src.models inside a function only
     assert "src/models.py" in code_closure("src.report")
+
+
+# --------------------------------------------------------------------------- fixed layout
+
+
+def _names(entries: list) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+
+
+def _code_layout() -> dict:
+    """Every out, metric and data dep of each stage, as the code writes and reads them."""
+    from pipelines.download import SAMPLES_FILE
+    from src import report
+    from src.artifacts import StagePaths
+    from src.config import Layout
+    from src.data import MANIFEST
+
+    layout = Layout(Path())  # relative paths, as dvc.yaml spells them
+
+    def paths(stage: str) -> StagePaths:
+        return StagePaths.for_stage(stage, layout.root)
+
+    training = {
+        stage: {
+            "deps": {layout.data},
+            "outs": {p.model, p.learning_curves, p.confusion_matrix, p.history},
+            "metrics": {p.metrics},
+        }
+        for stage, p in ((s, paths(s)) for s in ("baseline", "improved", "resnet"))
+    }
+    report_deps = {layout.data / MANIFEST, paths("download").metrics}
+    for stage in training:
+        report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
+    report_deps |= {layout.reports / report.TUNE_DIR, layout.reports / report.DISCUSSION_FILE}
+    return {
+        "download": {
+            "deps": set(),
+            "outs": {layout.data, paths("download").reports / SAMPLES_FILE},
+            "metrics": {paths("download").metrics},
+        },
+        **training,
+        "report": {
+            "deps": report_deps,
+            "outs": {
+                layout.reports / report.REPORT_FILE,
+                layout.reports / report.HTML_FILE,
+                layout.reports / report.FIGURE_DIR,
+            },
+            "metrics": set(),
+        },
+    }
+
+
+def test_dvc_yaml_paths_are_exactly_the_code_layout():
+    """DVC deletes outs before a stage runs: dvc.yaml names them literally (no `${...}`
+    a params value could move), and they are where the code writes."""
+    declared = {
+        name: {
+            "deps": {Path(d) for d in stage["deps"] if not d.endswith(".py")},
+            "outs": {Path(o) for o in _names(stage.get("outs", []))},
+            "metrics": {Path(m) for m in _names(stage.get("metrics", []))},
+        }
+        for name, stage in STAGES.items()
+    }
+    assert declared == _code_layout()
+    plotted = set()
+    for entry in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["plots"]:
+        (plot,) = entry.values()
+        plotted |= {Path(p) for p in plot["y"]}
+    training = ("baseline", "improved", "resnet")
+    assert plotted == {p for s in training for p in _code_layout()[s]["outs"] if p.suffix == ".csv"}
+    assert "${" not in (PROJECT_ROOT / "dvc.yaml").read_text()
+
+
+def test_no_out_holds_what_must_survive_a_rerun():
+    """Downloaded archives, checkpoints and stage locks, the MLflow store: never outs."""
+    from src.config import Layout
+
+    layout = Layout(Path())
+    kept = (layout.raw, layout.checkpoints, Path("mlruns"), Path("optuna"))
+    for name, stage in STAGES.items():
+        for out in _names(stage.get("outs", [])) | _names(stage.get("metrics", [])):
+            for folder in kept:
+                assert not Path(out).is_relative_to(folder), f"{name}: {out} is in {folder}"
+                assert not folder.is_relative_to(out), f"{name}: {out} holds {folder}"

@@ -89,7 +89,7 @@ def test_stages_list_only_the_keys_they_read():
         params = DVC_YAML["stages"][name]["params"]
         assert name in params
         assert not [p for p in params if p.split(".")[0] in ("profile", "profiles", "tune")]
-        assert "common" not in params  # not the whole section: common.paths.raw is not read
+        assert "common" not in params  # not the whole section: only the keys it reads
         others = set(TRAINING) - {name}
         assert not [p for p in params if p.split(".")[0] in others]
     raw = load_raw(PROJECT_ROOT / "params.yaml")
@@ -108,7 +108,7 @@ def test_only_top_level_plots_and_each_names_its_axes():
         outs = [
             next(iter(o)) if isinstance(o, dict) else o for o in DVC_YAML["stages"][name]["outs"]
         ]
-        assert f"${{common.paths.reports}}/{name}/history.csv" in outs
+        assert f"reports/{name}/history.csv" in outs
     for entry in DVC_YAML["plots"]:
         (plot,) = entry.values()
         assert plot["x"] == "step" and plot["x_label"] and plot["y_label"] and plot["title"]
@@ -118,9 +118,9 @@ def test_only_top_level_plots_and_each_names_its_axes():
 def test_the_report_declares_what_it_reads():
     report = DVC_YAML["stages"]["report"]
     deps = set(report["deps"])
-    assert {"${common.paths.reports}/tune", "${common.paths.reports}/discussion.md"} <= deps
+    assert {"reports/tune", "reports/discussion.md"} <= deps
     outs = set(report["outs"])
-    assert "${common.paths.reports}/report.html" in outs
+    assert "reports/report.html" in outs
     for path in ("reports/tune/README.md", "reports/discussion.md"):
         tracked = subprocess.run(
             ["git", "ls-files", "--error-unmatch", path], cwd=PROJECT_ROOT, capture_output=True

@@ -112,8 +112,12 @@ from pipelines import {stage_module}
 """
 
 
-def _kill_at(root: Path, module: str, attr: str, stage_module: str, argv: list | None) -> None:
+def _hold_at(
+    root: Path, module: str, attr: str, stage_module: str, argv: list | None
+) -> subprocess.Popen:
+    """The stage running in a subprocess, held (alive) where `module`.`attr` is called."""
     marker = root / "held"
+    marker.unlink(missing_ok=True)
     args = "" if argv is None else repr(argv)
     code = HOLD.format(module=module, attr=attr, stage_module=stage_module, args=args)
     proc = subprocess.Popen(
@@ -128,6 +132,11 @@ def _kill_at(root: Path, module: str, attr: str, stage_module: str, argv: list |
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert marker.exists(), proc.communicate(timeout=30)[0] if proc.poll() is not None else ""
+    return proc
+
+
+def _kill_at(root: Path, module: str, attr: str, stage_module: str, argv: list | None) -> None:
+    proc = _hold_at(root, module, attr, stage_module, argv)
     proc.kill()
     proc.wait(timeout=60)
 
@@ -236,3 +245,113 @@ def test_close_dead_runs_tracking_server(project: Path, mlflow_server, monkeypat
     url, _ = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     _closes_only_dead_runs_of_this_stage_and_root(project)
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+def _run_stage(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DVC_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_second_run_of_a_live_stage_refuses_and_touches_nothing(prepared: Path):
+    """What a killed `dvc repro` leaves: the stage process still running, with a
+    checkpoint and a RUNNING MLflow run. A second run of the stage refuses at once,
+    naming that process; it neither resumes its checkpoint nor marks its run KILLED."""
+    ckpt = prepared / "checkpoints/baseline.pt"
+    # held after training, before its outputs: the checkpoint and the live run exist
+    holder = _hold_at(prepared, "src.stage", "write_outputs", "train_cnn", ["baseline"])
+    try:
+        (live,) = _statuses(prepared, "baseline").items()
+        assert live[1] == "RUNNING" and ckpt.exists()
+        before = ckpt.read_bytes()
+
+        proc = _run_stage(prepared, "pipelines.train_cnn", "baseline", "--no-progress")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: stage baseline is already running")
+        assert f"process {holder.pid} " in lines[0] and "running since" in lines[0]
+        assert _statuses(prepared, "baseline") == dict([live]), "the live run is untouched"
+        assert ckpt.read_bytes() == before
+        assert not (prepared / "models/baseline.pt").exists()
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process, nothing stale is left
+        holder.wait(timeout=60)
+
+    proc = _run_stage(prepared, "pipelines.train_cnn", "baseline", "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming from checkpoint" in proc.stdout
+    runs = _statuses(prepared, "baseline")
+    assert runs[live[0]] == "FINISHED", "the resumed run is the killed one, finished now"
+    assert len(runs) == 1 and (prepared / "models/baseline.pt").exists()
+
+
+def test_a_second_download_refuses_while_one_runs(prepared: Path):
+    data = prepared / "data/cifar10"
+    manifest = (data / "manifest.json").read_bytes()
+    before = set(_statuses(prepared, "download"))
+    holder = _hold_at(prepared, "pipelines.download", "load_dataset", "download", None)
+    try:
+        proc = _run_stage(prepared, "pipelines.download")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"stage download is already running: process {holder.pid} " in proc.stderr
+        (live,) = set(_statuses(prepared, "download")) - before
+        assert _statuses(prepared, "download")[live] == "RUNNING"
+        assert (data / "manifest.json").read_bytes() == manifest
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
+    from src.errors import StageBusyError
+    from src.stage_lock import stage_lock
+
+    code = (
+        "import sys, time\n"
+        "from src.stage_lock import stage_lock\n"
+        "with stage_lock('improved'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DVC_ROOT": str(project)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(StageBusyError, match=f"process {holder.pid} on host"):
+            with stage_lock("improved"):
+                pass
+        with stage_lock("baseline"):  # another stage is not blocked
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    with stage_lock("improved") as path:  # SIGKILL left nothing stale
+        assert path == project / "checkpoints/improved.lock"
+        assert path.read_text().split(":")[1] == str(os.getpid())
+
+
+def test_resuming_never_marks_a_live_run_killed(project: Path):
+    from src import tracking
+    from src.workers import worker_id
+
+    exp = tracking.set_experiment("cifar10")
+    client = mlflow.MlflowClient()
+    alive = client.create_run(exp, tags={"worker": worker_id()}).info.run_id
+    dead = client.create_run(exp, tags={"worker": _dead_worker()}).info.run_id
+    tracking.mark_run_killed(alive)
+    tracking.mark_run_killed(dead)
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(dead).info.status == "KILLED"

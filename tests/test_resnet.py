@@ -117,7 +117,10 @@ def test_path_mode_loads_the_same_file(tmp_path, monkeypatch):
     # relative paths are project-relative; a model file of this project works too
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     torch.save({"stage": "x", "model": state}, tmp_path / "wrapped.pt")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
     _assert_backbone_is(build_resnet(_cfg(weights="wrapped.pt")), state)
+    # a user-given path: only ever read
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
 
 
 def test_missing_imagenet_file_offline_is_one_clear_error(torch_home):
@@ -304,13 +307,10 @@ def _client(root):
 
 def _declared_outs(root) -> list[Path]:
     dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    paths = load_params(root / "params.yaml").common.paths
     names = []
     for kind in ("outs", "metrics", "plots"):
         for entry in dvc["stages"]["resnet"].get(kind, []):
-            name = entry if isinstance(entry, str) else next(iter(entry))
-            name = name.replace("${common.paths.models}", paths.models)
-            names.append(root / name.replace("${common.paths.reports}", paths.reports))
+            names.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
     return names
 
 

@@ -23,17 +23,10 @@ def _client(root):
 def _declared_outs(stage: str, root) -> list:
     """The stage's outs, metrics and plots from dvc.yaml, with paths resolved."""
     dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    paths = load_params(root / "params.yaml").common.paths
     names = []
     for kind in ("outs", "metrics", "plots"):
         for entry in dvc["stages"][stage].get(kind, []):
-            name = entry if isinstance(entry, str) else next(iter(entry))
-            name = (
-                name.replace("${common.paths.data}", paths.data)
-                .replace("${common.paths.models}", paths.models)
-                .replace("${common.paths.reports}", paths.reports)
-            )
-            names.append(root / name)
+            names.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
     return names
 
 

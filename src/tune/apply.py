@@ -21,7 +21,15 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from src.artifacts import atomic_write_bytes
-from src.config import Params, flatten, load_params, resolve_path, set_param_args, to_dict
+from src.config import (
+    Layout,
+    Params,
+    flatten,
+    load_params,
+    resolve_path,
+    set_param_args,
+    to_dict,
+)
 from src.tune.space import NOT_DESIGN, BudgetConfig, trial_section
 from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial
@@ -135,7 +143,7 @@ def apply_best(params: Params, study_name: str, storage: str, run: bool = False)
     if trial is None:
         raise TuneError(f"study {study_name!r} has no completed trial yet")
     base = study.user_attrs.get("base", "improved")
-    report_dir = resolve_path(params.common.paths.reports) / "tune" / slug(study_name)
+    report_dir = Layout().reports / "tune" / slug(study_name)
     path, command = write_best_params(study, trial, base, report_dir)
     profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
     if not command:

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src import tracking
 from src.augment import input_pipeline
-from src.config import CNNStageConfig, ConfigError, Params, resolve_path, to_dict
+from src.config import CNNStageConfig, ConfigError, Layout, Params, to_dict
 from src.data import MANIFEST, load_dataset
 from src.device import Placement, prepare_device
 from src.errors import DataError, NonFiniteLossError
@@ -86,11 +86,11 @@ class Search:
 def search_data(params: Params, device: torch.device) -> TensorSplits:
     """Training and validation images on the device. The test split is left out: an
     empty one keeps `fit`'s final evaluation (and so every trial) away from it."""
-    data_dir = resolve_path(params.common.paths.data)
+    data_dir = Layout().data
     if not (data_dir / MANIFEST).is_file():
         # after `python -m src.quick` too: it prepares the data in a temporary copy only
         raise DataError(
-            f"tuning trains on the prepared data set, and {params.common.paths.data}/ holds "
+            f"tuning trains on the prepared data set, and {data_dir} holds "
             "none: prepare it first with `dvc repro download` (a local copy of CIFAR-10: "
             "`CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz dvc repro download`; "
             "`python -m src.quick` prepares it only inside its temporary copy)"
@@ -286,7 +286,7 @@ def run_search(
     data = search_data(params, device)
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
-    report_dir = resolve_path(params.common.paths.reports) / "tune" / slug(study_name)
+    report_dir = Layout().reports / "tune" / slug(study_name)
     with contextlib.ExitStack() as stack:
         with ss.lock(study_name):
             study, index, parent_id = _join(ss, study_name, params, tcfg, me)
