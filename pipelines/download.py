@@ -22,6 +22,7 @@ def main() -> None:
     params = load_params()
     paths = params.common.paths
     out_dir, reports = resolve_path(paths.data), resolve_path(paths.reports) / STAGE
+    tracking.check_store()  # a store at the old place stops it before the data is read
     logged = tracking.run_params(params, params.data)
     # Before the tracking run: a bad source, a too-small split or a folder the stage
     # may not replace stops it (exit 1 or 2) with no run started.
@@ -35,7 +36,7 @@ def main() -> None:
         run.log_metrics(counts)
         run.log_dict(manifest, "manifest.json")
         run.set_tags({"data_source": manifest["source"]["kind"]})
-        run.log_dataset(manifest, out_dir, dataset.train.images, dataset.train.labels)
+        run.log_datasets(dataset, out_dir)
         atomic_write_json(reports / "metrics.json", {**counts, "mlflow_run_id": run.run_id})
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {out_dir}")
 

@@ -47,7 +47,7 @@ def trained(tmp_path_factory, tiny_cifar):
             update_params(root, **{"baseline.train.dry_run": True})
             train_cnn.main(["baseline", "--no-progress"])
             update_params(root, **{"baseline.train.dry_run": False})
-        mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
         yield {"root": root, "warnings": list(caught), "stdout": out.getvalue()}
 
 
@@ -65,6 +65,8 @@ def test_one_param_name_per_knob_in_every_stage(trained):
         assert key in baseline.data.params
     assert not [k for k in baseline.data.params if k.startswith(("baseline.", "improved."))]
     assert baseline.data.params["profile"] == "full"
+    params = baseline.data.params
+    assert params["image_size"] == "32" and "model.image_size" not in params  # one name
     assert baseline.data.tags["stage"] == "baseline" and improved.data.tags["stage"] == "improved"
     # the DataFrame a user gets lines the stages up column by column
     frame = mlflow.search_runs(experiment_names=["cifar10"])
@@ -114,9 +116,29 @@ def test_models_are_registered_linked_to_metrics_and_smoke_runs_never_champion(t
     assert model.name == "baseline" and versions["1"].source == f"models:/{model.model_id}"
     linked = {m.key: m for m in model.metrics}
     assert linked["test_accuracy"].value == pytest.approx(full.data.metrics["test_accuracy"])
-    (data,) = full.inputs.dataset_inputs
-    assert linked["test_accuracy"].dataset_name == data.dataset.name == "cifar10-official-archive"
-    assert linked["test_accuracy"].dataset_digest == data.dataset.digest
+    # one input per split, and each figure linked to the split it was measured on
+    inputs = {i.dataset.name: i for i in full.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    contexts = {
+        n: {t.key: t.value for t in i.tags}["mlflow.data.context"] for n, i in inputs.items()
+    }
+    assert contexts == {
+        "cifar10-train": "training",
+        "cifar10-val": "validation",
+        "cifar10-test": "test",
+    }
+    manifest = load_dataset(trained["root"] / "data/cifar10").manifest
+    for metric, split in [
+        ("test_accuracy", "test"),
+        ("test_loss", "test"),
+        ("final_val_accuracy", "val"),
+        ("final_train_loss", "train"),
+    ]:
+        assert linked[metric].dataset_name == f"cifar10-{split}", metric
+        digest = inputs[f"cifar10-{split}"].dataset.digest
+        assert linked[metric].dataset_digest == digest == manifest["sha256"][f"{split}.npz"][:16]
+    shape = json.loads(inputs["cifar10-test"].dataset.profile)["features_shape"]
+    assert shape[0] == manifest["counts"]["test"]  # the test split, not the training set
 
 
 def test_champion_moves_only_to_a_better_full_budget_version(trained):
@@ -175,7 +197,7 @@ def test_served_model_answers_http_with_labels(trained, tmp_path):
     """`mlflow models serve` on 127.0.0.1 answers a real request (about 20 s)."""
     root = trained["root"]
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [
@@ -233,24 +255,3 @@ def test_params_of_a_stage_run_and_its_smoke_reasons():
 def test_chart_keys():
     assert tracking.chart_key("val_loss") == "curves/val_loss"
     assert tracking.chart_key("test_accuracy") == "test_accuracy"
-
-
-def test_git_dirty_ignores_what_dvc_repro_writes(tmp_path):
-    """`dvc repro` rewrites dvc.lock (and git-tracked metrics) between stages: a stage
-    run from a clean commit must still say git_dirty=false; an edited file says true."""
-    import subprocess
-
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    for name in ("dvc.lock", "params.yaml", "metrics.json"):
-        (tmp_path / name).write_text("a\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
-    (tmp_path / "dvc.lock").write_text("b\n")
-    (tmp_path / "metrics.json").write_text("b\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
-    (tmp_path / "params.yaml").write_text("b\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "true"

@@ -151,7 +151,7 @@ def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monk
     from src import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlruns/mlflow.db"
+    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
 
     monkeypatch.chdir(repo)  # an ordinary `dvc repro`: DVC_ROOT is the project
     assert project_root() == repo and repo_root() == repo.resolve()
