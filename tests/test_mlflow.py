@@ -8,19 +8,22 @@ import contextlib
 import io
 import json
 import os
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
 from src import registry, tracking
-from src.config import CIFAR10_CLASSES, load_params
+from src.config import CIFAR10_CLASSES, PROJECT_ROOT, load_params
 from src.data import load_dataset
 from src.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
@@ -187,30 +190,36 @@ def test_stages_raise_no_needless_warnings(trained):
     assert not noisy
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def readme_command(prefix: str) -> list[str]:
+    """The README's command line that starts with `prefix`, as argv (comment and a
+    trailing `&` dropped)."""
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        if line.startswith(prefix):
+            argv = shlex.split(line, comments=True)
+            return argv[:-1] if argv[-1] == "&" else argv
+    raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
-def test_served_model_answers_http_with_labels(trained, tmp_path):
-    """`mlflow models serve` on 127.0.0.1 answers a real request (about 20 s)."""
+def _without_tracking_uri() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def test_the_readmes_serve_command_answers_in_the_project_root(trained, tmp_path):
+    """`mlflow models serve` exactly as the README prints it, typed in a project root
+    with no MLFLOW_TRACKING_URI, answers a real request (about 20 s)."""
     root = trained["root"]
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    argv = readme_command("mlflow models serve")
+    assert argv[:4] == ["mlflow", "models", "serve", "-m"] and "@champion" in argv[4]
+    port = int(argv[argv.index("-p") + 1])
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            pytest.skip(f"port {port}, the README's, is in use")
+    executable = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/cifar10-improved@champion",
-        ]
-        + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        [executable, *argv[1:]],
+        cwd=root,
+        env=_without_tracking_uri(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -239,6 +248,24 @@ def test_served_model_answers_http_with_labels(trained, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    assert not (root / "mlruns" / "mlflow.db").exists()
+
+
+def test_mlflow_search_runs_in_the_project_root_finds_the_runs(trained):
+    code = (
+        "import mlflow; runs = mlflow.search_runs(experiment_names=['cifar10']); "
+        "print(sorted(set(runs['tags.mlflow.runName'])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=trained["root"],
+        env=_without_tracking_uri(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == "['baseline', 'download', 'improved']"
 
 
 def test_params_of_a_stage_run_and_its_smoke_reasons():
