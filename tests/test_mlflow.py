@@ -282,3 +282,24 @@ def test_params_of_a_stage_run_and_its_smoke_reasons():
 def test_chart_keys():
     assert tracking.chart_key("val_loss") == "curves/val_loss"
     assert tracking.chart_key("test_accuracy") == "test_accuracy"
+
+
+def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from src import predict
+
+    client = mlflow.MlflowClient()
+    champions = {
+        stage: client.get_model_version_by_alias(f"cifar10-{stage}", "champion")
+        for stage in ("baseline", "improved")
+    }
+    stage, version = max(champions.items(), key=lambda kv: float(kv[1].tags["test_accuracy"]))
+    image = tmp_path / "cat.png"
+    Image.fromarray(load_dataset(trained["root"] / "data/cifar10").test.images[0]).save(image)
+    predict.main([str(image)])
+    out, err = capsys.readouterr()
+    accuracy = float(version.tags["test_accuracy"])
+    expected = f"model: models:/cifar10-{stage}@champion (version {version.version}, "
+    assert expected + f"test accuracy {accuracy:.4f})" in err
+    assert out.split()[1] in CIFAR10_CLASSES
