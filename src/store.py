@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sqlite3
 import sys
 from pathlib import Path
@@ -99,7 +100,14 @@ def _sql_store(uri: str, root: Path) -> Any:
     database gets its Default experiment at <root>/0, like MLflow's own."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    return SqlAlchemyStore(uri, root.as_uri())
+    # no INFO lines ("Creating initial MLflow database tables...") in a stage's log
+    logger = logging.getLogger("mlflow.store.db.utils")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        return SqlAlchemyStore(uri, root.as_uri())
+    finally:
+        logger.setLevel(level)
 
 
 def prepare(uri: str) -> None:
