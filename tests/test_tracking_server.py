@@ -93,4 +93,3 @@ def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path
     # the artifacts live in the server's store, not in the project
     assert any((store / "artifacts").rglob("learning_curves.png"))
     assert not any((prepared / "mlruns").rglob("learning_curves.png"))
-    assert not (prepared / "mlflow.db").exists()
