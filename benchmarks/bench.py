@@ -331,7 +331,7 @@ def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iter
     if not track:
         yield tracking.Run(None)
         return
-    db = work_dir / "mlruns" / "mlflow.db"
+    db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.store)
     db.parent.mkdir(parents=True, exist_ok=True)
     with (
         tracking.use_store(f"sqlite:///{db}"),

@@ -1,27 +1,29 @@
 """Classify image files with a trained model.
 
-    python -m src.predict IMAGE... [--model models/improved.pt | models:/cifar10-improved@champion]
+    python -m src.predict IMAGE... [--model models/baseline.pt | models:/cifar10-improved@champion]
 
 Any PNG/JPEG (or other format Pillow reads) of any size: each image is centre-cropped
 to a square and resized to CIFAR-10's 32x32, then the model (which normalises and, for
 the ResNet, resizes as its stage did) gives the top-k classes with probabilities.
 `--model` takes a stage's model file or any MLflow model URI (`models:/<name>@<alias>`,
 `models:/<name>/<version>`, `runs:/<run id>/<stage>`), read from the project's
-tracking store or $MLFLOW_TRACKING_URI.
+tracking store or $MLFLOW_TRACKING_URI. Without `--model` it uses the best servable model
+that exists (`src.model_choice`: the registry's champions, else the stages' model files
+that are not smoke runs) and says which on stderr; with none, it lists what exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from src.cli import guarded
-from src.config import CIFAR10_CLASSES, resolve_path
+from src.config import CIFAR10_CLASSES, load_params, resolve_path
 from src.data import DataError
 
-DEFAULT_MODEL = "models/improved.pt"
 SIZE = 32
 
 
@@ -73,6 +75,16 @@ def load_predictor(model: str):
         raise WeightsError(f"{model}: cannot load this MLflow model ({first})") from None
 
 
+def default_model() -> str:
+    """The best servable model there is (`src.model_choice`), named on stderr."""
+    from src import model_choice
+
+    params = load_params()
+    chosen = model_choice.choose(params.common.experiment, resolve_path(params.common.paths.models))
+    print(f"model: {chosen.model} ({chosen.about})", file=sys.stderr)
+    return chosen.model
+
+
 def top_k(table, k: int) -> list[list[tuple[str, float]]]:
     probs = table[list(CIFAR10_CLASSES)].to_numpy()
     order = np.argsort(-probs, axis=1)[:, :k]
@@ -87,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"a stage's model file or an MLflow model URI (default {DEFAULT_MODEL})",
+        help="a stage's model file or an MLflow model URI (default: the best servable model "
+        "there is: a registry champion, else a stage's model file that is no smoke run)",
     )
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     args = parser.parse_args(argv)
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--top-k must be in 1..{len(CIFAR10_CLASSES)}")
 
     images = np.stack([load_image(path) for path in args.images])  # every file checked first
-    predict = load_predictor(args.model)
+    model = args.model or default_model()
+    predict = load_predictor(model)
     table = predict(images)
     width = max(len(str(path)) for path in args.images)
     for path, best in zip(args.images, top_k(table, args.top_k)):

@@ -56,11 +56,26 @@ def chart_key(name: str) -> str:
     return _CHART_KEYS.get(name, name)
 
 
+# Params logged under another name, so that a knob has one name in every stage: the
+# CNNs' input size sits in their model section, the ResNet's at the top of its own.
+RENAMED = {"model.image_size": "image_size"}
+
+
 def run_params(params: Any, section: Any, **extra: Any) -> dict[str, Any]:
     """What a run logs as params: the stage's own section flattened without the stage's
-    name (`model.filters`, `train.lr`, `weights`, ...), the shared `seed` and `profile`,
-    and `extra` (a trial's search-only knobs): one name per knob in every stage and trial."""
-    return {**flatten(section), "seed": params.common.seed, "profile": params.profile, **extra}
+    name (`model.filters`, `train.lr`, `weights`, ...; `RENAMED` applied), the shared
+    `seed` and `profile`, and `extra` (a trial's search-only knobs, a `profile` label):
+    one name per knob in every stage and trial."""
+    flat = {RENAMED.get(k, k): v for k, v in flatten(section).items()}
+    return {**flat, "seed": params.common.seed, "profile": params.profile, **extra}
+
+
+def run_name(stage: str, profile: str | None, dvc_exp_name: str = "") -> str:
+    """`baseline` for a full run; `baseline (quick)` for DVC experiment `quick`, and
+    `baseline (custom)` for edited params run outside an experiment: the runs list tells
+    them apart at a glance (the `profile` param and `dvc_exp_name` tag say it too)."""
+    label = dvc_exp_name or (profile if profile and profile != "full" else "")
+    return f"{stage} ({label})" if label else stage
 
 
 def describe_experiment(client: Any, exp_id: str, name: str) -> None:

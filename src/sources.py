@@ -331,14 +331,32 @@ def _is_official_archive(path: Path) -> bool:
         raise DataError(f"{path}: corrupt or truncated archive ({exc})") from exc
 
 
+def folder_digest(root: Path) -> str:
+    """sha256 of a folder's content: each file's path relative to `root` and its sha256,
+    in sorted order (no location, no file times)."""
+    h = hashlib.sha256()
+    for name, read in _iter_folder(root):
+        h.update(f"{name}\0{hashlib.sha256(read()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def describe_source(kind: str, path: Path) -> dict:
+    """The source as the manifest names it: its kind, file name and sha256 (of a folder:
+    `folder_digest`). No path, host or time: the same images give the same prepared
+    folder, and the same DVC hash, wherever the source lies and whoever prepares it."""
+    digest = folder_digest(path) if path.is_dir() else file_digest(path)
+    return {"kind": kind, "name": path.name, "sha256": digest}
+
+
 def read_source(cfg: DataConfig, raw_dir: Path) -> tuple[Split, Split, dict]:
-    """Resolve `cfg.source` and read it into (train, test, provenance)."""
+    """Resolve `cfg.source` and read it into (train, test, its `describe_source`). The
+    official archive is one kind, downloaded or a local copy: the same file."""
     if cfg.source == "official":
         archive = download(
             cfg.url, raw_dir / Path(cfg.url).name, cfg.md5, cfg.timeout_s, cfg.retries
         )
         train, test = read_official_archive(archive, cfg.md5)
-        return train, test, {"kind": "official-download", "url": cfg.url, "md5": cfg.md5}
+        return train, test, describe_source("official-archive", archive)
     path = Path(cfg.source).expanduser()
     if not path.exists():
         raise DataError(
@@ -347,7 +365,6 @@ def read_source(cfg: DataConfig, raw_dir: Path) -> tuple[Split, Split, dict]:
         )
     if _is_official_archive(path):
         train, test = read_official_archive(path, cfg.md5)
-        return train, test, {"kind": "official-archive", "path": str(path), "md5": cfg.md5}
+        return train, test, describe_source("official-archive", path)
     train, test = read_image_folder(path)
-    digest = file_digest(path) if path.is_file() else None
-    return train, test, {"kind": "image-folder", "path": str(path), "sha256": digest}
+    return train, test, describe_source("image-folder", path)

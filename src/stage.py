@@ -53,12 +53,8 @@ def run_training_stage(
     with tracking.stage_run(
         stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=tags
     ) as run:
-        run.log_dataset(  # on resume too: final metrics and the model link to it
-            dataset.manifest,
-            Layout().data,
-            dataset.train.images,
-            dataset.train.labels,
-        )
+        # on resume too: final metrics and the model link to the splits
+        run.log_datasets(dataset, Layout().data)
 
         log_validation = tracking.ValidationLogger(run)
         result = fit(

@@ -1,8 +1,9 @@
 """Experiment tracking: the one module that talks to MLflow.
 
-Default store: ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
-``<root>/mlruns/artifacts``, where <root> is the repository (``config.repo_root``: the
-one a ``--temp`` or queued experiment's temporary copy was made from).
+Default store: where MLflow 3 looks by itself from the repository root,
+``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlruns/<experiment id>/``
+(`src.store`), where <root> is the repository (``config.repo_root``: the one a
+``--temp`` or queued experiment's temporary copy was made from).
 ``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
 ``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
 training and benchmarks run on machines that have only torch.
@@ -19,19 +20,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.config import config_hash, flatten, project_root, repo_root
+from src import run_layout, store
+from src.config import config_hash, flatten, repo_root
 from src.dead_runs import close_dead_runs, identity_tags
+from src.provenance import git_info, params_changed, profile_label
 from src.run_layout import (  # noqa: F401 (CHART_GROUPS and chart_key: the stages' names)
     CHART_GROUPS,
     chart_key,
     describe_experiment,
-    run_params,
 )
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
@@ -58,9 +59,25 @@ def tracking_uri() -> str:
         return _store_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = repo_root() / "mlruns" / "mlflow.db"  # a --temp experiment's too
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    return store.default_uri(repo_root())  # a --temp experiment's too
+
+
+def check_store() -> None:
+    """Stop now (`store.StoreError`) when the project's runs sit at the old place, before
+    a stage does work it could not record."""
+    if tracking_enabled():
+        tracking_uri()
+
+
+def point_mlflow() -> str:
+    """Point MLflow at the project's store (`tracking_uri`), opened with MLflow's default
+    artifact layout whatever the working directory; the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    store.prepare(uri)
+    return uri
 
 
 _store_uri: str | None = None  # set by `use_store` while its block runs
@@ -82,48 +99,18 @@ def use_store(uri: str) -> Iterator[None]:
             sys.modules["mlflow"].set_tracking_uri(before)
 
 
-def artifact_location(experiment: str) -> str | None:
-    """A SQLite store keeps artifacts beside its database (mlruns/artifacts/<experiment>);
-    a tracking server or another database decides for itself."""
-    uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return None
-    # Decided from the URI, not from $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri sets
-    # that variable itself, so its presence says nothing about a server.
-    db = Path(uri.removeprefix("sqlite:///"))
-    return (db.parent / "artifacts" / experiment).as_uri()
-
-
-# Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
-# each stage, the metrics and history it keeps in git): a change there is the run's own
-# output, not an edit of the code or params it ran, so it does not make the tree dirty.
-DVC_WRITTEN = frozenset({"dvc.lock", "metrics.json", "history.csv"})
-
-
-def git_info(root: Path | None = None) -> dict[str, str]:
-    """The commit and whether code or params differ from it (`git_dirty`)."""
-    root = root or project_root()
-
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
-            )
-            return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    status = git("status", "--porcelain", "--untracked-files=no")  # "XY path" lines
-    changed = [line[2:].strip().split(" -> ")[-1] for line in status.splitlines()]
-    dirty = [path for path in changed if Path(path).name not in DVC_WRITTEN]
-    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+def run_params(params: Any, section: Any, **extra: Any) -> dict[str, Any]:
+    """`run_layout.run_params`, its `profile` labelled by `provenance.profile_label`
+    (a quick run's `-S` values say `quick`, other edits `custom`)."""
+    return run_layout.run_params(params, section, profile=profile_label(params.profile), **extra)
 
 
 def provenance_tags(stage: str, params: Any) -> dict[str, str]:
+    changed = ", ".join(params_changed())
     tags = {
         "stage": stage,
         "params_hash": config_hash(params),
+        "params_changed": _param_value(changed),  # keys that differ from the commit
         "dvc_stage": os.environ.get("DVC_STAGE", ""),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "python": sys.version.split()[0],
@@ -139,15 +126,16 @@ def provenance_tags(stage: str, params: Any) -> dict[str, str]:
 
 
 def set_experiment(name: str) -> str:
-    """Create (with its artifact root under mlruns/) or select an experiment; its id."""
+    """Create (artifacts under mlruns/<id>/ beside a SQLite store) or select an
+    experiment; its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = point_mlflow()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = client.create_experiment(name, artifact_location=artifact_location(name))
+            exp_id = store.create_experiment(client, uri, name)
         except Exception:  # another worker created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -174,7 +162,7 @@ class Run:
         # The status `stage_run` ends the run with when its block exits normally
         # (default FINISHED); e.g. FAILED for a crashed Optuna trial.
         self.end_status: str | None = None
-        self.dataset: Any = None  # the mlflow Dataset that metrics and models link to
+        self.datasets: dict[str, Any] = {}  # split -> mlflow Dataset that metrics link to
 
     @property
     def active(self) -> bool:
@@ -200,7 +188,7 @@ class Run:
         self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None
     ) -> None:
         """One value per metric; with `model_id` they are the model's figures too (the
-        Models tab shows them), measured on the run's data set."""
+        Models tab shows them), each linked to the split it was measured on."""
         if not self.active:
             return
         if model_id is None:
@@ -208,14 +196,18 @@ class Run:
             return
         import mlflow
 
-        mlflow.log_metrics(
-            {chart_key(k): float(v) for k, v in metrics.items()},
-            step=step or 0,
-            run_id=self.run_id,
-            model_id=model_id,
-            dataset=self.dataset,
-            synchronous=True,
-        )
+        by_split: dict[str | None, dict[str, float]] = {}
+        for name, value in metrics.items():  # in order: the Models tab shows that order
+            by_split.setdefault(metric_split(name), {})[chart_key(name)] = float(value)
+        for split, values in by_split.items():
+            mlflow.log_metrics(
+                values,
+                step=step or 0,
+                run_id=self.run_id,
+                model_id=model_id,
+                dataset=self.datasets.get(split),
+                synchronous=True,
+            )
 
     def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
         """Many (step, value) points in as few database writes as possible."""
@@ -287,38 +279,49 @@ class Run:
             smoke=smoke,
         )
 
-    def log_dataset(self, manifest: dict, data_dir: Path, images: Any, labels: Any) -> None:
-        """Record the prepared data set as the run's input (its digest, and its source:
-        the download URL, or the prepared folder for a local copy); final metrics and
-        models are linked to it."""
+    def log_datasets(self, dataset: Any, data_dir: Path) -> None:
+        """Record the prepared train, val and test splits (`dataset.train`, ... with their
+        manifest) as the run's inputs, each with its file's sha256 as digest; each final
+        metric and the model's figures link to the split they were measured on."""
         if not self.active:
             return
         import mlflow
 
-        source = manifest.get("source", {})
-        self.dataset = mlflow.data.from_numpy(
-            features=images,
-            targets=labels,
-            source=_dataset_source(source.get("url"), data_dir),
-            name=f"cifar10-{source.get('kind', 'prepared')}",
-            digest=config_hash(manifest.get("sha256", {})),
-        )
+        digests = dataset.manifest.get("sha256", {})
+        self.datasets = {
+            split: mlflow.data.from_numpy(
+                features=getattr(dataset, split).images,
+                targets=getattr(dataset, split).labels,
+                source=_dataset_source(data_dir / f"{split}.npz"),
+                name=f"cifar10-{split}",
+                digest=str(digests.get(f"{split}.npz", ""))[:16] or None,
+            )
+            for split in DATASET_CONTEXTS
+        }
         with activate(self.run_id):
-            mlflow.log_input(self.dataset, context="training")
+            for split, context in DATASET_CONTEXTS.items():
+                mlflow.log_input(self.datasets[split], context=context)
 
 
-def _dataset_source(url: str | None, data_dir: Path) -> Any:
+# The splits a run records as inputs, with MLflow's context tag for each.
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+_SPLIT_PREFIXES = (("test_", "test"), ("final_val_", "val"), ("final_train_", "train"))
+
+
+def metric_split(name: str) -> str | None:
+    """The split a final figure was measured on (`test_accuracy`: test), or None."""
+    return next((split for prefix, split in _SPLIT_PREFIXES if name.startswith(prefix)), None)
+
+
+def _dataset_source(path: Path) -> Any:
     """An explicit DatasetSource: given a plain string, MLflow 3.17 picks between two
     registrations of LocalArtifactDatasetSource and warns in every stage."""
     from mlflow.data.dataset_source_registry import get_registered_sources
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-    if url:
-        return HTTPDatasetSource(url)
     for source in get_registered_sources():
         if source.__name__ == "LocalArtifactDatasetSource":
-            return source(data_dir.as_uri())
-    return data_dir.as_uri()  # MLflow resolves it (and may warn)
+            return source(path.as_uri())
+    return path.as_uri()  # MLflow resolves it (and may warn)
 
 
 @contextlib.contextmanager
@@ -388,7 +391,7 @@ def stage_run(
         # identity tags at creation: a kill right after start_run leaves a closable run
         active = mlflow.start_run(
             run_id=run_id,
-            run_name=None if run_id else stage,
+            run_name=None if run_id else _run_name(stage, params, nested),
             nested=nested,
             tags=identity_tags(stage),
             log_system_metrics=system_metrics,
@@ -406,6 +409,14 @@ def stage_run(
             raise
         finally:
             mlflow.end_run(status=status)
+
+
+def _run_name(stage: str, params: Any, nested: bool) -> str:
+    """A top-level run says what it is beside its stage (`run_layout.run_name`)."""
+    if nested:
+        return stage
+    profile = params.get("profile") if isinstance(params, dict) else None
+    return run_layout.run_name(stage, profile, os.environ.get("DVC_EXP_NAME", ""))
 
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default 10 s leaves a short stage without any
@@ -439,7 +450,7 @@ def run_summary(run_id: str | None) -> dict[str, Any] | None:
         return None
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    point_mlflow()
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except Exception:  # another store, or a deleted run
@@ -476,9 +487,7 @@ def mark_run_killed(run_id: str) -> None:
     """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
     if not tracking_enabled():
         return
-    import mlflow
-
     from src import dead_runs
 
-    mlflow.set_tracking_uri(tracking_uri())
+    point_mlflow()
     dead_runs.mark_run_killed(run_id)

@@ -32,6 +32,7 @@ from tests.conftest import (
     N_TRAIN_PER_CLASS,
     archive_folder,
     write_image_folder,
+    write_official_archive,
 )
 
 
@@ -81,7 +82,12 @@ def test_download_official_archive_over_http(tmp_path, http_server, official_arc
     cfg = _cfg(url=f"{url}/{official_archive.name}", md5=file_digest(official_archive, "md5"))
     manifest = prepare_dataset(cfg, tmp_path / "out", tmp_path / "raw")
     _check_prepared(tmp_path / "out", tiny_cifar)
-    assert manifest["source"]["kind"] == "official-download"
+    # downloaded or a local copy: the same archive, named the same way
+    assert manifest["source"] == {
+        "kind": "official-archive",
+        "name": official_archive.name,
+        "sha256": file_digest(official_archive),
+    }
     # pixels survive the pickled CHW layout exactly
     ds = load_dataset(tmp_path / "out")
     all_images = np.concatenate([ds.train.images, ds.val.images])
@@ -455,3 +461,35 @@ def test_a_split_that_empties_a_class_names_val_fraction(tmp_path, official_arch
     assert info.value.key == "data.val_fraction"
     assert f"of the {N_TRAIN_PER_CLASS} training images of class 'airplane'" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["official", "tar.gz", "dir"])
+def test_the_same_source_at_two_paths_gives_a_byte_identical_folder(tmp_path, tiny_cifar, kind):
+    """The manifest names the source by kind, name and sha256 only: the prepared folder,
+    and so DVC's hash of it, is the same wherever the source lies."""
+    made = tmp_path / "made"
+    made.mkdir()
+    if kind == "official":
+        original = write_official_archive(made / "cifar-10-python.tar.gz", tiny_cifar)
+    else:
+        folder = write_image_folder(made / "cifar10-png", tiny_cifar)
+        original = folder if kind == "dir" else archive_folder(folder, made / "cifar10.tar.gz")
+    prepared = []
+    for where in ("alice/downloads", "bob/elsewhere/deeper"):
+        copy = tmp_path / where / original.name  # the same bytes, the same file name
+        copy.parent.mkdir(parents=True)
+        if original.is_dir():
+            shutil.copytree(original, copy)
+        else:
+            shutil.copyfile(original, copy)
+        md5 = {"md5": file_digest(copy, "md5")} if kind == "official" else {}
+        out = tmp_path / where / "prepared"
+        prepare_dataset(_cfg(source=str(copy), **md5), out, tmp_path / where / "raw")
+        prepared.append(out)
+    files = [{p.name: p.read_bytes() for p in out.iterdir()} for out in prepared]
+    assert files[0] == files[1]
+    assert sorted(files[0]) == ["manifest.json", "test.npz", "train.npz", "val.npz"]
+    manifest = json.loads(files[0]["manifest.json"])
+    assert set(manifest["source"]) == {"kind", "name", "sha256"}
+    assert manifest["source"]["name"] == original.name
+    assert str(tmp_path) not in files[0]["manifest.json"].decode()

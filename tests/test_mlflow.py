@@ -8,6 +8,8 @@ import contextlib
 import io
 import json
 import os
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,13 +17,14 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
 from src import registry, tracking
-from src.config import CIFAR10_CLASSES, load_params
+from src.config import CIFAR10_CLASSES, PROJECT_ROOT, load_params
 from src.data import load_dataset
 from src.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
@@ -48,7 +51,7 @@ def trained(tmp_path_factory, tiny_cifar):
             update_params(root, **{"baseline.train.dry_run": True})
             train_cnn.main(["baseline", "--no-progress"])
             update_params(root, **{"baseline.train.dry_run": False})
-        mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
         yield {"root": root, "warnings": list(caught), "stdout": out.getvalue()}
 
 
@@ -66,6 +69,8 @@ def test_one_param_name_per_knob_in_every_stage(trained):
         assert key in baseline.data.params
     assert not [k for k in baseline.data.params if k.startswith(("baseline.", "improved."))]
     assert baseline.data.params["profile"] == "full"
+    params = baseline.data.params
+    assert params["image_size"] == "32" and "model.image_size" not in params  # one name
     assert baseline.data.tags["stage"] == "baseline" and improved.data.tags["stage"] == "improved"
     # the DataFrame a user gets lines the stages up column by column
     frame = mlflow.search_runs(experiment_names=["cifar10"])
@@ -115,9 +120,29 @@ def test_models_are_registered_linked_to_metrics_and_smoke_runs_never_champion(t
     assert model.name == "baseline" and versions["1"].source == f"models:/{model.model_id}"
     linked = {m.key: m for m in model.metrics}
     assert linked["test_accuracy"].value == pytest.approx(full.data.metrics["test_accuracy"])
-    (data,) = full.inputs.dataset_inputs
-    assert linked["test_accuracy"].dataset_name == data.dataset.name == "cifar10-official-archive"
-    assert linked["test_accuracy"].dataset_digest == data.dataset.digest
+    # one input per split, and each figure linked to the split it was measured on
+    inputs = {i.dataset.name: i for i in full.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    contexts = {
+        n: {t.key: t.value for t in i.tags}["mlflow.data.context"] for n, i in inputs.items()
+    }
+    assert contexts == {
+        "cifar10-train": "training",
+        "cifar10-val": "validation",
+        "cifar10-test": "test",
+    }
+    manifest = load_dataset(trained["root"] / "data/cifar10").manifest
+    for metric, split in [
+        ("test_accuracy", "test"),
+        ("test_loss", "test"),
+        ("final_val_accuracy", "val"),
+        ("final_train_loss", "train"),
+    ]:
+        assert linked[metric].dataset_name == f"cifar10-{split}", metric
+        digest = inputs[f"cifar10-{split}"].dataset.digest
+        assert linked[metric].dataset_digest == digest == manifest["sha256"][f"{split}.npz"][:16]
+    shape = json.loads(inputs["cifar10-test"].dataset.profile)["features_shape"]
+    assert shape[0] == manifest["counts"]["test"]  # the test split, not the training set
 
 
 def test_champion_moves_only_to_a_better_full_budget_version(trained):
@@ -171,30 +196,36 @@ def test_stages_raise_no_needless_warnings(trained):
     assert not noisy
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def readme_command(prefix: str) -> list[str]:
+    """The README's command line that starts with `prefix`, as argv (comment and a
+    trailing `&` dropped)."""
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        if line.startswith(prefix):
+            argv = shlex.split(line, comments=True)
+            return argv[:-1] if argv[-1] == "&" else argv
+    raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
-def test_served_model_answers_http_with_labels(trained, tmp_path):
-    """`mlflow models serve` on 127.0.0.1 answers a real request (about 20 s)."""
+def _without_tracking_uri() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def test_the_readmes_serve_command_answers_in_the_project_root(trained, tmp_path):
+    """`mlflow models serve` exactly as the README prints it, typed in a project root
+    with no MLFLOW_TRACKING_URI, answers a real request (about 20 s)."""
     root = trained["root"]
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
+    argv = readme_command("mlflow models serve")
+    assert argv[:4] == ["mlflow", "models", "serve", "-m"] and "@champion" in argv[4]
+    port = int(argv[argv.index("-p") + 1])
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            pytest.skip(f"port {port}, the README's, is in use")
+    executable = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/cifar10-improved@champion",
-        ]
-        + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        [executable, *argv[1:]],
+        cwd=root,
+        env=_without_tracking_uri(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -238,6 +269,7 @@ def test_served_model_answers_http_with_labels(trained, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    assert not (root / "mlruns" / "mlflow.db").exists()
 
 
 def _post(url: str, payload: dict) -> tuple[int, str]:
@@ -249,6 +281,23 @@ def _post(url: str, payload: dict) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_mlflow_search_runs_in_the_project_root_finds_the_runs(trained):
+    code = (
+        "import mlflow; runs = mlflow.search_runs(experiment_names=['cifar10']); "
+        "print(sorted(set(runs['tags.mlflow.runName'])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=trained["root"],
+        env=_without_tracking_uri(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == "['baseline', 'download', 'improved']"
 
 
 def test_params_of_a_stage_run_and_its_smoke_reasons():
@@ -267,25 +316,25 @@ def test_chart_keys():
     assert tracking.chart_key("test_accuracy") == "test_accuracy"
 
 
-def test_git_dirty_ignores_what_dvc_repro_writes(tmp_path):
-    """`dvc repro` rewrites dvc.lock (and git-tracked metrics) between stages: a stage
-    run from a clean commit must still say git_dirty=false; an edited file says true."""
-    import subprocess
+def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys):
+    from PIL import Image
 
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    from src import predict
 
-    git("init", "-q")
-    for name in ("dvc.lock", "params.yaml", "metrics.json"):
-        (tmp_path / name).write_text("a\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
-    (tmp_path / "dvc.lock").write_text("b\n")
-    (tmp_path / "metrics.json").write_text("b\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "false"
-    (tmp_path / "params.yaml").write_text("b\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "true"
+    client = mlflow.MlflowClient()
+    champions = {
+        stage: client.get_model_version_by_alias(f"cifar10-{stage}", "champion")
+        for stage in ("baseline", "improved")
+    }
+    stage, version = max(champions.items(), key=lambda kv: float(kv[1].tags["test_accuracy"]))
+    image = tmp_path / "cat.png"
+    Image.fromarray(load_dataset(trained["root"] / "data/cifar10").test.images[0]).save(image)
+    predict.main([str(image)])
+    out, err = capsys.readouterr()
+    accuracy = float(version.tags["test_accuracy"])
+    expected = f"model: models:/cifar10-{stage}@champion (version {version.version}, "
+    assert expected + f"test accuracy {accuracy:.4f})" in err
+    assert out.split()[1] in CIFAR10_CLASSES
 
 
 # --------------------------------------------------------------------------- one version per run

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from src import predict
 from src.artifacts import write_model_file as save_model_file
-from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig
+from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig, TrainConfig
 from src.models import build_cnn, build_resnet
 from src.serving import Classifier
-from tests.conftest import _isolate
+from tests.conftest import _isolate, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,67 @@ def test_weights_for_another_architecture_are_refused(capsys, tmp_path, model_fi
     torch.save(payload, wrong)
     code, _, err = _run(capsys, images[0], "--model", wrong)
     assert code == 1 and "another architecture" in err
+
+
+# --------------------------------------------------------------------------- no --model
+
+
+@pytest.fixture
+def empty_project(tmp_path, monkeypatch) -> Path:
+    """A project root with params.yaml and nothing trained: no model file, no store."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(root, "official")))
+    _isolate(monkeypatch, root)
+    return root
+
+
+def _model(root: Path, stage: str, accuracy: float, subset: int = 0) -> Path:
+    torch.manual_seed(0)
+    cfg = {"model": ModelConfig(filters=(4, 8), fc=(16,)), "train": TrainConfig(subset=subset)}
+    path = root / "models" / f"{stage}.pt"
+    path.parent.mkdir(exist_ok=True)
+    save_model_file(path, build_cnn(cfg["model"]), stage, cfg, {"test_accuracy": accuracy})
+    return path
+
+
+def test_without_model_the_best_servable_file_is_used_and_named(capsys, empty_project, images):
+    best = _model(empty_project, "baseline", 0.70)
+    _model(empty_project, "improved", 0.90, subset=5000)  # better, but a smoke run
+    code, out, err = _run(capsys, images[0])
+    assert code == 0, err
+    assert f"model: {best} (test accuracy 0.7000)" in err
+    assert out.split()[1] in CIFAR10_CLASSES
+    assert not (empty_project / "mlflow.db").exists()  # looking did not create a store
+
+
+def test_without_any_servable_model_it_lists_what_exists(capsys, empty_project, images):
+    code, out, err = _run(capsys, images[0])
+    assert code == 1 and out == ""
+    assert "nothing: no registered model, no model file" in err
+    assert err.strip().splitlines()[-1].startswith("error: no servable model")
+    assert "dvc repro baseline" in err
+    smoke = _model(empty_project, "improved", 0.47, subset=10000)
+    code, _, err = _run(capsys, images[0])
+    assert code == 1
+    assert f"{smoke}: test accuracy 0.4700 (smoke: trained on 10000 images)" in err
+    assert f"--model {smoke}" in err
+
+
+def test_registered_smoke_versions_are_listed_not_used(capsys, empty_project, images):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{empty_project}/mlflow.db")
+    client.create_registered_model("cifar10-baseline")
+    client.create_model_version(
+        "cifar10-baseline",
+        "file:///nowhere",
+        tags={"servable": "false", "smoke": "profile quick", "test_accuracy": "0.388"},
+    )
+    code, _, err = _run(capsys, images[0])
+    assert code == 1
+    line = "models:/cifar10-baseline/1: test accuracy 0.3880, servable=false (smoke: profile quick)"
+    assert line in err
 
 
 def test_a_crafted_model_file_is_refused_by_name_and_kept(capsys, tmp_path, images):

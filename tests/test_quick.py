@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,86 @@ def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monk
     from src import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlruns/mlflow.db"
+    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
 
     monkeypatch.chdir(repo)  # an ordinary `dvc repro`: DVC_ROOT is the project
     assert project_root() == repo and repo_root() == repo.resolve()
+
+
+# --------------------------------------------------------------------------- its output
+
+
+def _toy_repo(root) -> None:
+    """A DVC project whose committed lock has an output of a stage that never ran."""
+
+    def run(*args):
+        subprocess.run(args, cwd=root, check=True, capture_output=True)
+
+    root.mkdir()
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    (root / "params.yaml").write_text("n: 1\n")
+    py = shlex.quote(sys.executable)
+    (root / "dvc.yaml").write_text(
+        "stages:\n"
+        "  made:\n"
+        f"    cmd: {py} -c \"open('made.txt', 'w').write('x')\"\n"
+        "    params: [n]\n"
+        "    outs: [made.txt]\n"
+        "  later:\n"
+        f"    cmd: {py} -c \"open('later.txt', 'w').write('y')\"\n"
+        "    deps: [made.txt]\n"
+        "    outs: [later.txt]\n"
+    )
+    (root / ".gitignore").write_text("/made.txt\n/later.txt\n")
+    run(sys.executable, "-m", "dvc", "repro", "-q", "made")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+
+
+def test_dvcs_warnings_about_outputs_no_stage_made_yet_are_dropped(tmp_path, capfd):
+    root = tmp_path / "toy"
+    _toy_repo(root)
+    command = ["dvc", "exp", "run", "--temp", "-n", "one", "-S", "n=2"]
+    plain = subprocess.run(
+        [sys.executable, "-m", *command], cwd=root, capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert quick.MISSING_OUTPUT in plain.stdout + plain.stderr  # what a user saw
+    capfd.readouterr()
+    assert quick.run_dvc([*command[:-3], "two", "-S", "n=3"], cwd=root) == 0
+    out, err = capfd.readouterr()
+    assert "Ran experiment(s): two" in out + err
+    assert quick.MISSING_OUTPUT not in out + err
+
+
+def test_the_summary_says_where_the_report_runs_and_models_are(project, monkeypatch):
+    import mlflow
+
+    from src import tracking
+    from src.config import load_params
+
+    monkeypatch.setenv("DVC_EXP_NAME", "quick")
+    params = load_params()
+    for stage in ("baseline", "report"):
+        with tracking.stage_run(stage, {"profile": "quick"}, system_metrics=False) as run:
+            if stage == "report":
+                run.log_text("# report", "report.html")
+                report_id = run.run_id
+            else:
+                client = mlflow.MlflowClient()
+                client.create_registered_model("cifar10-baseline")
+                client.create_model_version(
+                    "cifar10-baseline", "file:///x", run.run_id, tags={"smoke": "profile quick"}
+                )
+    monkeypatch.setenv("DVC_EXP_NAME", "other")
+    with tracking.stage_run("baseline", {"profile": "full"}, system_metrics=False):
+        pass  # another experiment's run: not listed
+    text = "\n".join(quick.summary("quick"))
+    exp_id = mlflow.MlflowClient().get_experiment_by_name(params.common.experiment).experiment_id
+    html = project / "mlruns" / exp_id / report_id / "artifacts" / "report.html"
+    assert html.is_file() and f"{html} (opens offline)" in text
+    assert f"#/experiments/{exp_id}/runs/{report_id}/artifacts" in text
+    assert "runs:    baseline (quick), report (quick)\n" in text
+    assert f"`mlflow ui` in {project}" in text and "?workflowType=machine_learning" in text
+    assert "models:/cifar10-baseline/1 (smoke: profile quick)" in text

@@ -39,7 +39,7 @@ def _metrics(root: Path) -> dict:
 
 
 def _runs(root: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("cifar10")
     return client.search_runs([exp.experiment_id], "attributes.run_name = 'baseline'")
@@ -142,7 +142,7 @@ def _kill_at(root: Path, module: str, attr: str, stage_module: str, argv: list |
 
 
 def _statuses(root: Path, name: str) -> dict[str, str]:
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("cifar10")
     runs = client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")

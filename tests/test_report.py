@@ -464,7 +464,7 @@ def test_report_stage_end_to_end(prepared):
     assert "My 3f text." in _section(again, "### Task 3f: overfitting (discussion)")
 
     # one MLflow run `report` with the report, its figures and the source run ids
-    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlflow.db")
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("cifar10")
     runs = client.search_runs(

@@ -301,7 +301,7 @@ def test_budget_is_cut_once_before_caching():
 
 
 def _client(root):
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     return mlflow.MlflowClient()
 
 

@@ -16,7 +16,7 @@ from tests.conftest import update_params
 
 
 def _client(root):
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     return mlflow.MlflowClient()
 
 
@@ -41,7 +41,9 @@ def test_download_stage_outputs_and_run(prepared):
     assert run.data.tags["git_commit"] and run.data.tags["params_hash"]
     artifacts = {a.path for a in _client(prepared).list_artifacts(run.info.run_id)}
     assert {"manifest.json", "figures"} <= artifacts
-    assert any((prepared / "mlruns" / "artifacts" / "cifar10").rglob("manifest.json"))
+    # MLflow's own layout: mlruns/<experiment id>/<run id>/artifacts/
+    exp_id = run.info.experiment_id
+    assert (prepared / "mlruns" / exp_id / run.info.run_id / "artifacts/manifest.json").is_file()
 
 
 @pytest.mark.parametrize("stage", ["baseline", "improved"])

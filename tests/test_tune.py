@@ -45,7 +45,7 @@ def _study(name: str, storage: str = "optuna/journal.log") -> optuna.Study:
 
 def _runs(root, study: str):
     """The study's parent run and its nested trial runs (ordered by trial number)."""
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("cifar10-tune")
     parents = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = 'tune-{study}'")

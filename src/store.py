@@ -1,0 +1,128 @@
+"""Where the MLflow store is: where MLflow 3 itself looks when run from the repository.
+
+MLflow 3 (mlflow/store/tracking/__init__.py, DEFAULT_TRACKING_URI), with no
+``MLFLOW_TRACKING_URI``, tracks into ``sqlite:///mlflow.db`` in the working directory, and
+its SQLite store puts each experiment's artifacts under ``./mlruns/<experiment id>/``
+(DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH, recorded as an absolute path per experiment). The
+project's store is exactly that, anchored at the repository root (`config.repo_root`: a
+``--temp`` experiment's temporary copy logs to the repository it was made from), so bare
+``mlflow ui``, ``mlflow models serve -m models:/...`` and ``mlflow.search_runs(...)``
+typed in the root find its runs and models with no flag and no variable.
+
+Any other ``sqlite:///<dir>/<file>`` store (the benchmark's temporary one, a user's
+``MLFLOW_TRACKING_URI``) gets the same layout beside its database; a tracking server or
+another database decides for itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from src.errors import EXIT_CONFIG, ProjectError
+
+STORE_FILE = "mlflow.db"  # MLflow 3's default: sqlite:///mlflow.db
+ARTIFACT_DIR = "mlruns"  # ... and ./mlruns/<experiment id>/ for artifacts
+OLD_STORE = f"{ARTIFACT_DIR}/{STORE_FILE}"  # where this project kept its store before
+
+
+class StoreError(ProjectError):
+    """The project's MLflow store is not where MLflow looks; the message says how to
+    move it. Nothing was tracked."""
+
+    exit_code = EXIT_CONFIG
+
+
+def default_uri(root: Path) -> str:
+    """``sqlite:///<root>/mlflow.db``: what MLflow 3 uses from `root` by itself. A store
+    left at the old place (mlruns/mlflow.db) stops it with the command that moves it."""
+    check_old_store(root)
+    return f"sqlite:///{root / STORE_FILE}"
+
+
+def check_old_store(root: Path) -> None:
+    """StoreError when the project's runs are in <root>/mlruns/mlflow.db and mlflow.db is
+    missing or holds nothing (a bare `mlflow` command made it); a note when both hold runs.
+    The artifact paths recorded in the old store are absolute: they stay valid after
+    the move."""
+    old, new = root / OLD_STORE, root / STORE_FILE
+    if not old.is_file():
+        return
+    move = f"`mv {OLD_STORE} {STORE_FILE}` in {root}"
+    if not new.exists():
+        raise StoreError(
+            f"MLflow store: {old} holds this project's runs, but MLflow 3 looks for "
+            f"{STORE_FILE} in the project root; move it there: {move} (its artifact paths are "
+            "absolute and stay valid), or set MLFLOW_TRACKING_URI=sqlite:///" + str(old)
+        )
+    if not holds_runs(new):
+        raise StoreError(
+            f"MLflow store: {new} holds no runs (a bare `mlflow` command made it) while {old} "
+            f"holds this project's: `rm {STORE_FILE} && mv {OLD_STORE} {STORE_FILE}` in {root}"
+        )
+    _note_once(f"note: {old} (this project's MLflow store before) is not read; runs go to {new}")
+
+
+def holds_runs(db: Path) -> bool:
+    """Whether the SQLite file `db` holds an MLflow run or registered model (read only)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+            return any(
+                table in tables and con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                for table in ("runs", "registered_models")
+            )
+    except sqlite3.Error:
+        return False
+
+
+@functools.cache
+def _note_once(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def artifact_root(uri: str) -> Path | None:
+    """<dir>/mlruns for a store ``sqlite:///<dir>/<file>`` (MLflow's own layout beside the
+    database); None for a tracking server or another database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR
+
+
+@functools.cache
+def _sql_store(uri: str, root: Path) -> Any:
+    """The SQLite store as MLflow builds it by default from the database's folder: a fresh
+    database gets its Default experiment at <root>/0, like MLflow's own."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # no INFO lines ("Creating initial MLflow database tables...") in a stage's log
+    logger = logging.getLogger("mlflow.store.db.utils")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        return SqlAlchemyStore(uri, root.as_uri())
+    finally:
+        logger.setLevel(level)
+
+
+def prepare(uri: str) -> None:
+    """Open (creating) a SQLite store with MLflow's default artifact layout, whatever the
+    working directory (a --temp experiment runs in its copy): MLflow resolves the default
+    ./mlruns against the working directory of the process that first opens the store."""
+    root = artifact_root(uri)
+    if root is not None:
+        _sql_store(uri, root)
+
+
+def create_experiment(client: Any, uri: str, name: str) -> str:
+    """A new experiment; in a SQLite store its artifacts go to <dir>/mlruns/<id>/, where
+    MLflow would put them when run from the database's folder."""
+    root = artifact_root(uri)
+    if root is None:
+        return client.create_experiment(name)
+    return _sql_store(uri, root).create_experiment(name)
