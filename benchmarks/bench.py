@@ -7,14 +7,14 @@
 For each model (its stage's section of params.yaml: model, optimizer, batch size,
 augmentation), on one device and in one process:
 
-  project    `src.train.fit` itself on a random subset of the prepared training
+  project    `src.training.loop.fit` itself on a random subset of the prepared training
              split, for a fixed number of steps, validating as configured (on
              `--eval-images` images), checkpointing as a stage does and, when mlflow
              is importable, logging every validation to a real MLflow run in a
              temporary store (`tracking.use_store`: the project's store is
              untouched). images/s is FitResult's: training steps only (data,
              augmentation, step, loop), evaluation excluded. ResNet goes through
-             `src.feature_cache.prepare_resnet_training`, so with feature caching on (the
+             `src.training.feature_cache.prepare_resnet_training`, so with feature caching on (the
              stage's default) the project trains the head on cached features.
   reference  the course's loop: a Dataset turning each uint8 image into a PIL image
              for torchvision transforms (RandomCrop(32, padding) and
@@ -59,10 +59,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from src import tracking
-from src.augment import input_pipeline
 from src.cli import guarded
-from src.config import (
+from src.config.params import (
     PARAMS_FILE,
     Layout,
     Params,
@@ -72,11 +70,12 @@ from src.config import (
     project_root,
     to_dict,
 )
-from src.data import load_dataset
-from src.device import Placement, resolve_device, synchronize
-from src.feature_cache import prepare_resnet_training
-from src.models import build_cnn, build_resnet, count_parameters
-from src.train import (
+from src.data.prepare import load_dataset
+from src.tracking import runs as tracking
+from src.training.augment import input_pipeline
+from src.training.device import Placement, resolve_device, synchronize
+from src.training.feature_cache import prepare_resnet_training
+from src.training.loop import (
     FitResult,
     Pipeline,
     TensorSplits,
@@ -85,6 +84,7 @@ from src.train import (
     set_train_mode,
     train_step,
 )
+from src.training.models import build_cnn, build_resnet, count_parameters
 
 MODELS = ("baseline", "improved", "resnet")
 PATHS = ("floor", "project", "reference")
@@ -331,7 +331,7 @@ def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iter
     if not track:
         yield tracking.Run(None)
         return
-    db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.store)
+    db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.tracking.store)
     db.parent.mkdir(parents=True, exist_ok=True)
     with (
         tracking.use_store(f"sqlite:///{db}"),

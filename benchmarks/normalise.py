@@ -2,7 +2,7 @@
 
     python benchmarks/normalise.py [--repeats 7] [--json benchmarks/cpu_normalise.json]
 
-`before` is the expression `src.augment.to_float_nchw` used until 2026-11-27 (five
+`before` is the expression `src.training.augment.to_float_nchw` used until 2026-11-27 (five
 passes and three temporaries); `after` is the function now. Both give identical
 bits. Rounds interleave the two; medians of milliseconds per batch are printed.
 """
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.augment import to_float_nchw  # noqa: E402
+from src.training.augment import to_float_nchw  # noqa: E402
 
 MEAN = torch.tensor((0.5, 0.5, 0.5)).view(1, 3, 1, 1)
 STD = torch.tensor((0.25, 0.25, 0.25)).view(1, 3, 1, 1)

@@ -7,13 +7,13 @@ The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
 
 from __future__ import annotations
 
-from src import tracking
 from src.artifacts import StagePaths, atomic_write_json
 from src.cli import guarded
-from src.config import Layout, Params, load_params
-from src.data import load_dataset, prepare_dataset
-from src.plots import sample_grid
+from src.config.params import Layout, Params, load_params
+from src.data.prepare import load_dataset, prepare_dataset
+from src.report.figures import sample_grid
 from src.stage_lock import stage_lock
+from src.tracking import runs as tracking
 
 STAGE = "download"
 SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json

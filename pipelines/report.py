@@ -15,10 +15,12 @@ import re
 import sys
 from pathlib import Path
 
-from src import report, report_html, tracking
 from src.artifacts import atomic_write_bytes
 from src.cli import guarded
-from src.config import Layout, load_params, project_root
+from src.config.params import Layout, load_params, project_root
+from src.report import build as report
+from src.report import html as report_html
+from src.tracking import runs as tracking
 
 STAGE = "report"
 

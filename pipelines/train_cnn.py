@@ -10,14 +10,14 @@ import argparse
 
 import torch
 
-from src.augment import input_pipeline
 from src.cli import guarded
-from src.config import Params, check_device, load_params
-from src.device import prepare_device
-from src.models import build_cnn, count_parameters
+from src.config.params import Params, check_device, load_params
 from src.stage import load_data, run_training_stage
 from src.stage_lock import stage_lock
-from src.train import check_train_size
+from src.training.augment import input_pipeline
+from src.training.device import prepare_device
+from src.training.loop import check_train_size
+from src.training.models import build_cnn, count_parameters
 
 STAGES = ("baseline", "improved")
 

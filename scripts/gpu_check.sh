@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one go, on a lent GPU machine (BENCHMARKS.md, "GPU"):
-#   1. prepare the data set from the carried image-folder archive (src.data.prepare_dataset)
+#   1. prepare the data set from the carried image-folder archive (src.data.prepare.prepare_dataset)
 #   2. python -m benchmarks.bench on CUDA: baseline, improved, ResNet18 at 224 px
 #   3. the three full-size stages (pipelines.train_cnn, pipelines.resnet), tracking off,
 #      each timed, in a scratch project root (the repo's data/, models/, reports/ untouched)
@@ -67,8 +67,8 @@ start=$(ms)
 "$PY" - "$archive" "$DATA" <<'EOF'
 import dataclasses, sys
 from pathlib import Path
-from src.config import load_params
-from src.data import prepare_dataset
+from src.config.params import load_params
+from src.data.prepare import prepare_dataset
 cfg = dataclasses.replace(load_params().data, source=sys.argv[1])
 manifest = prepare_dataset(cfg, Path(sys.argv[2]), Path(sys.argv[2]).parent / "raw")
 print("[gpu_check] prepared", manifest["counts"], "from", sys.argv[1])
@@ -95,7 +95,7 @@ if [[ -f "$CARRY/$WEIGHTS_FILE" ]]; then
 fi
 "$PY" - "$ROOT/params.yaml" "$DATA" "$weights" "$SMOKE" <<'EOF'
 import sys, yaml
-from src.config import PROJECT_ROOT
+from src.config.params import PROJECT_ROOT
 out, data, weights, smoke = sys.argv[1:]
 raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 raw["common"]["paths"]["data"] = data
@@ -123,7 +123,7 @@ from pathlib import Path
 results, prepare_ms, *walls_ms, weights = sys.argv[1:]
 walls = [int(w) / 1000 for w in walls_ms]
 try:
-    from src.report import REFERENCE  # the course's accuracies (needs pandas)
+    from src.report.build import REFERENCE  # the course's accuracies (needs pandas)
 except Exception as exc:  # a summary without the comparison beats no summary
     print(f"[gpu_check] no course accuracies to compare with: {exc}")
     REFERENCE = {}

@@ -6,7 +6,7 @@ pickle names globals that reader does not build (which could run code) is refuse
 it and them; the refusal is recognised by disassembling the pickle, never by the wording
 of torch's message.
 
-Outputs of training stage <name> (folders: `src.config.Layout`, fixed; dvc.yaml names the
+Outputs of training stage <name> (folders: `src.config.params.Layout`, fixed; dvc.yaml names the
 same files), in the order the stage writes them:
     reports/<name>/history.csv       one row per validation (DVC plots)
     reports/<name>/learning_curves.png, confusion_matrix.png
@@ -20,7 +20,7 @@ deletes the outs while an earlier run of the stage still trains (see `src.stage_
 takes nothing that run needs.
 A kill between two writes leaves files of two runs side by side; the links (run id
 and final figures shared with metrics.json, the history digest) let the report
-refuse such a mix (`src.report.load_inputs`).
+refuse such a mix (`src.report.build.load_inputs`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.config import Layout, config_hash, to_dict
+from src.config.params import Layout, config_hash, to_dict
 from src.errors import WeightsError
 
 if TYPE_CHECKING:

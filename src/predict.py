@@ -8,7 +8,7 @@ the ResNet, resizes as its stage did) gives the top-k classes with probabilities
 `--model` takes a stage's model file or any MLflow model URI (`models:/<name>@<alias>`,
 `models:/<name>/<version>`, `runs:/<run id>/<stage>`), read from the project's
 tracking store or $MLFLOW_TRACKING_URI. Without `--model` it uses the best servable model
-that exists (`src.model_choice`: the registry's champions, else the stages' model files
+that exists (`src.tracking.model_choice`: the registry's champions, else the stages' model files
 that are not smoke runs) and says which on stderr; with none, it lists what exists.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from src.cli import guarded
-from src.config import CIFAR10_CLASSES, load_params, resolve_path
-from src.data import DataError
+from src.config.params import CIFAR10_CLASSES, load_params, resolve_path
+from src.data.prepare import DataError
 
 SIZE = 32
 
@@ -37,7 +37,7 @@ def load_image(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    from src.sources import too_large_is_an_error
+    from src.data.sources import too_large_is_an_error
 
     try:
         with too_large_is_an_error(), Image.open(path) as img:
@@ -57,16 +57,15 @@ def is_mlflow_uri(model: str) -> bool:
 
 def load_predictor(model: str):
     """A callable: uint8 (N, 32, 32, 3) -> DataFrame with one column per class."""
-    from src.models import WeightsError
+    from src.training.models import WeightsError
 
     if not is_mlflow_uri(model):
-        from src.serving import Classifier
+        from src.tracking.serving import Classifier
 
         return Classifier.from_file(resolve_path(model))
     import mlflow
 
-    from src import tracking
-
+    from src.tracking import runs as tracking
     mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
         return mlflow.pyfunc.load_model(model).predict
@@ -76,9 +75,8 @@ def load_predictor(model: str):
 
 
 def default_model() -> str:
-    """The best servable model there is (`src.model_choice`), named on stderr."""
-    from src import model_choice
-
+    """The best servable model there is (`src.tracking.model_choice`), named on stderr."""
+    from src.tracking import model_choice
     params = load_params()
     chosen = model_choice.choose(params.common.experiment, resolve_path(params.common.paths.models))
     print(f"model: {chosen.model} ({chosen.about})", file=sys.stderr)

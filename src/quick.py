@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from src.cli import guarded
-from src.config import (
+from src.config.params import (
     ConfigError,
     load_params,
     load_raw,
@@ -137,8 +137,7 @@ def run_dvc(command: list[str], cwd: Path | None = None) -> int:
 def summary(name: str, since_ms: int = 0) -> list[str]:
     """Where experiment `name`'s report, runs and models are: its MLflow runs (tag
     `dvc_exp_name`) started since `since_ms`."""
-    from src import tracking
-
+    from src.tracking import runs as tracking
     if not tracking.tracking_enabled():
         return [f"Experiment {name!r} done (tracking is off: no MLflow runs)."]
     import mlflow

@@ -10,13 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from src import artifacts, registry, tracking
+from src import artifacts
 from src.artifacts import StagePaths
-from src.checkpoint import load_checkpoint
-from src.config import Layout, Params, TrainConfig, config_hash, to_dict
-from src.data import Dataset, load_dataset
-from src.device import Placement
-from src.train import FitResult, Pipeline, TensorSplits, fit
+from src.config.params import Layout, Params, TrainConfig, config_hash, to_dict
+from src.data.prepare import Dataset, load_dataset
+from src.tracking import registry
+from src.tracking import runs as tracking
+from src.training.checkpoint import load_checkpoint
+from src.training.device import Placement
+from src.training.loop import FitResult, Pipeline, TensorSplits, fit
 
 
 def run_training_stage(
@@ -132,8 +134,7 @@ def write_outputs(
     run,
 ) -> None:
     """Everything but metrics.json (written last, by the caller), model file last."""
-    from src import plots
-
+    from src.report import figures as plots
     history_sha256 = artifacts.write_history(paths.history, result.history)
     curves = plots.learning_curves(result.history, stage)
     tracking.write_figure(curves, paths.learning_curves, run)

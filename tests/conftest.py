@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.config import CIFAR10_CLASSES, PROJECT_ROOT
+from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT
 
 N_TRAIN_PER_CLASS = 20
 N_TEST_PER_CLASS = 6
@@ -115,7 +115,7 @@ def tiny_params(root: Path, source: str) -> dict:
 
 def write_project(root: Path, archive: Path) -> Path:
     """A project root holding the shrunk params.yaml that reads `archive`."""
-    from src.data import file_digest
+    from src.data.prepare import file_digest
 
     root.mkdir(parents=True)
     raw = tiny_params(root, str(archive))

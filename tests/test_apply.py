@@ -10,7 +10,7 @@ import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from src.config import PROJECT_ROOT, flatten, load_params, to_dict
+from src.config.params import PROJECT_ROOT, flatten, load_params, to_dict
 from src.tune import BudgetConfig, trial_section
 from src.tune.apply import write_best_params
 
@@ -133,7 +133,6 @@ def test_apply_proposes_nothing_when_the_hand_tuned_design_wins(tmp_path):
 
 def test_the_apply_command_says_the_hand_tuned_design_won(project, capsys):
     from src import tune
-
     journal = project / "optuna" / "journal.log"
     journal.parent.mkdir()
     _hand_tuned_wins(tune.open_storage(str(journal)).storage)

@@ -14,17 +14,17 @@ import torch
 import yaml
 
 from benchmarks import bench
-from src import tracking
-from src.config import PROJECT_ROOT
+from src.config.params import PROJECT_ROOT
+from src.tracking import runs as tracking
 from tests.conftest import tiny_params
 
 LIGHT_MODULES = (
-    "src.train",
-    "src.augment",
-    "src.data",
-    "src.models",
+    "src.training.loop",
+    "src.training.augment",
+    "src.data.prepare",
+    "src.training.models",
     "src.stage",
-    "src.feature_cache",
+    "src.training.feature_cache",
     "benchmarks.bench",
 )
 HEAVY_PACKAGES = ("mlflow", "optuna", "dvc", "pandas", "matplotlib", "yaml", "sqlalchemy")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from src.config import (
+from src.config.params import (
     PROJECT_ROOT,
     ConfigError,
     check_required,

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.config import ConfigError, DataConfig
-from src.data import (
+from src.config.params import ConfigError, DataConfig
+from src.data.prepare import (
     PRODUCER,
     DataError,
     file_digest,
     load_dataset,
     prepare_dataset,
 )
-from src.sources import BatchUnpickler
+from src.data.sources import BatchUnpickler
 from tests.conftest import (
     N_TEST_PER_CLASS,
     N_TRAIN_PER_CLASS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import PROJECT_ROOT
+from src.config.params import PROJECT_ROOT
 
 PACKAGES = ("src", "pipelines", "benchmarks")  # top-level packages: empty __init__.py
 
@@ -68,9 +68,9 @@ def test_stage_code_deps_are_exactly_its_imports(name):
 
 def test_closure_follows_lazy_imports_and_packages():
     closure = code_closure("src.tune.__main__")
-    assert {"src/tune/__init__.py", "src/tune/search.py", "src/train.py"} <= closure
-    # src.report imports src.models inside a function only
-    assert "src/models.py" in code_closure("src.report")
+    assert {"src/tune/__init__.py", "src/tune/search.py", "src/training/loop.py"} <= closure
+    # src.report.build imports src.training.models inside a function only
+    assert "src/training/models.py" in code_closure("src.report.build")
 
 
 # --------------------------------------------------------------------------- fixed layout
@@ -83,10 +83,10 @@ def _names(entries: list) -> set[str]:
 def _code_layout() -> dict:
     """Every out, metric and data dep of each stage, as the code writes and reads them."""
     from pipelines.download import SAMPLES_FILE
-    from src import report
     from src.artifacts import StagePaths
-    from src.config import Layout
-    from src.data import MANIFEST
+    from src.config.params import Layout
+    from src.data.prepare import MANIFEST
+    from src.report import build as report
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 
@@ -147,7 +147,7 @@ def test_dvc_yaml_paths_are_exactly_the_code_layout():
 
 def test_no_out_holds_what_must_survive_a_rerun():
     """Downloaded archives, checkpoints and stage locks, the MLflow store: never outs."""
-    from src.config import Layout
+    from src.config.params import Layout
 
     layout = Layout(Path())
     kept = (layout.raw, layout.checkpoints, Path("mlruns"), Path("optuna"))

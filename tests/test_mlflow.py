@@ -23,10 +23,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from src import registry, tracking
-from src.config import CIFAR10_CLASSES, PROJECT_ROOT, load_params
-from src.data import load_dataset
-from src.serving import Classifier
+from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT, load_params
+from src.data.prepare import load_dataset
+from src.tracking import registry
+from src.tracking import runs as tracking
+from src.tracking.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
 
 
@@ -320,7 +321,6 @@ def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys)
     from PIL import Image
 
     from src import predict
-
     client = mlflow.MlflowClient()
     champions = {
         stage: client.get_model_version_by_alias(f"cifar10-{stage}", "champion")
@@ -347,8 +347,8 @@ def registry_store(tmp_path, monkeypatch):
     import torch
 
     from src.artifacts import write_model_file
-    from src.config import ModelConfig
-    from src.models import build_cnn
+    from src.config.params import ModelConfig
+    from src.training.models import build_cnn
 
     _isolate(monkeypatch, tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

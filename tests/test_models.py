@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.config import PROJECT_ROOT, ConfigError, ModelConfig, load_params
-from src.models import build_cnn, count_parameters
+from src.config.params import PROJECT_ROOT, ConfigError, ModelConfig, load_params
+from src.training.models import build_cnn, count_parameters
 
 PARAMS = load_params(PROJECT_ROOT / "params.yaml")
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from src import artifacts
-from src.augment import InputPipeline, input_pipeline
-from src.checkpoint import load_checkpoint
-from src.config import ModelConfig, ResNetConfig, TrainConfig
-from src.device import Placement, to_device_async
-from src.feature_cache import prepare_resnet_training
-from src.models import build_cnn, build_resnet
-from src.train import TensorSplits, evaluate, fit
+from src.config.params import ModelConfig, ResNetConfig, TrainConfig
+from src.training.augment import InputPipeline, input_pipeline
+from src.training.checkpoint import load_checkpoint
+from src.training.device import Placement, to_device_async
+from src.training.feature_cache import prepare_resnet_training
+from src.training.loop import TensorSplits, evaluate, fit
+from src.training.models import build_cnn, build_resnet
 from tests.conftest import make_images
 
 GPU_LIKE = Placement(torch.device("cpu"), bf16=True, channels_last=True)

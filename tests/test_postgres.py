@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from src import tune
-from src.config import PROJECT_ROOT
+from src.config.params import PROJECT_ROOT
 
 PG_URL = os.environ.get("CIFAR_MLOPS_PG_URL")
 pytestmark = [

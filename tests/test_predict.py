@@ -14,9 +14,9 @@ from PIL import Image
 
 from src import predict
 from src.artifacts import write_model_file as save_model_file
-from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig, TrainConfig
-from src.models import build_cnn, build_resnet
-from src.serving import Classifier
+from src.config.params import CIFAR10_CLASSES, ModelConfig, ResNetConfig, TrainConfig
+from src.tracking.serving import Classifier
+from src.training.models import build_cnn, build_resnet
 from tests.conftest import _isolate, tiny_params
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import provenance, run_layout
-from src.config import PROJECT_ROOT, load_raw, set_param_args
+from src.config.params import PROJECT_ROOT, load_raw, set_param_args
 from src.quick import quick_overrides
+from src.tracking import naming as run_layout
+from src.tracking import provenance
 
 
 def _git(root: Path, *args: str) -> None:
@@ -104,8 +105,8 @@ def test_a_quick_experiments_run_says_quick_and_is_clean(repo, monkeypatch):
     DVC_EXP_NAME and writes the -S values into the copy's params.yaml)."""
     import mlflow
 
-    from src import tracking
-    from src.config import load_params
+    from src.config.params import load_params
+    from src.tracking import runs as tracking
     from tests.conftest import _isolate
 
     _isolate(monkeypatch, repo)

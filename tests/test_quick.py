@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from src import quick
-from src.config import (
+from src.config.params import (
     PROJECT_ROOT,
     ConfigError,
     load_params,
@@ -149,8 +149,7 @@ def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monk
     monkeypatch.chdir(copy / "src")
     assert project_root() == copy.resolve()
 
-    from src import tracking
-
+    from src.tracking import runs as tracking
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
 
@@ -208,8 +207,8 @@ def test_dvcs_warnings_about_outputs_no_stage_made_yet_are_dropped(tmp_path, cap
 def test_the_summary_says_where_the_report_runs_and_models_are(project, monkeypatch):
     import mlflow
 
-    from src import tracking
-    from src.config import load_params
+    from src.config.params import load_params
+    from src.tracking import runs as tracking
 
     monkeypatch.setenv("DVC_EXP_NAME", "quick")
     params = load_params()

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from src.config import PROJECT_ROOT
+from src.config.params import PROJECT_ROOT
 from tests.conftest import update_params
 from tests.test_tracking_server import mlflow_server  # noqa: F401 (a fixture)
 
@@ -185,7 +185,7 @@ def test_stage_killed_while_registering_leaves_one_tagged_version(prepared: Path
 
     update_params(prepared, **{"baseline.train.dry_run": True})  # a smoke run
     argv = ["baseline", "--no-progress"]
-    _kill_at(prepared, "src.registry", "register_version", "train_cnn", argv)
+    _kill_at(prepared, "src.tracking.registry", "register_version", "train_cnn", argv)
     assert (prepared / "checkpoints/baseline.pt").exists()
     mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
@@ -214,7 +214,7 @@ def _dead_worker() -> str:
 
 
 def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
-    from src import tracking
+    from src.tracking import runs as tracking
     from src.workers import worker_id
 
     exp = tracking.set_experiment("cifar10")
@@ -344,7 +344,7 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
 
 
 def test_resuming_never_marks_a_live_run_killed(project: Path):
-    from src import tracking
+    from src.tracking import runs as tracking
     from src.workers import worker_id
 
     exp = tracking.set_experiment("cifar10")

@@ -16,10 +16,11 @@ import mlflow
 import pytest
 import yaml
 
-from src import report, report_html
-from src.config import PROJECT_ROOT, load_params, to_dict
-from src.models import build_cnn
-from src.report_stages import stage_cost
+from src.config.params import PROJECT_ROOT, load_params, to_dict
+from src.report import build as report
+from src.report import html as report_html
+from src.report.sections import stage_cost
+from src.training.models import build_cnn
 from tests.conftest import update_params
 
 HEADINGS = [
@@ -489,7 +490,6 @@ def _interrupt_stage_at(monkeypatch, name: str, when) -> None:
     """Run the baseline stage with `src.artifacts.<name>` interrupted when `when(args)`."""
     from pipelines import train_cnn
     from src import artifacts as stage_module
-
     real = getattr(stage_module, name)
 
     def interrupted(*args, **kwargs):

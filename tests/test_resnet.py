@@ -17,18 +17,23 @@ import torch
 import yaml
 
 from src.artifacts import load_model_file
-from src.augment import InputPipeline
-from src.config import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
-from src.device import Placement
-from src.feature_cache import cache_plan, describe_weights, prepare_resnet_training, select_budget
-from src.models import (
+from src.config.params import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
+from src.training.augment import InputPipeline
+from src.training.device import Placement
+from src.training.feature_cache import (
+    cache_plan,
+    describe_weights,
+    prepare_resnet_training,
+    select_budget,
+)
+from src.training.loop import TensorSplits, fit
+from src.training.models import (
     ResNetPart,
     WeightsError,
     build_resnet,
     imagenet_weights_path,
     split_resnet,
 )
-from src.train import TensorSplits, fit
 from tests.conftest import make_images, update_params
 
 CPU = Placement(torch.device("cpu"))
@@ -284,7 +289,7 @@ def test_cache_features_only_when_the_frozen_inputs_never_change(monkeypatch):
     for reason, cfg in cases.items():
         prefix, note = cache_plan(build_resnet(cfg), cfg, 1000, CPU)
         assert prefix is None and reason in note
-    monkeypatch.setattr("src.feature_cache._free_memory_bytes", lambda device: 10_000_000)
+    monkeypatch.setattr("src.training.feature_cache._free_memory_bytes", lambda device: 10_000_000)
     prefix, note = cache_plan(model, _cfg(), 60_000, CPU)
     assert prefix is None and "GB" in note  # 60k x 256x2x2 floats would not fit
 

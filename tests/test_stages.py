@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from src.artifacts import load_model_file
-from src.config import PROJECT_ROOT, load_params
-from src.models import WeightsError, build_cnn
+from src.config.params import PROJECT_ROOT, load_params
+from src.training.models import WeightsError, build_cnn
 from tests.conftest import update_params
 
 
@@ -124,7 +124,6 @@ def test_two_runs_with_one_seed_give_identical_metrics(prepared):
 def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
     from pipelines import train_cnn
     from src import stage as stage_module
-
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
@@ -165,7 +164,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
     """Each crafted checkpoint stops the stage (exit 1, one line naming the file and the
     global) and stays as it was: no run from step 0 overwrites the evidence."""
     from pipelines import train_cnn
-    from src.checkpoint import CHECKPOINT_VERSION
+    from src.training.checkpoint import CHECKPOINT_VERSION
     from tests.crafted import crafted_files
 
     marker = prepared / "code-ran"

@@ -13,7 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from src import store, tracking
+from src.tracking import runs as tracking
+from src.tracking import store
 from tests.conftest import _isolate
 
 

@@ -1,11 +1,11 @@
-"""Tests for src.theory (Task 1 of the report)."""
+"""Tests for src.report.theory (Task 1 of the report)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from src.theory import (
+from src.report.theory import (
     SOBEL_X,
     TASK1_IMAGE,
     conv_output_size,

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from src.augment import InputPipeline, random_crop, random_hflip
-from src.config import AugmentConfig, ModelConfig, TrainConfig
-from src.models import build_cnn
-from src.train import NonFiniteLossError, TensorSplits, evaluate, fit, should_early_stop
+from src.config.params import AugmentConfig, ModelConfig, TrainConfig
+from src.training.augment import InputPipeline, random_crop, random_hflip
+from src.training.loop import NonFiniteLossError, TensorSplits, evaluate, fit, should_early_stop
+from src.training.models import build_cnn
 from tests.conftest import make_images
 
 TINY_MODEL = ModelConfig(filters=(8, 16), kernel_size=3, fc=(16,))
@@ -152,7 +152,7 @@ def test_augmentation_only_touches_training_batches():
 
 
 def test_train_config_rejects_nesterov_without_momentum():
-    from src.config import ConfigError
+    from src.config.params import ConfigError
 
     with pytest.raises(ConfigError, match="nesterov"):
         dataclasses.replace(_cfg(), nesterov=True)
@@ -187,7 +187,7 @@ def test_epochs_drop_the_last_partial_batch_and_evaluation_sees_every_image():
 
 def test_course_schedule_at_batch_64():
     """45,000 images at batch 64: 703 steps an epoch, a validation every 351."""
-    from src.train import train_size
+    from src.training.loop import train_size
 
     cfg = _cfg(batch_size=64, validations_per_epoch=2)
     steps = train_size(45_000, cfg) // cfg.batch_size
@@ -195,8 +195,8 @@ def test_course_schedule_at_batch_64():
 
 
 def test_training_set_smaller_than_a_batch_is_a_config_error():
-    from src.config import ConfigError
-    from src.train import check_train_size
+    from src.config.params import ConfigError
+    from src.training.loop import check_train_size
 
     with pytest.raises(ConfigError, match=r"'baseline\.train\.subset'.*fewer than one batch"):
         _fit(_cfg(subset=10, batch_size=16), params_key="baseline.train")
@@ -208,7 +208,7 @@ def test_training_set_smaller_than_a_batch_is_a_config_error():
 def test_resume_after_the_early_stop_does_not_train_on(tmp_path, monkeypatch):
     """Killed during the final evaluation of a run that has decided to stop: the
     resumed run only evaluates, and ends exactly as the uninterrupted one."""
-    import src.train as train_module
+    import src.training.loop as train_module
 
     cfg = _cfg(optimizer="adam", lr=1e-2, epochs=20, early_stop_count=3)
     data = _splits(shuffle_val_labels=True)
@@ -254,7 +254,7 @@ class _WritesMarker:
 
 
 def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
-    from src.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+    from src.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
 
     marker = tmp_path / "code-ran"
     ckpt = tmp_path / "ckpt.pt"
@@ -273,7 +273,7 @@ def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
 def test_every_crafted_checkpoint_is_refused_by_what_it_names(tmp_path):
     """os.system, os.popen, subprocess.Popen, eval, exec: whatever words torch uses for
     each, the refusal names the file and the global, and the file stays as it was."""
-    from src.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+    from src.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
     from tests.crafted import crafted_files, is_live
 
     marker = tmp_path / "code-ran"
@@ -295,7 +295,7 @@ def test_every_crafted_checkpoint_is_refused_by_what_it_names(tmp_path):
 
 
 def test_a_torn_or_garbage_checkpoint_is_ignored_not_refused(tmp_path, capsys):
-    from src.checkpoint import load_checkpoint
+    from src.training.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"version": 2, "config_key": "k", "w": torch.ones(3)}, ckpt)

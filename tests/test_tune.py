@@ -20,9 +20,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from src import tracking, tune
-from src.config import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
-from src.train import FitResult, NonFiniteLossError
+from src import tune
+from src.config.params import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
+from src.tracking import runs as tracking
+from src.training.loop import FitResult, NonFiniteLossError
 from src.tune import search
 
 PARAMS = PROJECT_ROOT / "params.yaml"

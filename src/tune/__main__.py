@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from src.cli import guarded
-from src.config import ConfigError, check_device, load_params
+from src.config.params import ConfigError, check_device, load_params
 from src.tune.apply import apply_best
 from src.tune.search import run_search
 from src.tune.space import load_tune_config

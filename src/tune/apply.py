@@ -21,7 +21,7 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from src.artifacts import atomic_write_bytes
-from src.config import (
+from src.config.params import (
     Layout,
     Params,
     flatten,

@@ -18,15 +18,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from src import tracking
-from src.augment import input_pipeline
-from src.config import CNNStageConfig, ConfigError, Layout, Params, to_dict
-from src.data import MANIFEST, load_dataset
-from src.device import Placement, prepare_device
+from src.config.params import CNNStageConfig, ConfigError, Layout, Params, to_dict
+from src.data.prepare import MANIFEST, load_dataset
 from src.errors import DataError, NonFiniteLossError
-from src.models import build_cnn
 from src.progress import Progress
-from src.train import TensorSplits, fit
+from src.tracking import runs as tracking
+from src.training.augment import input_pipeline
+from src.training.device import Placement, prepare_device
+from src.training.loop import TensorSplits, fit
+from src.training.models import build_cnn
 from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug, write_best_params
 from src.tune.space import (
     FIELD_KNOBS,

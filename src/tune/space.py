@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import optuna
 
-from src.config import (
+from src.config.params import (
     CNNStageConfig,
     ConfigError,
     Params,

@@ -10,7 +10,7 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from src import tracking
+from src.tracking import runs as tracking
 from src.tune.storage import StudyStorage
 from src.workers import worker_alive
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from src.config.typed import build, config_hash, flatten, to_dict  # noqa: F401 (callers' names)
 from src.errors import ConfigError
-from src.typed_config import build, config_hash, flatten, to_dict  # noqa: F401 (callers' names)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = "params.yaml"
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.
 SOURCE_ENV_VAR = "CIFAR10_SOURCE"
@@ -488,9 +488,9 @@ def check_retired(raw: dict) -> None:
 
 
 def temp_dir_pattern(name: str) -> re.Pattern:
-    """Temporary siblings of a prepared data folder `name` (src.data): `.<name>.tmp-XXXXXXXX`
-    while writing, `.<name>.old-XXXXXXXX` while swapping, `.<name>.XXXXXXXX` from before
-    they had a tag; XXXXXXXX is tempfile.mkdtemp's random suffix."""
+    """Temporary siblings of a prepared data folder `name` (src.data.prepare):
+    `.<name>.tmp-XXXXXXXX` while writing, `.<name>.old-XXXXXXXX` while swapping,
+    `.<name>.XXXXXXXX` from before they had a tag; XXXXXXXX is tempfile.mkdtemp's suffix."""
     return re.compile(rf"\.{re.escape(name)}\.(?:tmp-|old-)?[a-z0-9_]{{8}}")
 
 
@@ -502,7 +502,7 @@ def check_source(params: Params) -> None:
         return
     data = Layout().data.resolve()
     where = f" (from ${SOURCE_ENV_VAR})" if os.environ.get(SOURCE_ENV_VAR) else ""
-    path = Path(source).expanduser().resolve()  # as src.sources reads it
+    path = Path(source).expanduser().resolve()  # as src.data.sources reads it
     temp = temp_dir_pattern(data.name)
     if path.is_relative_to(data) or (
         path.is_relative_to(data.parent)

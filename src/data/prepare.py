@@ -1,4 +1,4 @@
-"""The prepared data set: every source (`src.sources`) converted into one format,
+"""The prepared data set: every source (`src.data.sources`) converted into one format,
 and loading it back.
 
     train.npz, val.npz, test.npz   images uint8 (N, 32, 32, 3), labels int64 (N,)
@@ -13,7 +13,7 @@ Writes are atomic (a temporary sibling, then rename), so a failure never leaves
 something that looks complete; a run killed mid-write leaves a temporary sibling that the
 next run removes. A prepared directory is replaced only when it is recognisably one
 (its manifest carries this project's marker and nothing else lives there).
-Only numpy is imported here (pillow by `src.sources`).
+Only numpy is imported here (pillow by `src.data.sources`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json
-from src.config import CIFAR10_CLASSES, DataConfig, temp_dir_pattern
+from src.config.params import CIFAR10_CLASSES, DataConfig, temp_dir_pattern
+from src.data.sources import IMAGE_SHAPE, Split, file_digest, read_source
 from src.errors import ConfigError, DataError
-from src.sources import IMAGE_SHAPE, Split, file_digest, read_source
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

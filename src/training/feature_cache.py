@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config import ResNetConfig, TrainConfig
-from src.device import Placement
-from src.models import ResNetPart, resnet_weights_file, split_resnet
-from src.train import Pipeline, TensorSplits, draw_budget
+from src.config.params import ResNetConfig, TrainConfig
+from src.training.device import Placement
+from src.training.loop import Pipeline, TensorSplits, draw_budget
+from src.training.models import ResNetPart, resnet_weights_file, split_resnet
 
 MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from src.errors import ProjectError, WeightsError
-from src.registry import CHAMPION
+from src.tracking.registry import CHAMPION
 
 STAGES = ("baseline", "improved", "resnet")
 # What a CPU user can run to get a servable model (README: the baseline, ~10 min).
@@ -88,8 +88,7 @@ def _store_exists(uri: str) -> bool:
 
 def registry_versions(experiment: str) -> list[Candidate]:
     """Every registered version of the stages' models: the `@champion` ones first."""
-    from src import tracking
-
+    from src.tracking import runs as tracking
     if not tracking.tracking_enabled() or not _store_exists(tracking.tracking_uri()):
         return []
     import mlflow

@@ -1,5 +1,5 @@
 """The MLflow Model Registry side of a stage: its model logged as a pyfunc "model from
-code" (src/serving.py), linked to its final metrics, registered as a new version of
+code" (src/tracking/serving.py), linked to its final metrics, registered as a new version of
 ``<experiment>-<stage>``, and the `champion` alias moved when the version earns it.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src import tracking
+from src.tracking import runs as tracking
 
 if TYPE_CHECKING:
-    from src.tracking import Run
+    from src.tracking.runs import Run
 
 CHAMPION = "champion"  # registry alias: the version to serve (best non-smoke test accuracy)
 
@@ -52,14 +52,13 @@ def log_model(
     One run registers one version: a rerun of a run whose version exists (killed after
     registering it) repairs that version's tags and alias instead of adding another.
 
-    The pyfunc is "models from code" (src/serving.py): the project's own model file
+    The pyfunc is "models from code" (src/tracking/serving.py): the project's own model file
     (weights + config, read with weights_only=True) is its artifact and `src` ships
     with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
     class names and probabilities; `input_example` is a few such images."""
     import mlflow
 
-    from src import serving
-
+    from src.tracking import serving
     client = mlflow.MlflowClient()
     name = f"{run.experiment}-{stage}"
     test_accuracy = final_metrics.get("test_accuracy")
@@ -74,7 +73,7 @@ def log_model(
             name=stage,
             python_model=serving.__file__,
             artifacts={serving.MODEL_FILE_ARTIFACT: str(model_file)},
-            code_paths=[str(Path(serving.__file__).parent)],
+            code_paths=[str(Path(serving.__file__).parents[1])],
             input_example=example,
             signature=serving.signature(example, serving.Classifier.from_file(model_file)),
             metadata={"input": serving.INPUT_DESCRIPTION},

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from src.artifacts import load_state_strict, read_weights
-from src.config import ModelConfig, ResNetConfig, resolve_path
+from src.config.params import ModelConfig, ResNetConfig, resolve_path
 from src.errors import WeightsError
 
 NUM_CLASSES = 10

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from src.config import AugmentConfig, TrainConfig
-from src.device import Placement, to_device_async
+from src.config.params import AugmentConfig, TrainConfig
+from src.training.device import Placement, to_device_async
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:

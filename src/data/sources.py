@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.config import CIFAR10_CLASSES, SOURCE_ENV_VAR, DataConfig
+from src.config.params import CIFAR10_CLASSES, SOURCE_ENV_VAR, DataConfig
 from src.errors import DataError
 
 IMAGE_SHAPE = (32, 32, 3)

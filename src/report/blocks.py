@@ -1,6 +1,6 @@
-"""Building blocks of the report (`src.report`): the stages and the course's values,
+"""Building blocks of the report (`src.report.build`): the stages and the course's values,
 number and markdown-table formatting, architecture tables rebuilt from a stage's
-resolved config, and task 1 (computed by `src.theory`)."""
+resolved config, and task 1 (computed by `src.report.theory`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src import theory
-from src.config import CNNStageConfig, ResNetConfig, build
+from src.config.params import CNNStageConfig, ResNetConfig, build
+from src.report import theory
 
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
 
@@ -137,7 +137,7 @@ def typed_section(stage: str, config: dict) -> CNNStageConfig | ResNetConfig:
 
 def build_stage_model(stage: str, config: dict):
     """The stage's network from its resolved config (random init); and its input size."""
-    from src.models import build_cnn, build_resnet
+    from src.training.models import build_cnn, build_resnet
 
     if STAGE_INFO[stage].kind == "cnn":
         cfg = typed_section(stage, config).model
@@ -228,7 +228,7 @@ def task1_section(baseline_config: dict, config_source: str) -> list[str]:
     lines = [
         "## Task 1: theory",
         "",
-        "Computed by `src/theory.py` when this report is rendered.",
+        "Computed by `src/report/theory.py` when this report is rendered.",
         "",
         "### Task 1a: convolution with the Sobel-x kernel",
         "",
@@ -246,7 +246,7 @@ def task1_section(baseline_config: dict, config_source: str) -> list[str]:
         matrix(result),
         "",
         'Checked against `scipy.ndimage.convolve(image, kernel, mode="constant", cval=0)`: '
-        + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/theory.py`)."),
+        + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/report/theory.py`)."),
         "",
     ]
     answers = theory.task1_answers()

@@ -2,7 +2,7 @@
 
 Default store: where MLflow 3 looks by itself from the repository root,
 ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlruns/<experiment id>/``
-(`src.store`), where <root> is the repository (``config.repo_root``: the one a
+(`src.tracking.store`), where <root> is the repository (``config.repo_root``: the one a
 ``--temp`` or queued experiment's temporary copy was made from).
 ``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
 ``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
@@ -25,15 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src import run_layout, store
-from src.config import config_hash, flatten, repo_root
-from src.dead_runs import close_dead_runs, identity_tags
-from src.provenance import git_info, params_changed, profile_label
-from src.run_layout import (  # noqa: F401 (CHART_GROUPS and chart_key: the stages' names)
+from src.config.params import config_hash, flatten, repo_root
+from src.tracking import naming as run_layout
+from src.tracking import store
+from src.tracking.dead_runs import close_dead_runs, identity_tags
+from src.tracking.naming import (  # noqa: F401 (CHART_GROUPS and chart_key: the stages' names)
     CHART_GROUPS,
     chart_key,
     describe_experiment,
 )
+from src.tracking.provenance import git_info, params_changed, profile_label
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
@@ -264,11 +265,10 @@ class Run:
         smoke: list[str] | None = None,
     ) -> str | None:
         """The stage's model, logged, linked to its final metrics and registered
-        (`src.registry.log_model`); a line for the stage's log."""
+        (`src.tracking.registry.log_model`); a line for the stage's log."""
         if not self.active:
             return None
-        from src import registry
-
+        from src.tracking import registry
         return registry.log_model(
             self,
             stage,
@@ -436,7 +436,6 @@ def _setup_system_metrics() -> None:
 def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:
     """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
     from src import artifacts
-
     artifacts.write_figure(figure, path)
     if run is not None and run.active:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
@@ -487,7 +486,6 @@ def mark_run_killed(run_id: str) -> None:
     """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
     if not tracking_enabled():
         return
-    from src import dead_runs
-
+    from src.tracking import dead_runs
     point_mlflow()
     dead_runs.mark_run_killed(run_id)

@@ -1,5 +1,5 @@
 """The report's sections for one training stage (architecture, hyperparameters, learning
-curves, the split table, its provenance checks) and task 3d; `src.report` assembles them."""
+curves, the split table, its provenance checks) and task 3d; `src.report.build` assembles them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from src import plots
-from src.config import flatten
-from src.report_blocks import (
+from src.config.params import flatten
+from src.report import figures as plots
+from src.report.blocks import (
     BENCHMARK_MACHINE,
     BENCHMARK_RATES,
     REFERENCE,
@@ -27,7 +27,7 @@ from src.report_blocks import (
 )
 
 if TYPE_CHECKING:
-    from src.report import ReportInputs, StageOutputs
+    from src.report.build import ReportInputs, StageOutputs
 
 # The final figures every training stage writes to metrics.json (best checkpoint, eval mode).
 SPLIT_METRICS = {
@@ -108,7 +108,7 @@ def stage_cost(stage: str, planned: dict, n_train: int) -> str:
         )
     weights = planned.get("weights")
     if weights == "imagenet":
-        from src.models import imagenet_weights_url
+        from src.training.models import imagenet_weights_url
 
         parts.append(
             f"it needs torchvision's ImageNet weights, `{imagenet_weights_url()}`: read from "

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from src.config import PARAMS_FILE, flatten, project_root
+from src.config.params import PARAMS_FILE, flatten, project_root
 
 # Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
 # each stage, the metrics and history it keeps in git): a change there is the run's own

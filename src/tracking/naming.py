@@ -1,12 +1,12 @@
 """How runs read in the MLflow UI: one param name per knob in every stage and trial,
 metric keys grouped so a run's charts open on its learning curves, and the
-experiments' descriptions. Pure names; `src.tracking` writes them."""
+experiments' descriptions. Pure names; `src.tracking.runs` writes them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from src.config import flatten
+from src.config.params import flatten
 
 # The UI's chart view groups metrics by the prefix before "/" and shows named groups in
 # alphabetical order before the unprefixed ones ("Model metrics": the final figures,

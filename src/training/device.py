@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.config import TrainConfig
+from src.config.params import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:

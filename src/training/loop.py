@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from src.checkpoint import TrainState, load_checkpoint, state_to_cpu
-from src.config import TrainConfig
-from src.device import Placement, synchronize
+from src.config.params import TrainConfig
 from src.errors import ConfigError, NonFiniteLossError
 from src.progress import Progress
+from src.training.checkpoint import TrainState, load_checkpoint, state_to_cpu
+from src.training.device import Placement, synchronize
 
 if TYPE_CHECKING:
-    from src.data import Dataset
+    from src.data.prepare import Dataset
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256
@@ -116,7 +116,7 @@ def draw_budget(data: TensorSplits, cfg: TrainConfig, generator: torch.Generator
     """What a run trains and evaluates on: `train_size` training images, drawn at random
     with `generator` when that is not all of them, and the dry run's first
     DRY_RUN_EVAL_IMAGES of val and test. `fit` draws with its own freshly seeded
-    generator; `src.feature_cache` calls this with one seeded alike, so it picks the
+    generator; `src.training.feature_cache` calls this with one seeded alike, so it picks the
     same images before caching their features."""
     train_x, train_y = data.train_x, data.train_y
     n_train = train_size(len(train_y), cfg)

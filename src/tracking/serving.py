@@ -26,10 +26,10 @@ from torch import nn
 
 from src import artifacts
 from src.artifacts import load_state_strict
-from src.augment import resize, to_float_nchw
-from src.config import CIFAR10_CLASSES, ModelConfig, ResNetConfig, build
+from src.config.params import CIFAR10_CLASSES, ModelConfig, ResNetConfig, build
 from src.errors import WeightsError
-from src.models import build_cnn, build_resnet
+from src.training.augment import resize, to_float_nchw
+from src.training.models import build_cnn, build_resnet
 
 MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
 IMAGE_SHAPE = (32, 32, 3)  # what the networks were trained on: CIFAR-10's own size

@@ -1,0 +1,1 @@
+"""Configuration: the params schema, loading params.yaml, the project layout."""

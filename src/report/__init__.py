@@ -1,0 +1,1 @@
+"""The course report: task 1 computed, every stage's section, Markdown and offline HTML."""
