@@ -66,6 +66,7 @@ def load_predictor(model: str):
     import mlflow
 
     from src.tracking import runs as tracking
+
     mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
         return mlflow.pyfunc.load_model(model).predict
@@ -77,6 +78,7 @@ def load_predictor(model: str):
 def default_model() -> str:
     """The best servable model there is (`src.tracking.model_choice`), named on stderr."""
     from src.tracking import model_choice
+
     params = load_params()
     chosen = model_choice.choose(params.common.experiment, resolve_path(params.common.paths.models))
     print(f"model: {chosen.model} ({chosen.about})", file=sys.stderr)

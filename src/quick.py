@@ -138,6 +138,7 @@ def summary(name: str, since_ms: int = 0) -> list[str]:
     """Where experiment `name`'s report, runs and models are: its MLflow runs (tag
     `dvc_exp_name`) started since `since_ms`."""
     from src.tracking import runs as tracking
+
     if not tracking.tracking_enabled():
         return [f"Experiment {name!r} done (tracking is off: no MLflow runs)."]
     import mlflow

@@ -135,6 +135,7 @@ def write_outputs(
 ) -> None:
     """Everything but metrics.json (written last, by the caller), model file last."""
     from src.report import figures as plots
+
     history_sha256 = artifacts.write_history(paths.history, result.history)
     curves = plots.learning_curves(result.history, stage)
     tracking.write_figure(curves, paths.learning_curves, run)

@@ -133,6 +133,7 @@ def test_apply_proposes_nothing_when_the_hand_tuned_design_wins(tmp_path):
 
 def test_the_apply_command_says_the_hand_tuned_design_won(project, capsys):
     from src import tune
+
     journal = project / "optuna" / "journal.log"
     journal.parent.mkdir()
     _hand_tuned_wins(tune.open_storage(str(journal)).storage)

@@ -321,6 +321,7 @@ def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys)
     from PIL import Image
 
     from src import predict
+
     client = mlflow.MlflowClient()
     champions = {
         stage: client.get_model_version_by_alias(f"cifar10-{stage}", "champion")

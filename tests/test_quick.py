@@ -150,6 +150,7 @@ def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monk
     assert project_root() == copy.resolve()
 
     from src.tracking import runs as tracking
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
 

@@ -490,6 +490,7 @@ def _interrupt_stage_at(monkeypatch, name: str, when) -> None:
     """Run the baseline stage with `src.artifacts.<name>` interrupted when `when(args)`."""
     from pipelines import train_cnn
     from src import artifacts as stage_module
+
     real = getattr(stage_module, name)
 
     def interrupted(*args, **kwargs):

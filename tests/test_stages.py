@@ -124,6 +124,7 @@ def test_two_runs_with_one_seed_give_identical_metrics(prepared):
 def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
     from pipelines import train_cnn
     from src import stage as stage_module
+
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 

@@ -89,6 +89,7 @@ def _store_exists(uri: str) -> bool:
 def registry_versions(experiment: str) -> list[Candidate]:
     """Every registered version of the stages' models: the `@champion` ones first."""
     from src.tracking import runs as tracking
+
     if not tracking.tracking_enabled() or not _store_exists(tracking.tracking_uri()):
         return []
     import mlflow

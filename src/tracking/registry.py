@@ -59,6 +59,7 @@ def log_model(
     import mlflow
 
     from src.tracking import serving
+
     client = mlflow.MlflowClient()
     name = f"{run.experiment}-{stage}"
     test_accuracy = final_metrics.get("test_accuracy")

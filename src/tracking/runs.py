@@ -269,6 +269,7 @@ class Run:
         if not self.active:
             return None
         from src.tracking import registry
+
         return registry.log_model(
             self,
             stage,
@@ -436,6 +437,7 @@ def _setup_system_metrics() -> None:
 def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file: str = "") -> Path:
     """Save a matplotlib figure atomically as PNG (and log it when a run is given)."""
     from src import artifacts
+
     artifacts.write_figure(figure, path)
     if run is not None and run.active:
         run.log_artifact(path, str(Path(artifact_file).parent) if artifact_file else "figures")
@@ -487,5 +489,6 @@ def mark_run_killed(run_id: str) -> None:
     if not tracking_enabled():
         return
     from src.tracking import dead_runs
+
     point_mlflow()
     dead_runs.mark_run_killed(run_id)
