@@ -1,0 +1,45 @@
+"""The stage catalog: every stage of `dvc.yaml`, in pipeline order, and what it is.
+
+A stage's name is also its `params.yaml` section (training stages), its model file
+`models/<name>.pt`, its folder `reports/<name>/` and its registered model `cifar10-<name>`.
+Adding a training stage is one entry here, its params section and its `dvc.yaml` stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["data", "cnn", "resnet", "report"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: str  # the course's task ("2", "3", "4a"); "" where the course has none
+    title: str
+    kind: Kind  # "cnn": build_cnn; "resnet": a pretrained backbone, partly frozen
+
+    @property
+    def trains(self) -> bool:
+        return self.kind in ("cnn", "resnet")
+
+
+STAGES = (
+    Stage("download", "", "CIFAR-10, downloaded, verified and prepared", "data"),
+    Stage("baseline", "2", "baseline CNN", "cnn"),
+    Stage("improved", "3", "improved CNN", "cnn"),
+    Stage("resnet", "4a", "ResNet18 transfer learning", "resnet"),
+    Stage("report", "", "the course report", "report"),
+)
+TRAINING_STAGES = tuple(s for s in STAGES if s.trains)
+CNN_STAGES = tuple(s.name for s in STAGES if s.kind == "cnn")
+_BY_NAME = {s.name: s for s in STAGES}
+
+
+def get_stage(name: str) -> Stage:
+    """The catalog entry of `name`; a KeyError that lists the stages there are."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no stage {name!r}; the stages are {', '.join(_BY_NAME)}") from None
