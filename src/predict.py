@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from src.cli import guarded
-from src.config.params import CIFAR10_CLASSES, load_params, resolve_path
+from src.config.params import CIFAR10_CLASSES, Layout, load_params, resolve_path
 from src.data.prepare import DataError
 
 SIZE = 32
@@ -80,7 +80,7 @@ def default_model() -> str:
     from src.tracking import model_choice
 
     params = load_params()
-    chosen = model_choice.choose(params.common.experiment, resolve_path(params.common.paths.models))
+    chosen = model_choice.choose(params.common.experiment, Layout().models)
     print(f"model: {chosen.model} ({chosen.about})", file=sys.stderr)
     return chosen.model
 
