@@ -18,9 +18,11 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from src.config.params import CNNStageConfig, ConfigError, Layout, Params, to_dict
+from src.config.layout import Layout
+from src.config.schema import CNNStageConfig, Params
+from src.config.typed import to_dict
 from src.data.prepare import MANIFEST, load_dataset
-from src.errors import DataError, NonFiniteLossError
+from src.errors import ConfigError, DataError, NonFiniteLossError
 from src.progress import Progress
 from src.tracking import runs as tracking
 from src.training.augment import input_pipeline
