@@ -59,17 +59,12 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from src.cifar import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES
 from src.cli import guarded
-from src.config.params import (
-    PARAMS_FILE,
-    Layout,
-    Params,
-    TrainConfig,
-    config_hash,
-    load_params,
-    project_root,
-    to_dict,
-)
+from src.config.layout import Layout, project_root
+from src.config.load import PARAMS_FILE, load_params
+from src.config.schema import Params, TrainConfig
+from src.config.typed import config_hash, to_dict
 from src.data.prepare import load_dataset
 from src.tracking import runs as tracking
 from src.training.augment import input_pipeline
@@ -142,10 +137,10 @@ def course_transform(cfg: TrainConfig, image_size: int | None) -> Callable:
     """The course's per-image torchvision transforms for this stage's config."""
     steps: list = []
     if cfg.augment.crop_padding:
-        steps.append(transforms.RandomCrop(32, padding=cfg.augment.crop_padding))
+        steps.append(transforms.RandomCrop(IMAGE_SIZE, padding=cfg.augment.crop_padding))
     if cfg.augment.hflip:
         steps.append(transforms.RandomHorizontalFlip())
-    if image_size and image_size != 32:
+    if image_size and image_size != IMAGE_SIZE:
         steps.append(transforms.Resize((image_size, image_size)))
     steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
     return transforms.Compose(steps)
@@ -168,7 +163,7 @@ def cnn_bench(params: Params, name: str, device: torch.device) -> ModelBench:
         pipeline,
         course_transform(section.train, None),
         prepare,
-        {"image_size": 32},
+        {"image_size": IMAGE_SIZE},
     )
 
 
@@ -220,8 +215,8 @@ def load_bench_data(
     """The prepared data set (or `synthetic` random images), on `device`."""
     if synthetic:
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, size=(synthetic, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=synthetic).astype(np.int64)
+        images = rng.integers(0, 256, size=(synthetic, *IMAGE_SHAPE), dtype=np.uint8)
+        labels = rng.integers(0, NUM_CLASSES, size=synthetic).astype(np.int64)
         x, y = torch.from_numpy(images), torch.from_numpy(labels)
         splits = TensorSplits(
             x, y, x[:eval_images], y[:eval_images], x[:eval_images], y[:eval_images]

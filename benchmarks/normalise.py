@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SHAPE  # noqa: E402
 from src.training.augment import to_float_nchw  # noqa: E402
 
-MEAN = torch.tensor((0.5, 0.5, 0.5)).view(1, 3, 1, 1)
-STD = torch.tensor((0.25, 0.25, 0.25)).view(1, 3, 1, 1)
+MEAN = torch.tensor(COURSE_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(COURSE_STD).view(1, 3, 1, 1)
 
 
 def before(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def main() -> None:
     for threads in (torch.get_num_threads(), 1):
         torch.set_num_threads(threads)
         for batch, calls in ((64, 500), (1000, 30)):
-            x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8)
+            x = torch.randint(0, 256, (batch, *IMAGE_SHAPE), dtype=torch.uint8)
             assert torch.equal(before(x), after(x))
             times: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeats):

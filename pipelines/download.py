@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from src.artifacts import StagePaths, atomic_write_json
 from src.cli import guarded
-from src.config.params import Layout, Params, load_params
+from src.config.layout import Layout
+from src.config.load import load_params
+from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
 from src.stage_lock import stage_lock

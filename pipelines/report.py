@@ -17,7 +17,8 @@ from pathlib import Path
 
 from src.artifacts import atomic_write_bytes
 from src.cli import guarded
-from src.config.params import Layout, load_params, project_root
+from src.config.layout import Layout, project_root
+from src.config.load import load_params
 from src.report import build as report
 from src.report import html as report_html
 from src.tracking import runs as tracking

@@ -12,7 +12,8 @@ import argparse
 import torch
 
 from src.cli import guarded
-from src.config.params import Params, check_device, load_params
+from src.config.load import check_device, load_params
+from src.config.schema import Params
 from src.stage import load_data, run_training_stage
 from src.stage_lock import stage_lock
 from src.training.augment import input_pipeline

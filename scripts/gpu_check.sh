@@ -67,7 +67,7 @@ start=$(ms)
 "$PY" - "$archive" "$DATA" <<'EOF'
 import dataclasses, sys
 from pathlib import Path
-from src.config.params import load_params
+from src.config.load import load_params
 from src.data.prepare import prepare_dataset
 cfg = dataclasses.replace(load_params().data, source=sys.argv[1])
 manifest = prepare_dataset(cfg, Path(sys.argv[2]), Path(sys.argv[2]).parent / "raw")
@@ -95,7 +95,7 @@ if [[ -f "$CARRY/$WEIGHTS_FILE" ]]; then
 fi
 "$PY" - "$ROOT/params.yaml" "$DATA" "$weights" "$SMOKE" <<'EOF'
 import sys, yaml
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 out, data, weights, smoke = sys.argv[1:]
 raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 raw["common"]["paths"]["data"] = data

@@ -6,8 +6,8 @@ pickle names globals that reader does not build (which could run code) is refuse
 it and them; the refusal is recognised by disassembling the pickle, never by the wording
 of torch's message.
 
-Outputs of training stage <name> (folders: `src.config.params.Layout`, fixed; dvc.yaml names the
-same files), in the order the stage writes them:
+Outputs of training stage <name> (folders: `src.config.layout.Layout`, fixed; dvc.yaml names
+the same files), in the order the stage writes them:
     reports/<name>/history.csv       one row per validation (DVC plots)
     reports/<name>/learning_curves.png, confusion_matrix.png
     models/<name>.pt                 the model file: weights + resolved config + final
@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.config.params import Layout, config_hash, to_dict
+from src.config.layout import Layout
+from src.config.typed import config_hash, to_dict
 from src.errors import WeightsError
 
 if TYPE_CHECKING:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from src.cifar import CIFAR10_CLASSES, IMAGE_SIZE
 from src.cli import guarded
-from src.config.params import CIFAR10_CLASSES, Layout, load_params, resolve_path
-from src.data.prepare import DataError
-
-SIZE = 32
+from src.config.layout import Layout, resolve_path
+from src.config.load import load_params
+from src.errors import DataError
 
 
 class ImageError(DataError):
@@ -47,7 +47,7 @@ def load_image(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{path}: not an image Pillow can read ({exc})") from None
-    square = ImageOps.fit(rgb, (SIZE, SIZE), Image.Resampling.LANCZOS)
+    square = ImageOps.fit(rgb, (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(square, dtype=np.uint8)
 
 

@@ -9,7 +9,7 @@ it: they reach the stages as real params (`-S key=value`), so `dvc exp show`,
 `dvc params diff` and `dvc exp diff` show what the experiment trained with. `--temp`
 runs it in a temporary copy of the repository (<repo>/.dvc/tmp/exps/): the workspace,
 its params, lock and outputs are never touched, so nothing needs undoing afterwards.
-Its MLflow runs land in the repository's own store (`config.repo_root`), named
+Its MLflow runs land in the repository's own store (`src.config.layout.repo_root`), named
 `<stage> (quick)`.
 
 DVC runs in this process, so that the warnings it logs while it fills the temporary copy
@@ -32,14 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from src.cli import guarded
-from src.config.params import (
-    ConfigError,
-    load_params,
-    load_raw,
-    profile_overrides,
-    repo_root,
-    set_param_args,
-)
+from src.config.layout import repo_root
+from src.config.load import load_params, load_raw, profile_overrides
+from src.config.overrides import exp_run_command
+from src.errors import ConfigError
 
 PROFILE = "quick"
 EXPERIMENT = "quick"
@@ -64,16 +60,7 @@ def quick_overrides(raw: dict, profile: str = PROFILE) -> dict[str, Any]:
 
 def quick_command(raw: dict, name: str = EXPERIMENT, extra: list[str] | None = None) -> list[str]:
     """`dvc exp run --temp -n <name> -S key=value ...` for `profiles.quick`."""
-    return [
-        "dvc",
-        "exp",
-        "run",
-        "--temp",
-        "-n",
-        name,
-        *set_param_args(quick_overrides(raw)),
-        *(extra or []),
-    ]
+    return exp_run_command(name, quick_overrides(raw), temp=True, extra=extra or ())
 
 
 @guarded

@@ -12,7 +12,9 @@ from torch import nn
 
 from src import artifacts
 from src.artifacts import StagePaths
-from src.config.params import Layout, Params, TrainConfig, config_hash, to_dict
+from src.config.layout import Layout
+from src.config.schema import Params, TrainConfig
+from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset, load_dataset
 from src.tracking import registry
 from src.tracking import runs as tracking

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from src.config.params import Layout
+from src.config.layout import Layout
 from src.errors import StageBusyError
 from src.workers import worker_id
 

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT
+from src.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
+from src.config.layout import PROJECT_ROOT
 
 N_TRAIN_PER_CLASS = 20
 N_TEST_PER_CLASS = 6
@@ -29,7 +30,7 @@ def make_images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     palette = np.random.default_rng(0).integers(30, 225, size=(len(CIFAR10_CLASSES), 1, 1, 3))
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(CIFAR10_CLASSES)), n_per_class)
-    noise = rng.integers(-30, 31, size=(len(labels), 32, 32, 3))
+    noise = rng.integers(-30, 31, size=(len(labels), *IMAGE_SHAPE))
     images = np.clip(palette[labels] + noise, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
 

@@ -10,9 +10,11 @@ import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from src.config.params import PROJECT_ROOT, flatten, load_params, to_dict
-from src.tune import BudgetConfig, trial_section
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
+from src.config.typed import flatten, to_dict
 from src.tune.apply import write_best_params
+from src.tune.space import BudgetConfig, trial_section
 
 
 def _quick_study(knobs: dict) -> optuna.Study:
@@ -81,7 +83,7 @@ def test_a_quick_study_retrains_the_full_design_with_its_knobs(tmp_path):
 def _hand_tuned_wins(storage=None) -> optuna.Study:
     """A study as search.py starts one (the hand-tuned design enqueued as trial 0), in
     which that trial scores best."""
-    from src.tune import hand_tuned_knobs, load_tune_config, suggest_knobs
+    from src.tune.space import hand_tuned_knobs, load_tune_config, suggest_knobs
 
     params = load_params(PROJECT_ROOT / "params.yaml")
     space = load_tune_config(params).space
@@ -132,12 +134,13 @@ def test_apply_proposes_nothing_when_the_hand_tuned_design_wins(tmp_path):
 
 
 def test_the_apply_command_says_the_hand_tuned_design_won(project, capsys):
-    from src import tune
+    from src.tune.__main__ import main as tune_main
+    from src.tune.storage import open_storage
 
     journal = project / "optuna" / "journal.log"
     journal.parent.mkdir()
-    _hand_tuned_wins(tune.open_storage(str(journal)).storage)
-    tune.main(["apply", "--study-name", "hand", "--storage", str(journal), "--run"])
+    _hand_tuned_wins(open_storage(str(journal)).storage)
+    tune_main(["apply", "--study-name", "hand", "--storage", str(journal), "--run"])
     out = capsys.readouterr().out
     assert "is the hand-tuned design: params.yaml's own improved design, nothing to apply" in out
     assert "dvc exp run" not in out

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from benchmarks import bench
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 from src.tracking import runs as tracking
 from tests.conftest import tiny_params
 

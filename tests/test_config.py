@@ -9,16 +9,11 @@ import sys
 import pytest
 import yaml
 
-from src.config.params import (
-    PROJECT_ROOT,
-    ConfigError,
-    check_required,
-    flatten,
-    load_params,
-    load_raw,
-    required_keys,
-    to_dict,
-)
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params, load_raw
+from src.config.schema import check_required, required_keys
+from src.config.typed import flatten, to_dict
+from src.errors import ConfigError
 
 
 def torch_has_cuda() -> bool:

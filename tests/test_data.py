@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.config.params import ConfigError, DataConfig
+from src.config.schema import DataConfig
 from src.data.prepare import (
     PRODUCER,
     DataError,
@@ -27,6 +27,7 @@ from src.data.prepare import (
     prepare_dataset,
 )
 from src.data.sources import BatchUnpickler
+from src.errors import ConfigError
 from tests.conftest import (
     N_TEST_PER_CLASS,
     N_TRAIN_PER_CLASS,

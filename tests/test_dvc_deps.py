@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 
 PACKAGES = ("src", "pipelines", "benchmarks")  # top-level packages: empty __init__.py
 
@@ -84,7 +84,7 @@ def _code_layout() -> dict:
     """Every out, metric and data dep of each stage, as the code writes and reads them."""
     from pipelines.download import SAMPLES_FILE
     from src.artifacts import StagePaths
-    from src.config.params import Layout
+    from src.config.layout import Layout
     from src.data.prepare import MANIFEST
     from src.report import build as report
 
@@ -147,7 +147,7 @@ def test_dvc_yaml_paths_are_exactly_the_code_layout():
 
 def test_no_out_holds_what_must_survive_a_rerun():
     """Downloaded archives, checkpoints and stage locks, the MLflow store: never outs."""
-    from src.config.params import Layout
+    from src.config.layout import Layout
 
     layout = Layout(Path())
     kept = (layout.raw, layout.checkpoints, Path("mlruns"), Path("optuna"))

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 from src.workers import worker_alive
 from tests.conftest import archive_folder, tiny_params, write_image_folder
 

@@ -10,7 +10,7 @@ import pytest
 
 from src import errors
 from src.cli import guarded
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 
 PROJECT_ERRORS = {
     errors.ConfigError: 2,
@@ -56,7 +56,7 @@ def test_guarded_ends_each_project_error_in_one_line_and_its_code(cls, code, cap
 
 def test_the_modules_errors_are_the_one_set():
     """Each module's error is the class from src.errors (so `guarded` knows it)."""
-    from src.config import params as config
+    from src.config import schema as config
     from src.data import prepare as data
     from src.report import build as report
     from src.training import loop as train
@@ -101,7 +101,10 @@ def test_every_entry_point_is_guarded(module):
 
 def test_errors_and_cli_import_no_torch():
     """A config error must exit before torch is imported: the error classes are light."""
-    code = "import sys, src.cli, src.errors, src.config.params; print('torch' in sys.modules)"
+    code = (
+        "import sys, src.cli, src.errors, src.config.load, src.config.overrides; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )

@@ -23,7 +23,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT, load_params
+from src.cifar import CIFAR10_CLASSES
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
 from src.data.prepare import load_dataset
 from src.tracking import registry
 from src.tracking import runs as tracking
@@ -348,7 +350,7 @@ def registry_store(tmp_path, monkeypatch):
     import torch
 
     from src.artifacts import write_model_file
-    from src.config.params import ModelConfig
+    from src.config.schema import ModelConfig
     from src.training.models import build_cnn
 
     _isolate(monkeypatch, tmp_path)

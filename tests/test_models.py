@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.config.params import PROJECT_ROOT, ConfigError, ModelConfig, load_params
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
+from src.config.schema import ModelConfig
+from src.errors import ConfigError
 from src.training.models import build_cnn, count_parameters
 
 PARAMS = load_params(PROJECT_ROOT / "params.yaml")

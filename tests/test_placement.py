@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src import artifacts
-from src.config.params import ModelConfig, ResNetConfig, TrainConfig
+from src.config.schema import ModelConfig, ResNetConfig, TrainConfig
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement, to_device_async

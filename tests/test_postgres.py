@@ -15,8 +15,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from src import tune
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
+from src.tune.storage import open_storage
+from src.tune.trials import trials_done
 
 PG_URL = os.environ.get("CIFAR_MLOPS_PG_URL")
 pytestmark = [
@@ -41,13 +42,13 @@ def _worker(root, study: str, n_trials: int, *extra: str) -> subprocess.Popen:
 def study_name():
     name = f"pg-{uuid.uuid4().hex[:8]}"
     yield name
-    storage = tune.open_storage(PG_URL).storage
+    storage = open_storage(PG_URL).storage
     if name in optuna.study.get_all_study_names(storage):
         optuna.delete_study(study_name=name, storage=storage)
 
 
 def _trials(name: str) -> list:
-    storage = tune.open_storage(PG_URL).storage
+    storage = open_storage(PG_URL).storage
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
@@ -89,8 +90,6 @@ def test_a_killed_worker_leaves_the_study_usable(tune_project, study_name):
     assert states[0] == TrialState.FAIL and "stopped" in trials[0].user_attrs["fail_reason"]
     assert TrialState.RUNNING not in states
     assert (
-        tune.trials_done(
-            optuna.load_study(study_name=study_name, storage=tune.open_storage(PG_URL).storage)
-        )
+        trials_done(optuna.load_study(study_name=study_name, storage=open_storage(PG_URL).storage))
         == 3
     )

@@ -14,7 +14,8 @@ from PIL import Image
 
 from src import predict
 from src.artifacts import write_model_file as save_model_file
-from src.config.params import CIFAR10_CLASSES, ModelConfig, ResNetConfig, TrainConfig
+from src.cifar import CIFAR10_CLASSES
+from src.config.schema import ModelConfig, ResNetConfig, TrainConfig
 from src.tracking.serving import Classifier
 from src.training.models import build_cnn, build_resnet
 from tests.conftest import _isolate, tiny_params

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config.params import PROJECT_ROOT, load_raw, set_param_args
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_raw
+from src.config.overrides import set_param_args
 from src.quick import quick_overrides
 from src.tracking import naming as run_layout
 from src.tracking import provenance
@@ -105,7 +107,7 @@ def test_a_quick_experiments_run_says_quick_and_is_clean(repo, monkeypatch):
     DVC_EXP_NAME and writes the -S values into the copy's params.yaml)."""
     import mlflow
 
-    from src.config.params import load_params
+    from src.config.load import load_params
     from src.tracking import runs as tracking
     from tests.conftest import _isolate
 

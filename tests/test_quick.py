@@ -15,17 +15,14 @@ import pytest
 import yaml
 
 from src import quick
-from src.config.params import (
-    PROJECT_ROOT,
-    ConfigError,
-    load_params,
-    load_raw,
-    project_root,
-    repo_root,
-)
+from src.config.layout import PROJECT_ROOT, project_root, repo_root
+from src.config.load import load_params, load_raw
+from src.config.overrides import exp_run_command
+from src.errors import ConfigError
+from src.stages import TRAINING_STAGES
 
 DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-TRAINING = ("baseline", "improved", "resnet")
+TRAINING = tuple(s.name for s in TRAINING_STAGES)
 
 
 def test_the_quick_command_sets_every_profile_value_as_a_real_param(tmp_path):
@@ -47,6 +44,24 @@ def test_the_quick_command_sets_every_profile_value_as_a_real_param(tmp_path):
     )
     assert experiment.resnet.weights == "none" and experiment.baseline.train.epochs == 2
     assert experiment.baseline.model == load_params(PROJECT_ROOT / "params.yaml").baseline.model
+
+
+def test_quick_and_tune_apply_build_dvc_exp_run_in_one_place():
+    from src.tune.apply import dvc_command
+
+    overrides = {"improved.model.filters": [8, 16], "common.experiment": "a b", "x.on": True}
+    sets = ["-S", "improved.model.filters=[8,16]", "-S", "common.experiment='a b'"]
+    sets += ["-S", "x.on=true"]
+    assert exp_run_command("q", overrides, temp=True, extra=["-f"]) == [
+        *("dvc", "exp", "run", "--temp", "-n", "q"),
+        *sets,
+        "-f",
+    ]
+    assert dvc_command("my study", overrides, "improved") == [
+        *("dvc", "exp", "run", "-n", "tuned-my-study"),
+        *sets,
+        "improved",
+    ]
 
 
 def test_a_profile_key_params_yaml_lacks_is_named():
@@ -208,7 +223,7 @@ def test_dvcs_warnings_about_outputs_no_stage_made_yet_are_dropped(tmp_path, cap
 def test_the_summary_says_where_the_report_runs_and_models_are(project, monkeypatch):
     import mlflow
 
-    from src.config.params import load_params
+    from src.config.load import load_params
     from src.tracking import runs as tracking
 
     monkeypatch.setenv("DVC_EXP_NAME", "quick")

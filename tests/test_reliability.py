@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
 from tests.conftest import update_params
 from tests.test_tracking_server import mlflow_server  # noqa: F401 (a fixture)
 

@@ -16,7 +16,9 @@ import mlflow
 import pytest
 import yaml
 
-from src.config.params import PROJECT_ROOT, load_params, to_dict
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
+from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report.sections import stage_cost

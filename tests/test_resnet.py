@@ -17,7 +17,10 @@ import torch
 import yaml
 
 from src.artifacts import load_model_file
-from src.config.params import PROJECT_ROOT, AugmentConfig, ResNetConfig, TrainConfig, load_params
+from src.cifar import IMAGENET_MEAN, IMAGENET_STD
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
+from src.config.schema import AugmentConfig, ResNetConfig, TrainConfig
 from src.training.augment import InputPipeline
 from src.training.device import Placement
 from src.training.feature_cache import (
@@ -48,8 +51,8 @@ def _cfg(**kw) -> ResNetConfig:
         epochs=2,
         device="cpu",
         eval_batch_size=64,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     train.update(kw.pop("train", {}))
     return ResNetConfig(**{"weights": "none", "image_size": 32, **kw}, train=TrainConfig(**train))

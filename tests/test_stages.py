@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from src.artifacts import load_model_file
-from src.config.params import PROJECT_ROOT, load_params
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
 from src.training.models import WeightsError, build_cnn
 from tests.conftest import update_params
 

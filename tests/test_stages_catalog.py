@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
-from src.config.params import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
+from src.config.schema import CNNStageConfig, Params, ResNetConfig
+from src.errors import ConfigError
 from src.stages import STAGES, TRAINING_STAGES, get_stage
+from src.tune.space import TuneConfig
 
 
 def test_the_catalog_lists_dvc_yamls_stages_in_order():
@@ -24,3 +30,20 @@ def test_an_unknown_stage_names_the_known_ones():
     assert get_stage("improved").task == "3"
     with pytest.raises(KeyError, match="baseline, improved"):
         get_stage("vgg")
+
+
+def test_params_has_one_section_per_training_stage_in_catalog_order():
+    """Typed loading needs Params' fields spelled out; they must be the catalog's stages."""
+    hints = typing.get_type_hints(Params)
+    fields = dataclasses.fields(Params)
+    sections = [f.name for f in fields if dataclasses.is_dataclass(hints[f.name])]
+    assert sections[:2] == ["common", "data"]
+    assert sections[2:] == [s.name for s in TRAINING_STAGES]
+    section_type = {"cnn": CNNStageConfig, "resnet": ResNetConfig}
+    for stage in TRAINING_STAGES:
+        assert hints[stage.name] is section_type[stage.kind], stage.name
+
+
+def test_tuning_bases_are_the_catalogs_cnn_stages():
+    with pytest.raises(ConfigError, match=r"expected one of \['baseline', 'improved'\]"):
+        TuneConfig(base="resnet", space={"lr": {"kind": "float", "low": 0.01, "high": 0.1}})

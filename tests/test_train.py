@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from src.config.params import AugmentConfig, ModelConfig, TrainConfig
+from src.config.schema import AugmentConfig, ModelConfig, TrainConfig
 from src.training.augment import InputPipeline, random_crop, random_hflip
 from src.training.loop import NonFiniteLossError, TensorSplits, evaluate, fit, should_early_stop
 from src.training.models import build_cnn
@@ -152,7 +152,7 @@ def test_augmentation_only_touches_training_batches():
 
 
 def test_train_config_rejects_nesterov_without_momentum():
-    from src.config.params import ConfigError
+    from src.errors import ConfigError
 
     with pytest.raises(ConfigError, match="nesterov"):
         dataclasses.replace(_cfg(), nesterov=True)
@@ -195,7 +195,7 @@ def test_course_schedule_at_batch_64():
 
 
 def test_training_set_smaller_than_a_batch_is_a_config_error():
-    from src.config.params import ConfigError
+    from src.errors import ConfigError
     from src.training.loop import check_train_size
 
     with pytest.raises(ConfigError, match=r"'baseline\.train\.subset'.*fewer than one batch"):

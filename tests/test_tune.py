@@ -20,11 +20,25 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from src import tune
-from src.config.params import PROJECT_ROOT, ConfigError, flatten, load_params, to_dict
+from src.config.layout import PROJECT_ROOT
+from src.config.load import load_params
+from src.config.typed import flatten, to_dict
+from src.errors import ConfigError
 from src.tracking import runs as tracking
 from src.training.loop import FitResult, NonFiniteLossError
 from src.tune import search
+from src.tune.__main__ import main as tune_main
+from src.tune.space import (
+    NOT_DESIGN,
+    BudgetConfig,
+    conv_filters,
+    hand_tuned_knobs,
+    load_tune_config,
+    suggest_knobs,
+    trial_section,
+)
+from src.tune.storage import open_storage
+from src.tune.trials import trials_done
 
 PARAMS = PROJECT_ROOT / "params.yaml"
 
@@ -37,11 +51,11 @@ def _figures_only_where_checked(request, monkeypatch):
 
 
 def _search(*args: str) -> None:
-    tune.main(["--no-progress", *args])
+    tune_main(["--no-progress", *args])
 
 
 def _study(name: str, storage: str = "optuna/journal.log") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=tune.open_storage(storage).storage)
+    return optuna.load_study(study_name=name, storage=open_storage(storage).storage)
 
 
 def _runs(root, study: str):
@@ -86,7 +100,7 @@ def _contrived_fit(accuracy):
 def test_the_real_tune_section_validates():
     for profile in ("full", "quick"):
         params = load_params(PARAMS, overrides={"profile": profile})
-        tcfg = tune.load_tune_config(params)
+        tcfg = load_tune_config(params)
         assert {"width", "blocks", "kernel_size", "dropout", "lr"} <= set(tcfg.space)
         assert tcfg.space["kernel_size"].choices == (3, 5, 7)
         assert tcfg.space["lr"].log and tcfg.space["dropout"].high == 0.5
@@ -111,7 +125,7 @@ def test_the_real_tune_section_validates():
 )
 def test_an_invalid_space_names_its_key(overrides, key):
     with pytest.raises(ConfigError) as info:
-        tune.load_tune_config(load_params(PARAMS, overrides=overrides))
+        load_tune_config(load_params(PARAMS, overrides=overrides))
     assert info.value.key.startswith(key), info.value
 
 
@@ -119,18 +133,18 @@ def test_a_trial_is_the_base_config_with_the_sampled_knobs():
     params = load_params(PARAMS)
     base = params.improved
     knobs = {"width": 0.5, "blocks": 3, "kernel_size": 5, "lr": 0.01, "hflip": False}
-    section = tune.trial_section(base, knobs, tune.BudgetConfig(epochs=1, subset=500))
+    section = trial_section(base, knobs, BudgetConfig(epochs=1, subset=500))
     assert section.model.filters == (64, 128, 256)
     assert (section.model.kernel_size, section.train.lr) == (5, 0.01)
     assert section.train.augment.hflip is False
     assert (section.train.epochs, section.train.subset) == (1, 500)
     assert section.model.fc == base.model.fc and section.train.augment.crop_padding == 4
-    assert tune.conv_filters((8, 16), blocks=4) == (8, 16, 32, 64)
+    assert conv_filters((8, 16), blocks=4) == (8, 16, 32, 64)
     # the hand-tuned design, as knob values, gives the base back (weight decay 0 is
     # clipped into the log-scale range, and says so)
-    tcfg = tune.load_tune_config(params)
-    values, notes = tune.hand_tuned_knobs(base, tcfg.space)
-    again = tune.trial_section(base, values, tune.BudgetConfig())
+    tcfg = load_tune_config(params)
+    values, notes = hand_tuned_knobs(base, tcfg.space)
+    again = trial_section(base, values, BudgetConfig())
     assert again.model == base.model
     assert again.train.weight_decay == tcfg.space["weight_decay"].low
     assert any("weight_decay" in note for note in notes)
@@ -146,10 +160,10 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state.is_finished() for t in trials)
     params = load_params()
-    tcfg = tune.load_tune_config(params)
+    tcfg = load_tune_config(params)
     assert trials[0].user_attrs["hand_tuned"]
     assert study.metric_names == [search.OBJECTIVE]  # optuna-dashboard shows this name
-    hand_tuned = tune.hand_tuned_knobs(params.improved, tcfg.space)[0]
+    hand_tuned = hand_tuned_knobs(params.improved, tcfg.space)[0]
     assert {k: trials[0].params[k] for k in hand_tuned} == hand_tuned
     assert len(trials[0].intermediate_values) >= 2  # a report per validation
 
@@ -188,7 +202,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
 
     # `apply` prints a dvc exp run command whose -S overrides reproduce the best config
     capsys.readouterr()
-    tune.main(["apply", "--study-name", "e2e"])
+    tune_main(["apply", "--study-name", "e2e"])
     command = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
     assert command[:4] == ["dvc", "exp", "run", "-n"] and command[-1] == "improved"
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "-S"]
@@ -199,7 +213,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     apply_overrides(copy, sets)
     retrained = flatten(load_params(copy).improved)
     best = flatten(_study("e2e").best_trial.user_attrs["config"])
-    design = [k for k in best if k.split(".")[-1] not in tune.NOT_DESIGN]
+    design = [k for k in best if k.split(".")[-1] not in NOT_DESIGN]
     assert {k: retrained[k] for k in design} == {k: best[k] for k in design}
     written = yaml.safe_load((report / "best_params.yaml").read_text()) or {}
     assert sorted(written) == sorted(s.split("=")[0] for s in sets)
@@ -232,7 +246,7 @@ def test_a_dead_workers_trial_is_failed_and_rerun(tune_project, monkeypatch):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     orphan = study.ask()  # as a worker killed mid-trial leaves it
-    knobs = tune.suggest_knobs(orphan, tune.load_tune_config(load_params()).space)
+    knobs = suggest_knobs(orphan, load_tune_config(load_params()).space)
     orphan.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}:1")
     _search("--study-name", "dead", "--n-trials", "3")
     trials = _study("dead").get_trials()
@@ -241,7 +255,7 @@ def test_a_dead_workers_trial_is_failed_and_rerun(tune_project, monkeypatch):
     ] * 2
     assert "stopped mid-trial" in trials[1].user_attrs["fail_reason"]
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == knobs
-    assert tune.trials_done(_study("dead")) == 3  # the rerun replaces the dead trial
+    assert trials_done(_study("dead")) == 3  # the rerun replaces the dead trial
 
 
 def test_two_processes_share_one_study(tune_project, monkeypatch):
@@ -316,7 +330,7 @@ def test_a_storage_that_is_not_a_journal_file_is_refused_by_name(tune_project, c
     ]:
         listing = sorted(p.name for p in tune_project.iterdir())
         with pytest.raises(SystemExit) as info:
-            tune.main([command, "--no-progress", "--storage", spec, "--study-name", "x"])
+            tune_main([command, "--no-progress", "--storage", spec, "--study-name", "x"])
         assert info.value.code == 2, spec
         err = capsys.readouterr().err
         (line,) = err.strip().splitlines()
@@ -339,7 +353,7 @@ def test_a_postgresql_storage(tune_project, monkeypatch):
         trials = _study(name, url).get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     finally:
-        optuna.delete_study(study_name=name, storage=tune.open_storage(url).storage)
+        optuna.delete_study(study_name=name, storage=open_storage(url).storage)
 
 
 @pytest.mark.slow
@@ -351,7 +365,7 @@ def test_a_killed_worker_loses_only_its_trial(tune_project):
     worker = subprocess.Popen([sys.executable, "-m", "src.tune", *args], cwd=PROJECT_ROOT, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        names = optuna.study.get_all_study_names(tune.open_storage("optuna/journal.log").storage)
+        names = optuna.study.get_all_study_names(open_storage("optuna/journal.log").storage)
         running = []
         if "killed" in names:
             running = [
@@ -365,11 +379,11 @@ def test_a_killed_worker_loses_only_its_trial(tune_project):
     assert running, "no trial started"
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    tune.main(args)
+    tune_main(args)
     trials = _study("killed").get_trials()
     assert trials[0].state == TrialState.FAIL and "stopped" in trials[0].user_attrs["fail_reason"]
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].state == TrialState.COMPLETE
-    assert tune.trials_done(_study("killed")) == 3
+    assert trials_done(_study("killed")) == 3
     _, _, runs = _runs(tune_project, "killed")
     assert runs[0].info.status == "KILLED"
     assert to_dict(trials[1].params) == to_dict(trials[0].params)

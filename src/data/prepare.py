@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json
-from src.config.params import CIFAR10_CLASSES, DataConfig, temp_dir_pattern
-from src.data.sources import IMAGE_SHAPE, Split, file_digest, read_source
+from src.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
+from src.config.layout import temp_dir_pattern
+from src.config.schema import DataConfig
+from src.data.sources import Split, file_digest, read_source
 from src.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")

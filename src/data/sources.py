@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.config.params import CIFAR10_CLASSES, SOURCE_ENV_VAR, DataConfig
+from src.cifar import CIFAR10_CLASSES, IMAGE_SIZE
+from src.config.schema import SOURCE_ENV_VAR, DataConfig
 from src.errors import DataError
 
-IMAGE_SHAPE = (32, 32, 3)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OFFICIAL_DIR = "cifar-10-batches-py"
 OFFICIAL_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -210,9 +210,10 @@ def read_official_archive(path: Path, md5: str | None) -> tuple[Split, Split]:
             if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
                 raise DataError(f"{path}:{name}: not a CIFAR batch (no data and labels)")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072:
-                raise DataError(f"{path}:{name}: expected (N, 3072) pixels, got {data.shape}")
-            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            pixels = IMAGE_SIZE * IMAGE_SIZE * 3  # 3072: one image, channel-major (C, H, W)
+            if data.ndim != 2 or data.shape[1] != pixels:
+                raise DataError(f"{path}:{name}: expected (N, {pixels}) pixels, got {data.shape}")
+            images.append(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
         return Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
 
@@ -255,7 +256,7 @@ def _decode(name: str, payload: bytes) -> np.ndarray:
     the header, so a huge image is refused before anything is decompressed."""
     try:
         with too_large_is_an_error(), Image.open(io.BytesIO(payload)) as img:
-            if img.mode != "RGB" or img.size != (32, 32):
+            if img.mode != "RGB" or img.size != (IMAGE_SIZE, IMAGE_SIZE):
                 raise DataError(f"{name}: expected a 32x32 RGB image, got {img.size} {img.mode}")
             img.load()
             return np.asarray(img, dtype=np.uint8)

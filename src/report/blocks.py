@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src.config.params import CNNStageConfig, ResNetConfig, build
+from src.config.schema import CNNStageConfig, ResNetConfig
+from src.config.typed import build
 from src.report import theory
 
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)

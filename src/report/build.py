@@ -28,7 +28,9 @@ from typing import Any
 import pandas as pd
 
 from src import artifacts
-from src.config.params import Layout, Params, flatten, to_dict
+from src.config.layout import Layout
+from src.config.schema import Params
+from src.config.typed import flatten, to_dict
 from src.data.prepare import MANIFEST
 from src.errors import ReportInputError, WeightsError
 from src.report import figures as plots
@@ -58,7 +60,7 @@ from src.report.sections import (
 )
 from src.tracking.registry import smoke_reasons
 
-REPORT_FILE = "report.md"  # under reports/ (src.config.params.Layout)
+REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 # The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
 # every missing upstream stage, and DVC runs no stage whose dependency is missing).

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.config.params import CIFAR10_CLASSES
+from src.cifar import CIFAR10_CLASSES
 
 
 def _plt():

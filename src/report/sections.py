@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from src.config.params import flatten
+from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.blocks import (
     BENCHMARK_MACHINE,

@@ -4,7 +4,7 @@ RUNNING runs of that stage whose process is gone from this host (any store)."""
 
 from __future__ import annotations
 
-from src.config.params import project_root
+from src.config.layout import project_root
 from src.workers import worker_alive, worker_id
 
 

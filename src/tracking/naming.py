@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from src.config.params import flatten
+from src.config.typed import flatten
 
 # The UI's chart view groups metrics by the prefix before "/" and shows named groups in
 # alphabetical order before the unprefixed ones ("Model metrics": the final figures,

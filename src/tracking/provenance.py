@@ -21,7 +21,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from src.config.params import PARAMS_FILE, flatten, project_root
+from src.config.layout import project_root
+from src.config.load import PARAMS_FILE
+from src.config.typed import flatten
 
 # Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
 # each stage, the metrics and history it keeps in git): a change there is the run's own

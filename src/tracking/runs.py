@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.config.params import config_hash, flatten, repo_root
+from src.config.layout import repo_root
+from src.config.typed import config_hash, flatten
 from src.tracking import naming as run_layout
 from src.tracking import store
 from src.tracking.dead_runs import close_dead_runs, identity_tags

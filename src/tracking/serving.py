@@ -26,13 +26,14 @@ from torch import nn
 
 from src import artifacts
 from src.artifacts import load_state_strict
-from src.config.params import CIFAR10_CLASSES, ModelConfig, ResNetConfig, build
+from src.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHAPE
+from src.config.schema import ModelConfig, ResNetConfig
+from src.config.typed import build
 from src.errors import WeightsError
 from src.training.augment import resize, to_float_nchw
 from src.training.models import build_cnn, build_resnet
 
 MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
-IMAGE_SHAPE = (32, 32, 3)  # what the networks were trained on: CIFAR-10's own size
 BATCH = 256  # images per forward pass
 
 
@@ -106,8 +107,8 @@ def build_network(config: dict) -> tuple[nn.Module, dict]:
     else:
         raise WeightsError("the model file's config describes neither a CNN nor the ResNet")
     inputs = {
-        "mean": tuple(train.get("mean", (0.5, 0.5, 0.5))),
-        "std": tuple(train.get("std", (0.25, 0.25, 0.25))),
+        "mean": tuple(train.get("mean", COURSE_MEAN)),
+        "std": tuple(train.get("std", COURSE_STD)),
         "image_size": size,
     }
     return network, inputs

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from src.config.params import AugmentConfig, TrainConfig
+from src.config.schema import AugmentConfig, TrainConfig
 from src.training.device import Placement, to_device_async
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.config.params import TrainConfig
+from src.config.schema import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:

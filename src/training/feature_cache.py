@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config.params import ResNetConfig, TrainConfig
+from src.config.schema import ResNetConfig, TrainConfig
 from src.training.device import Placement
 from src.training.loop import Pipeline, TensorSplits, draw_budget
 from src.training.models import ResNetPart, resnet_weights_file, split_resnet

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from src.config.params import TrainConfig
+from src.config.schema import TrainConfig
 from src.errors import ConfigError, NonFiniteLossError
 from src.progress import Progress
 from src.training.checkpoint import TrainState, load_checkpoint, state_to_cpu

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from src.artifacts import load_state_strict, read_weights
-from src.config.params import ModelConfig, ResNetConfig, resolve_path
+from src.cifar import NUM_CLASSES
+from src.config.layout import resolve_path
+from src.config.schema import ModelConfig, ResNetConfig
 from src.errors import WeightsError
-
-NUM_CLASSES = 10
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,

@@ -1,4 +1,26 @@
-"""`python -m src.tune`: the search (default) and `apply`."""
+"""`python -m src.tune`: the search (default) and `apply`.
+
+    python -m src.tune [--study-name NAME] [--storage PATH|URL] [--n-trials N] [--timeout S]
+    python -m src.tune apply [--study-name NAME] [--run]
+
+The space, per-trial budget, sampler and pruner live in params.yaml (`tune`). A trial is
+the base stage's config (`tune.base`, normally `improved`) with the sampled knobs put in
+and the budget applied; it trains through the same `build_cnn` and `fit` as that stage.
+The objective is the trial's best validation accuracy; the test split never reaches
+the trials. Every validation is reported to the pruner (step k = k-th validation).
+
+Storage: a journal file (default `optuna/journal.log`, shared by processes on one
+machine) or an RDB URL (`postgresql://...`, shared by machines). The same command with
+the same study name continues the study; `--n-trials` is the study's total, shared by
+all its workers. A trial whose worker died or was interrupted ends FAIL and is run
+again once; a trial that crashes (NaN loss, a bad combination) ends FAIL with its
+reason, and the search goes on.
+
+MLflow (experiment `<common.experiment>-tune`): one parent run per study and a nested
+run per trial. The best trial's config is written to
+`reports/tune/<study>/best_params.yaml`; `python -m src.tune apply` prints (with
+`--run`, runs) the `dvc exp run` command that retrains the base stage with it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +31,8 @@ from typing import Any
 import yaml
 
 from src.cli import guarded
-from src.config.params import ConfigError, check_device, load_params
+from src.config.load import check_device, load_params
+from src.errors import ConfigError
 from src.tune.apply import apply_best
 from src.tune.search import run_search
 from src.tune.space import load_tune_config

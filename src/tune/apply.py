@@ -21,15 +21,11 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from src.artifacts import atomic_write_bytes
-from src.config.params import (
-    Layout,
-    Params,
-    flatten,
-    load_params,
-    resolve_path,
-    set_param_args,
-    to_dict,
-)
+from src.config.layout import Layout, resolve_path
+from src.config.load import load_params
+from src.config.overrides import exp_run_command
+from src.config.schema import Params
+from src.config.typed import flatten, to_dict
 from src.tune.space import NOT_DESIGN, BudgetConfig, trial_section
 from src.tune.storage import TuneError, open_storage
 from src.tune.trials import best_trial
@@ -64,15 +60,8 @@ def design_config(knobs: dict[str, Any], base: str) -> dict:
 
 
 def dvc_command(study_name: str, overrides: dict[str, Any], base: str) -> list[str]:
-    return [
-        "dvc",
-        "exp",
-        "run",
-        "-n",
-        f"tuned-{slug(study_name)}",
-        *set_param_args(overrides),
-        base,
-    ]
+    """`dvc exp run -n tuned-<study> -S ... <base>`: retrain only the base stage."""
+    return exp_run_command(f"tuned-{slug(study_name)}", overrides, targets=[base])
 
 
 def slug(name: str) -> str:

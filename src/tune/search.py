@@ -18,9 +18,11 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from src.config.params import CNNStageConfig, ConfigError, Layout, Params, to_dict
+from src.config.layout import Layout
+from src.config.schema import CNNStageConfig, Params
+from src.config.typed import to_dict
 from src.data.prepare import MANIFEST, load_dataset
-from src.errors import DataError, NonFiniteLossError
+from src.errors import ConfigError, DataError, NonFiniteLossError
 from src.progress import Progress
 from src.tracking import runs as tracking
 from src.training.augment import input_pipeline
@@ -86,11 +88,13 @@ class Search:
 def search_data(params: Params, device: torch.device) -> TensorSplits:
     """Training and validation images on the device. The test split is left out: an
     empty one keeps `fit`'s final evaluation (and so every trial) away from it."""
-    data_dir = Layout().data
+    layout = Layout()
+    data_dir = layout.data
+    shown = data_dir.relative_to(layout.root)
     if not (data_dir / MANIFEST).is_file():
         # after `python -m src.quick` too: it prepares the data in a temporary copy only
         raise DataError(
-            f"tuning trains on the prepared data set, and {data_dir} holds "
+            f"tuning trains on the prepared data set, and {shown}/ holds "
             "none: prepare it first with `dvc repro download` (a local copy of CIFAR-10: "
             "`CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz dvc repro download`; "
             "`python -m src.quick` prepares it only inside its temporary copy)"

@@ -12,15 +12,10 @@ from typing import Any, Literal
 
 import optuna
 
-from src.config.params import (
-    CNNStageConfig,
-    ConfigError,
-    Params,
-    build,
-    config_hash,
-    flatten,
-    to_dict,
-)
+from src.config.schema import CNNStageConfig, Params
+from src.config.typed import build, config_hash, flatten, to_dict
+from src.errors import ConfigError
+from src.stages import CNN_STAGES
 
 # Knobs that set one field of the base stage's config (its dotted path there).
 FIELD_KNOBS = {
@@ -134,7 +129,7 @@ class TuneConfig:
     study: str = "cifar10-improved"
     storage: str = "optuna/journal.log"  # journal file (project-relative) or an RDB URL
     n_trials: int = 40  # the study's total, shared by all workers
-    base: Literal["baseline", "improved"] = "improved"
+    base: str = "improved"  # a CNN stage of the catalog (src.stages.CNN_STAGES)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
@@ -143,6 +138,11 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.study), "study", "must not be empty")
+        _check(
+            self.base in CNN_STAGES,
+            "base",
+            f"expected one of {list(CNN_STAGES)}, got {self.base!r}",
+        )
         _check(self.n_trials >= 1, "n_trials", "must be >= 1")
         _check(self.heartbeat_s >= 1, "heartbeat_s", "must be >= 1")
         _check(bool(self.space), "space", "needs at least one knob")

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from src.config.params import resolve_path
+from src.config.layout import resolve_path
 from src.errors import ConfigError, TuneError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable database fails fast

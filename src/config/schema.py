@@ -1,0 +1,312 @@
+"""The params schema: one frozen dataclass per params.yaml section, and the keys it must hold.
+
+Building a section checks every key: an unknown key, a wrong type or an impossible value
+raises :class:`ConfigError` naming the dotted key and what was expected, before any work
+starts (src.config.typed builds them; src.config.load reads the file). Pipelines turn
+that error into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from src.errors import ConfigError
+from src.stages import CNN_STAGES, TRAINING_STAGES
+
+# Overrides `data.source` so an offline user can point the pipeline at a local copy.
+SOURCE_ENV_VAR = "CIFAR10_SOURCE"
+
+# The largest seed every RNG the project seeds accepts (numpy's legacy RandomState, under
+# Optuna's samplers, takes no more); a larger one would end in a traceback mid-run.
+SEED_MAX = 2**32 - 1
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    seed: int = 0
+    # One MLflow experiment for every stage, so the UI compares them side by side.
+    experiment: str = "cifar10"
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(self.seed <= SEED_MAX, "seed", f"{self.seed} is out of range [0, {SEED_MAX}]")
+        _require(bool(self.experiment.strip()), "experiment", "must not be empty")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "official" (download), a cifar-10-python.tar.gz path, or an image folder
+    # (directory, .tar, .tar.gz, .tgz or .zip). $CIFAR10_SOURCE overrides it.
+    source: str = "official"
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    # The trust anchor for the official archive, downloaded or local: its batches are
+    # pickles and are unpickled only after this md5 matches (and then by an unpickler
+    # that builds nothing but dicts, lists, bytes and numpy arrays).
+    md5: str = "c58f30108f718f92721af3b95e74349a"
+    val_fraction: float = 0.1  # of the 50,000 training images: 5,000 as in the course
+    split_seed: int = 0
+    timeout_s: float = 60.0  # per network read
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        _require(0 < self.timeout_s < math.inf, "timeout_s", "must be a number > 0")
+        _require(self.retries >= 0, "retries", "must be >= 0")
+        _require(self.split_seed >= 0, "split_seed", "must be >= 0")
+        _require(
+            self.split_seed <= SEED_MAX,
+            "split_seed",
+            f"{self.split_seed} is out of range [0, {SEED_MAX}]",
+        )
+        _require(bool(self.source.strip()), "source", "must not be empty")
+        _require(
+            len(self.md5) == 32 and all(c in "0123456789abcdef" for c in self.md5),
+            "md5",
+            "must be 32 lowercase hex digits",
+        )
+
+
+Activation = Literal["relu", "leaky_relu", "gelu", "elu"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A CNN of conv blocks then fully connected layers (task 2 and task 3)."""
+
+    filters: tuple[int, ...] = (32, 64, 128)  # one conv block per entry
+    kernel_size: int = 5
+    padding: Literal["same", "valid"] = "same"
+    activation: Activation = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0  # Dropout2d after each conv block, Dropout after each hidden FC
+    fc: tuple[int, ...] = (64,)  # hidden FC widths; the 10-way output layer is added
+    image_size: int = IMAGE_SIZE
+
+    def __post_init__(self) -> None:
+        _require(len(self.filters) >= 1, "filters", "needs at least one conv block")
+        _require(all(f >= 1 for f in self.filters), "filters", "every entry must be >= 1")
+        _require(all(f >= 1 for f in self.fc), "fc", "every entry must be >= 1")
+        _require(self.kernel_size >= 1, "kernel_size", "must be >= 1")
+        if self.padding == "same":
+            _require(
+                self.kernel_size % 2 == 1,
+                "kernel_size",
+                f"must be odd with padding 'same' (got {self.kernel_size})",
+            )
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        _require(
+            self.output_size() >= 1,
+            "filters",
+            f"{len(self.filters)} blocks of kernel {self.kernel_size} and 2x2 pooling "
+            f"shrink a {self.image_size}px image to nothing",
+        )
+
+    def output_size(self) -> int:
+        """Spatial size after the last conv block (each block: conv, then 2x2 max pool)."""
+        size = self.image_size
+        for _ in self.filters:
+            if self.padding == "valid":
+                size -= self.kernel_size - 1
+            size //= 2
+        return size
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-split augmentation, applied on whole batches."""
+
+    crop_padding: int = 0  # random crop of the original size from a zero-padded image
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.crop_padding <= 16, "crop_padding", "must be in [0, 16]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 5e-2
+    momentum: float = 0.0  # SGD only
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 10
+    scheduler: Literal["none", "cosine", "onecycle", "step"] = "none"
+    step_gamma: float = 0.1  # "step": lr *= gamma every step_epochs epochs
+    step_epochs: int = 5
+    label_smoothing: float = 0.0
+    validations_per_epoch: int = 2
+    # Course rule: stop when the oldest of the last `early_stop_count` validation
+    # losses is the lowest of them. 0 disables early stopping.
+    early_stop_count: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mean: tuple[float, float, float] = COURSE_MEAN
+    std: tuple[float, float, float] = COURSE_STD
+    # Evaluation chunk: the stages' training batch. On CPU, evaluation then reuses the
+    # memory the training steps freed; 1000-image chunks page-fault their activations
+    # in afresh every batch (baseline evaluation 1.6x slower, BENCHMARKS.md).
+    eval_batch_size: int = 64
+    subset: int = 0  # train on the first N images of the (shuffled) training split; 0 = all
+    dry_run: bool = False  # a few batches of a tiny subset: the real code path in seconds
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
+        _require(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        _require(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
+        _require(0 <= self.weight_decay < math.inf, "weight_decay", "must be a number >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(0 < self.step_gamma <= 1, "step_gamma", "must be in (0, 1]")
+        _require(self.step_epochs >= 1, "step_epochs", "must be >= 1")
+        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        _require(self.validations_per_epoch >= 1, "validations_per_epoch", "must be >= 1")
+        _require(self.early_stop_count >= 0, "early_stop_count", "must be >= 0")
+        # .inf or .nan would zero or poison a channel of every image, silently
+        _require(
+            all(math.isfinite(m) for m in self.mean),
+            "mean",
+            f"every entry must be a finite number, got {list(self.mean)}",
+        )
+        _require(
+            all(math.isfinite(s) and s > 0 for s in self.std),
+            "std",
+            f"every entry must be a finite number > 0, got {list(self.std)}",
+        )
+        _require(self.subset >= 0, "subset", "must be >= 0 (0 = all images)")
+        _require(self.num_threads >= 0, "num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CNNStageConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    # "imagenet" (torchvision's IMAGENET1K_V1, from its cache or the network), a path
+    # to a state-dict file, or "none" (random init: offline smoke runs only).
+    weights: str = "imagenet"
+    trainable: tuple[str, ...] = ("layer4", "fc")  # blocks that train; the rest is frozen
+    image_size: int = 224  # images are resized on the batch tensor
+    cache_features: bool = True  # run the frozen prefix once when nothing augments
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            optimizer="adam",
+            lr=5e-4,
+            batch_size=32,
+            epochs=5,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            eval_batch_size=256,
+        )
+    )
+
+    def __post_init__(self) -> None:
+        blocks = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+        _require(bool(self.weights), "weights", "must be 'imagenet', 'none' or a file path")
+        bad = [b for b in self.trainable if b not in blocks]
+        _require(not bad, "trainable", f"unknown blocks {bad}; choose from {list(blocks)}")
+        _require("fc" in self.trainable, "trainable", "must include 'fc' (the new 10-way head)")
+        _require(32 <= self.image_size <= 512, "image_size", "must be in [32, 512]")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml. Sections not listed here are rejected."""
+
+    common: CommonConfig = field(default_factory=CommonConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # One section per training stage of the catalog (src.stages.TRAINING_STAGES), in its
+    # order: typed loading needs the fields spelled out; tests/test_stages_catalog.py
+    # checks they agree.
+    baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
+    improved: CNNStageConfig = field(default_factory=CNNStageConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    # A section owned by another module, validated there (src.tune).
+    tune: dict = field(default_factory=dict)
+    # Named sets of dotted overrides, read by no stage: `python -m src.quick` runs the
+    # pipeline with `profiles.quick` as `dvc exp run -S` params; `python -m src.tune
+    # --profile quick` applies it to its base config.
+    profiles: dict = field(default_factory=dict)
+    # The profile `load_params(profile=...)` applied; never a params.yaml key.
+    profile: str = "full"
+
+
+# --------------------------------------------------------------------------- required keys
+
+# params.yaml must spell out every section and every key of the dataclass sections above,
+# except these: a missing key is a ConfigError, never a silent default (a missing
+# `improved:` would otherwise train the baseline's network under the improved name).
+# What may be left out: run-time switches, recipe extras that default to "off", and the
+# knobs the course's task-2 recipe (and the ResNet's) does without.
+_TRAIN_OPTIONAL = (
+    "nesterov",
+    "step_gamma",
+    "step_epochs",
+    "label_smoothing",
+    "dry_run",
+    "device",
+    "num_threads",
+)
+OPTIONAL_KEYS = frozenset(
+    {
+        "profile",  # set by load_params(profile=...), refused in the file
+        *(f"{s}.model.image_size" for s in CNN_STAGES),
+        *(f"{s}.train.eval_batch_size" for s in CNN_STAGES),
+        *(f"{s.name}.train.{k}" for s in TRAINING_STAGES for k in _TRAIN_OPTIONAL),
+        # what the course's task-2 recipe and the ResNet's do without
+        "baseline.train.momentum",
+        "baseline.train.weight_decay",
+        "baseline.train.scheduler",
+        "resnet.train.momentum",
+        "resnet.train.scheduler",
+    }
+)
+
+
+def required_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key params.yaml must hold (sections and leaves), in file order."""
+    keys = []
+    for f in dataclasses.fields(cls or Params):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if key in OPTIONAL_KEYS:
+            continue
+        keys.append(key)
+        tp = typing.get_type_hints(cls or Params)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += required_keys(tp, key)
+    return keys
+
+
+def check_required(raw: dict) -> None:
+    """ConfigError naming the first required key `raw` (params.yaml as read) lacks."""
+    for key in required_keys():
+        node: Any = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last not in node:
+            raise ConfigError(
+                key, "missing from params.yaml; every section and key must be set (no defaults)"
+            )
