@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from src.cli import guarded
-from src.config.params import CIFAR10_CLASSES, load_params, resolve_path
+from src.config.params import CIFAR10_CLASSES, Layout, load_params, resolve_path
 from src.data.prepare import DataError
 
 SIZE = 32
@@ -65,9 +65,9 @@ def load_predictor(model: str):
         return Classifier.from_file(resolve_path(model))
     import mlflow
 
-    from src.tracking import runs as tracking
+    from src.tracking import store
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(store.tracking_uri())
     try:
         return mlflow.pyfunc.load_model(model).predict
     except Exception as exc:  # unknown name/alias/version, another flavour, no store
@@ -80,7 +80,7 @@ def default_model() -> str:
     from src.tracking import model_choice
 
     params = load_params()
-    chosen = model_choice.choose(params.common.experiment, resolve_path(params.common.paths.models))
+    chosen = model_choice.choose(params.common.experiment, Layout().models)
     print(f"model: {chosen.model} ({chosen.about})", file=sys.stderr)
     return chosen.model
 

@@ -69,7 +69,7 @@ def test_stage_code_deps_are_exactly_its_imports(name):
 def test_closure_follows_lazy_imports_and_packages():
     closure = code_closure("src.tune.__main__")
     assert {"src/tune/__init__.py", "src/tune/search.py", "src/training/loop.py"} <= closure
-    # src.report.build imports src.training.models inside a function only
+    # src.report.blocks imports src.training.models inside a function only
     assert "src/training/models.py" in code_closure("src.report.build")
 
 
@@ -87,6 +87,8 @@ def _code_layout() -> dict:
     from src.config.params import Layout
     from src.data.prepare import MANIFEST
     from src.report import build as report
+    from src.report.blocks import FIGURE_DIR
+    from src.report.inputs import DISCUSSION_FILE, TUNE_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 
@@ -104,7 +106,7 @@ def _code_layout() -> dict:
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
-    report_deps |= {layout.reports / report.TUNE_DIR, layout.reports / report.DISCUSSION_FILE}
+    report_deps |= {layout.reports / TUNE_DIR, layout.reports / DISCUSSION_FILE}
     return {
         "download": {
             "deps": set(),
@@ -117,7 +119,7 @@ def _code_layout() -> dict:
             "outs": {
                 layout.reports / report.REPORT_FILE,
                 layout.reports / report.HTML_FILE,
-                layout.reports / report.FIGURE_DIR,
+                layout.reports / FIGURE_DIR,
             },
             "metrics": set(),
         },

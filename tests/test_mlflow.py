@@ -27,6 +27,7 @@ from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT, load_params
 from src.data.prepare import load_dataset
 from src.tracking import registry
 from src.tracking import runs as tracking
+from src.tracking.naming import chart_key, metric_split
 from src.tracking.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
 
@@ -301,20 +302,21 @@ def test_mlflow_search_runs_in_the_project_root_finds_the_runs(trained):
     assert out.stdout.strip() == "['baseline', 'download', 'improved']"
 
 
-def test_params_of_a_stage_run_and_its_smoke_reasons():
+def test_params_of_a_stage_run():
     params = load_params()
     logged = tracking.run_params(params, params.improved)
     assert logged["model.filters"] == list(params.improved.model.filters)
     assert logged["seed"] == params.common.seed
-    quick = load_params(overrides={"profile": "quick"})
-    assert "profile quick" in registry.smoke_reasons(quick, quick.resnet)
-    assert "random-init backbone" in registry.smoke_reasons(quick, quick.resnet)
-    assert registry.smoke_reasons(params, params.improved) == []
 
 
-def test_chart_keys():
-    assert tracking.chart_key("val_loss") == "curves/val_loss"
-    assert tracking.chart_key("test_accuracy") == "test_accuracy"
+def test_chart_keys_and_the_split_of_a_final_figure():
+    assert chart_key("val_loss") == "curves/val_loss"
+    assert chart_key("test_accuracy") == "test_accuracy"
+    assert [metric_split(k) for k in ("test_loss", "final_val_accuracy", "val_loss")] == [
+        "test",
+        "val",
+        None,
+    ]
 
 
 def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys):
