@@ -73,6 +73,26 @@ def test_closure_follows_lazy_imports_and_packages():
     assert "src/training/models.py" in code_closure("src.report.build")
 
 
+def test_the_data_stage_runs_no_training_serving_or_model_code():
+    """Editing the networks, the training loop or the served model never reruns `download`."""
+    closure = code_closure("pipelines.download")
+    assert not [f for f in closure if f.startswith("src/training/")]
+    assert not closure & {"src/tracking/registry.py", "src/tracking/serving.py"}
+
+
+@pytest.mark.parametrize("package", ["src.tracking", "src.report"])
+def test_imports_within_a_package_run_one_way(package):
+    """No circle among a package's modules (lazy imports included)."""
+    folder = PROJECT_ROOT / package.replace(".", "/")
+    modules = {f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
+    edges = {m: imported_modules(module_file(m)) & modules for m in modules}
+    done: set[str] = set()
+    while len(done) < len(modules):  # peel off modules whose imports are all done
+        ready = {m for m in modules - done if edges[m] <= done}
+        assert ready, f"import circle among {sorted(modules - done)}"
+        done |= ready
+
+
 # --------------------------------------------------------------------------- fixed layout
 
 

@@ -160,7 +160,7 @@ def test_data_on_another_disk_through_the_dvc_cache(repo: Path, tmp_path: Path):
 
 
 def _runs(root: Path) -> dict[str, str]:
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("cifar10")
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'baseline'")

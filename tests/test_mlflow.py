@@ -25,7 +25,7 @@ import pytest
 
 from src.config.params import CIFAR10_CLASSES, PROJECT_ROOT, load_params
 from src.data.prepare import load_dataset
-from src.tracking import registry
+from src.tracking import registry, store
 from src.tracking import runs as tracking
 from src.tracking.naming import chart_key, metric_split
 from src.tracking.serving import Classifier
@@ -363,7 +363,8 @@ def registry_store(tmp_path, monkeypatch):
     model_file = tmp_path / "baseline.pt"
     write_model_file(model_file, build_cnn(cfg["model"]), "baseline", cfg, {})
     client = mlflow.MlflowClient()
-    run_id = client.create_run(client.create_experiment("cifar10")).info.run_id
+    # artifacts beside the store, not in the working directory's ./mlruns
+    run_id = client.create_run(store.create_experiment(client, uri, "cifar10")).info.run_id
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     try:
         yield client, tracking.Run(run_id, "cifar10"), model_file, images

@@ -187,7 +187,7 @@ def test_stage_killed_while_registering_leaves_one_tagged_version(prepared: Path
     argv = ["baseline", "--no-progress"]
     _kill_at(prepared, "src.tracking.registry", "register_version", "train_cnn", argv)
     assert (prepared / "checkpoints/baseline.pt").exists()
-    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlflow.db")
     client = mlflow.MlflowClient()
     (killed,) = client.search_model_versions("name = 'cifar10-baseline'")
     assert killed.tags["servable"] == "false" and "dry run" in killed.tags["smoke"]
