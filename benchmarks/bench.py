@@ -11,7 +11,7 @@ augmentation), on one device and in one process:
              split, for a fixed number of steps, validating as configured (on
              `--eval-images` images), checkpointing as a stage does and, when mlflow
              is importable, logging every validation to a real MLflow run in a
-             temporary store (`tracking.use_store`: the project's store is
+             temporary store (`store.use_store`: the project's store is
              untouched). images/s is FitResult's: training steps only (data,
              augmentation, step, loop), evaluation excluded. ResNet goes through
              `src.training.feature_cache.prepare_resnet_training`, so with feature caching on (the
@@ -67,6 +67,7 @@ from src.config.schema import Params, TrainConfig
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import load_dataset
 from src.tracking import runs as tracking
+from src.tracking import store
 from src.training.augment import input_pipeline
 from src.training.device import Placement, resolve_device, synchronize
 from src.training.feature_cache import prepare_resnet_training
@@ -329,7 +330,7 @@ def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iter
     db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.tracking.store)
     db.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tracking.use_store(f"sqlite:///{db}"),
+        store.use_store(f"sqlite:///{db}"),
         tracking.stage_run(f"bench-{name}", {"train": cfg}, experiment="bench") as run,
     ):
         yield run
@@ -665,10 +666,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tracking == "auto":
-        track = tracking.tracking_enabled()
+        track = store.tracking_enabled()
     else:
         track = args.tracking == "on"
-        if track and not tracking.tracking_enabled():
+        if track and not store.tracking_enabled():
             raise SystemExit(
                 "--tracking on: mlflow is not importable (or CIFAR_MLOPS_TRACKING=off)"
             )

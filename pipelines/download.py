@@ -16,6 +16,8 @@ from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
 from src.stage_lock import stage_lock
 from src.tracking import runs as tracking
+from src.tracking import store
+from src.tracking.datasets import log_datasets
 
 STAGE = "download"
 SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
@@ -25,7 +27,7 @@ SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 def main() -> None:
     params = load_params()
     layout = Layout()
-    tracking.check_store()  # a store at the old place stops it before the data is read
+    store.check_store()  # a store at the old place stops it before the data is read
     with stage_lock(STAGE):  # before any work: one writer per stage
         manifest = _prepare(params, layout)
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {layout.data}")
@@ -48,7 +50,7 @@ def _prepare(params: Params, layout: Layout) -> dict:
         run.log_metrics(counts)
         run.log_dict(manifest, "manifest.json")
         run.set_tags({"data_source": manifest["source"]["kind"]})
-        run.log_datasets(dataset, out_dir)
+        log_datasets(run, dataset, out_dir)
         atomic_write_json(paths.metrics, {**counts, "mlflow_run_id": run.run_id})
     return manifest
 

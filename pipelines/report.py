@@ -21,6 +21,8 @@ from src.config.layout import Layout, project_root
 from src.config.load import load_params
 from src.report import build as report
 from src.report import html as report_html
+from src.report.blocks import FIGURE_DIR
+from src.report.inputs import load_inputs
 from src.tracking import runs as tracking
 
 STAGE = "report"
@@ -32,7 +34,7 @@ def linked_figures(report_md: Path) -> set[str]:
         text = report_md.read_text()
     except OSError:
         return set()
-    pattern = rf"\]\({re.escape(report.FIGURE_DIR)}/([\w.-]+\.png)\)"
+    pattern = rf"\]\({re.escape(FIGURE_DIR)}/([\w.-]+\.png)\)"
     return set(re.findall(pattern, text))
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     command = invocation(list(argv) if argv is not None else sys.argv[1:])
 
     params = load_params()
-    inputs = report.load_inputs(project_root(), params, allow_missing=args.allow_missing)
+    inputs = load_inputs(project_root(), params, allow_missing=args.allow_missing)
     runs = {
         stage: tracking.run_summary(outputs.metrics.get("mlflow_run_id"))
         for stage, outputs in inputs.stages.items()
@@ -67,22 +69,22 @@ def main(argv: list[str] | None = None) -> None:
     rendered = report.render_report(inputs, runs, command=command)
 
     out = Layout().reports / report.REPORT_FILE
-    figure_dir = out.parent / report.FIGURE_DIR
+    figure_dir = out.parent / FIGURE_DIR
     previous = linked_figures(out)  # only figures an earlier render wrote are ever removed
     logged = {"common": params.common}
     with tracking.stage_run(
         STAGE, logged, experiment=params.common.experiment, tags=rendered.tags
     ) as run:
         for name, figure in rendered.figures.items():
-            tracking.write_figure(figure, figure_dir / name, run, f"{report.FIGURE_DIR}/{name}")
+            tracking.write_figure(figure, figure_dir / name, run, f"{FIGURE_DIR}/{name}")
         for name, source in rendered.copies.items():
             atomic_write_bytes(figure_dir / name, (project_root() / source).read_bytes())
-            run.log_artifact(figure_dir / name, report.FIGURE_DIR)
+            run.log_artifact(figure_dir / name, FIGURE_DIR)
         written = set(rendered.figures) | set(rendered.copies)
         for stale in previous - written:
             (figure_dir / stale).unlink(missing_ok=True)
         atomic_write_bytes(out, rendered.markdown.encode())
-        images = {f"{report.FIGURE_DIR}/{n}": (figure_dir / n).read_bytes() for n in written}
+        images = {f"{FIGURE_DIR}/{n}": (figure_dir / n).read_bytes() for n in written}
         title = rendered.markdown.splitlines()[0].lstrip("# ")
         page = report_html.render_html(rendered.markdown, images, title)
         html_out = out.with_name(report.HTML_FILE)

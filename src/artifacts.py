@@ -20,7 +20,7 @@ deletes the outs while an earlier run of the stage still trains (see `src.stage_
 takes nothing that run needs.
 A kill between two writes leaves files of two runs side by side; the links (run id
 and final figures shared with metrics.json, the history digest) let the report
-refuse such a mix (`src.report.build.load_inputs`).
+refuse such a mix (`src.report.inputs.load_inputs`).
 """
 
 from __future__ import annotations
@@ -55,11 +55,6 @@ os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- atomic writes
-
-
-def temp_sibling(path: Path) -> bool:
-    """Whether `path` is what `atomic_write_bytes` leaves when killed mid-write."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -340,11 +335,21 @@ def write_model_file(
 
 
 def read_model_file(path: Path, mmap: bool = False) -> dict:
-    """The model file's dict (WeightsError when it is missing or not one); with `mmap`
-    the tensors are memory-mapped, not read (for the config and metrics alone)."""
+    """The dict `write_model_file` wrote: the weights ('model') and the resolved config
+    ('config') at least. WeightsError, one line, when the file is missing, unreadable or
+    another file (a plain state dict, a checkpoint); with `mmap` the tensors are
+    memory-mapped, not read (for the config and metrics alone). The one reader of model
+    files: serving, the report and `src.predict`'s choice of model all use it."""
     payload = load_torch(path, mmap=mmap)
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise WeightsError(f"{path}: not a model file of this project (no 'model' entry)")
+    if not (
+        isinstance(payload, dict)
+        and isinstance(payload.get("model"), dict)
+        and isinstance(payload.get("config"), dict)
+    ):
+        raise WeightsError(
+            f"{path}: not a model file of this project (expected the 'model' and 'config' "
+            "entries that the pipeline stages write)"
+        )
     return payload
 
 
@@ -357,10 +362,3 @@ def read_weights(path: Path) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
-
-
-def load_model_file(path: Path, model: nn.Module) -> dict:
-    """Load the weights of the model file at `path` into `model`; returns the file's dict."""
-    payload = read_model_file(path)
-    load_state_strict(model, payload["model"], str(path))
-    return payload

@@ -65,9 +65,9 @@ def load_predictor(model: str):
         return Classifier.from_file(resolve_path(model))
     import mlflow
 
-    from src.tracking import runs as tracking
+    from src.tracking import store
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(store.tracking_uri())
     try:
         return mlflow.pyfunc.load_model(model).predict
     except Exception as exc:  # unknown name/alias/version, another flavour, no store

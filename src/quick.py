@@ -124,13 +124,13 @@ def run_dvc(command: list[str], cwd: Path | None = None) -> int:
 def summary(name: str, since_ms: int = 0) -> list[str]:
     """Where experiment `name`'s report, runs and models are: its MLflow runs (tag
     `dvc_exp_name`) started since `since_ms`."""
-    from src.tracking import runs as tracking
+    from src.tracking import store
 
-    if not tracking.tracking_enabled():
+    if not store.tracking_enabled():
         return [f"Experiment {name!r} done (tracking is off: no MLflow runs)."]
     import mlflow
 
-    tracking.point_mlflow()
+    store.point_mlflow()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(load_params().common.experiment)
     if experiment is None:

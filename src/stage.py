@@ -16,8 +16,10 @@ from src.config.layout import Layout
 from src.config.schema import Params, TrainConfig
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset, load_dataset
-from src.tracking import registry
+from src.tracking import dead_runs, registry
 from src.tracking import runs as tracking
+from src.tracking.datasets import log_datasets
+from src.tracking.provenance import smoke_reasons
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement
 from src.training.loop import FitResult, Pipeline, TensorSplits, fit
@@ -51,14 +53,14 @@ def run_training_stage(
     previous = load_checkpoint(paths.checkpoint, key)
     resume_id = (previous or {}).get("extra", {}).get("run_id")
     if resume_id:
-        tracking.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
+        dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
 
     run_params = tracking.run_params(params, section)
     with tracking.stage_run(
         stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=tags
     ) as run:
         # on resume too: final metrics and the model link to the splits
-        run.log_datasets(dataset, Layout().data)
+        log_datasets(run, dataset, Layout().data)
 
         log_validation = tracking.ValidationLogger(run)
         result = fit(
@@ -87,13 +89,14 @@ def run_training_stage(
             },
             step=result.steps,
         )
-        registered = run.log_model(
+        registered = registry.log_model(
+            run,
             stage,
             paths.model,
             dataset.val.images[:2],
             final_metrics=result.final,
             step=result.steps,
-            smoke=registry.smoke_reasons(params, section),
+            smoke=smoke_reasons(to_dict(section), params.profile),
         )
         if registered:
             print(f"[{stage}] {registered}")

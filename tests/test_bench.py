@@ -15,7 +15,7 @@ import yaml
 
 from benchmarks import bench
 from src.config.layout import PROJECT_ROOT
-from src.tracking import runs as tracking
+from src.tracking import store
 from tests.conftest import tiny_params
 
 LIGHT_MODULES = (
@@ -59,8 +59,8 @@ def one_thread():
 def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    redirects = ("DVC_ROOT", "MLFLOW_TRACKING_URI", tracking.TRACKING_SWITCH_ENV)
-    environ, store = {k: os.environ.get(k) for k in redirects}, tracking.tracking_uri()
+    redirects = ("DVC_ROOT", "MLFLOW_TRACKING_URI", store.TRACKING_SWITCH_ENV)
+    environ, uri = {k: os.environ.get(k) for k in redirects}, store.tracking_uri()
     out = tmp_path / "bench.json"
     result = bench.main(
         [
@@ -106,7 +106,7 @@ def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, 
     # tracked into its own temporary store, named explicitly: what once redirected it
     # is as it was, and so is the store the project tracks into
     assert {k: os.environ.get(k) for k in redirects} == environ
-    assert tracking.tracking_uri() == store
+    assert store.tracking_uri() == uri
 
 
 def test_eval_epoch_splits_validation_and_final_evaluation(tiny_params_file, tmp_path, one_thread):

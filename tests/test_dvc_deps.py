@@ -69,8 +69,28 @@ def test_stage_code_deps_are_exactly_its_imports(name):
 def test_closure_follows_lazy_imports_and_packages():
     closure = code_closure("src.tune.__main__")
     assert {"src/tune/__init__.py", "src/tune/search.py", "src/training/loop.py"} <= closure
-    # src.report.build imports src.training.models inside a function only
+    # src.report.blocks imports src.training.models inside a function only
     assert "src/training/models.py" in code_closure("src.report.build")
+
+
+def test_the_data_stage_runs_no_training_serving_or_model_code():
+    """Editing the networks, the training loop or the served model never reruns `download`."""
+    closure = code_closure("pipelines.download")
+    assert not [f for f in closure if f.startswith("src/training/")]
+    assert not closure & {"src/tracking/registry.py", "src/tracking/serving.py"}
+
+
+@pytest.mark.parametrize("package", ["src.tracking", "src.report"])
+def test_imports_within_a_package_run_one_way(package):
+    """No circle among a package's modules (lazy imports included)."""
+    folder = PROJECT_ROOT / package.replace(".", "/")
+    modules = {f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
+    edges = {m: imported_modules(module_file(m)) & modules for m in modules}
+    done: set[str] = set()
+    while len(done) < len(modules):  # peel off modules whose imports are all done
+        ready = {m for m in modules - done if edges[m] <= done}
+        assert ready, f"import circle among {sorted(modules - done)}"
+        done |= ready
 
 
 # --------------------------------------------------------------------------- fixed layout
@@ -87,6 +107,8 @@ def _code_layout() -> dict:
     from src.config.layout import Layout
     from src.data.prepare import MANIFEST
     from src.report import build as report
+    from src.report.blocks import FIGURE_DIR
+    from src.report.inputs import DISCUSSION_FILE, TUNE_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 
@@ -104,7 +126,7 @@ def _code_layout() -> dict:
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
-    report_deps |= {layout.reports / report.TUNE_DIR, layout.reports / report.DISCUSSION_FILE}
+    report_deps |= {layout.reports / TUNE_DIR, layout.reports / DISCUSSION_FILE}
     return {
         "download": {
             "deps": set(),
@@ -117,7 +139,7 @@ def _code_layout() -> dict:
             "outs": {
                 layout.reports / report.REPORT_FILE,
                 layout.reports / report.HTML_FILE,
-                layout.reports / report.FIGURE_DIR,
+                layout.reports / FIGURE_DIR,
             },
             "metrics": set(),
         },

@@ -58,7 +58,7 @@ def test_the_modules_errors_are_the_one_set():
     """Each module's error is the class from src.errors (so `guarded` knows it)."""
     from src.config import schema as config
     from src.data import prepare as data
-    from src.report import build as report
+    from src.report import inputs as report
     from src.training import loop as train
     from src.training import models
     from src.tune import storage

@@ -27,8 +27,9 @@ from src.cifar import CIFAR10_CLASSES
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.data.prepare import load_dataset
-from src.tracking import registry
+from src.tracking import registry, store
 from src.tracking import runs as tracking
+from src.tracking.naming import chart_key, metric_split
 from src.tracking.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
 
@@ -303,20 +304,21 @@ def test_mlflow_search_runs_in_the_project_root_finds_the_runs(trained):
     assert out.stdout.strip() == "['baseline', 'download', 'improved']"
 
 
-def test_params_of_a_stage_run_and_its_smoke_reasons():
+def test_params_of_a_stage_run():
     params = load_params()
     logged = tracking.run_params(params, params.improved)
     assert logged["model.filters"] == list(params.improved.model.filters)
     assert logged["seed"] == params.common.seed
-    quick = load_params(overrides={"profile": "quick"})
-    assert "profile quick" in registry.smoke_reasons(quick, quick.resnet)
-    assert "random-init backbone" in registry.smoke_reasons(quick, quick.resnet)
-    assert registry.smoke_reasons(params, params.improved) == []
 
 
-def test_chart_keys():
-    assert tracking.chart_key("val_loss") == "curves/val_loss"
-    assert tracking.chart_key("test_accuracy") == "test_accuracy"
+def test_chart_keys_and_the_split_of_a_final_figure():
+    assert chart_key("val_loss") == "curves/val_loss"
+    assert chart_key("test_accuracy") == "test_accuracy"
+    assert [metric_split(k) for k in ("test_loss", "final_val_accuracy", "val_loss")] == [
+        "test",
+        "val",
+        None,
+    ]
 
 
 def test_predict_without_model_uses_the_best_champion(trained, tmp_path, capsys):
@@ -363,7 +365,8 @@ def registry_store(tmp_path, monkeypatch):
     model_file = tmp_path / "baseline.pt"
     write_model_file(model_file, build_cnn(cfg["model"]), "baseline", cfg, {})
     client = mlflow.MlflowClient()
-    run_id = client.create_run(client.create_experiment("cifar10")).info.run_id
+    # artifacts beside the store, not in the working directory's ./mlruns
+    run_id = client.create_run(store.create_experiment(client, uri, "cifar10")).info.run_id
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     try:
         yield client, tracking.Run(run_id, "cifar10"), model_file, images

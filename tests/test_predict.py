@@ -173,7 +173,7 @@ def test_without_any_servable_model_it_lists_what_exists(capsys, empty_project, 
     smoke = _model(empty_project, "improved", 0.47, subset=10000)
     code, _, err = _run(capsys, images[0])
     assert code == 1
-    assert f"{smoke}: test accuracy 0.4700 (smoke: trained on 10000 images)" in err
+    assert f"{smoke}: test accuracy 0.4700 (smoke: trained on 10,000 images)" in err
     assert f"--model {smoke}" in err
 
 

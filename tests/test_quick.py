@@ -164,10 +164,10 @@ def test_a_temp_experiment_writes_its_copy_and_tracks_in_the_repo(tmp_path, monk
     monkeypatch.chdir(copy / "src")
     assert project_root() == copy.resolve()
 
-    from src.tracking import runs as tracking
+    from src.tracking import store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
+    assert store.tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
 
     monkeypatch.chdir(repo)  # an ordinary `dvc repro`: DVC_ROOT is the project
     assert project_root() == repo and repo_root() == repo.resolve()

@@ -344,6 +344,7 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
 
 
 def test_resuming_never_marks_a_live_run_killed(project: Path):
+    from src.tracking import dead_runs
     from src.tracking import runs as tracking
     from src.workers import worker_id
 
@@ -351,7 +352,7 @@ def test_resuming_never_marks_a_live_run_killed(project: Path):
     client = mlflow.MlflowClient()
     alive = client.create_run(exp, tags={"worker": worker_id()}).info.run_id
     dead = client.create_run(exp, tags={"worker": _dead_worker()}).info.run_id
-    tracking.mark_run_killed(alive)
-    tracking.mark_run_killed(dead)
+    dead_runs.mark_run_killed(alive)
+    dead_runs.mark_run_killed(dead)
     assert client.get_run(alive).info.status == "RUNNING"
     assert client.get_run(dead).info.status == "KILLED"

@@ -21,7 +21,10 @@ from src.config.load import load_params
 from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
+from src.report import inputs as report_inputs
+from src.report.blocks import REFERENCE
 from src.report.sections import stage_cost
+from src.stages import TRAINING_STAGES, get_stage
 from src.training.models import build_cnn
 from tests.conftest import update_params
 
@@ -118,18 +121,20 @@ def test_report_html_inlines_figures_and_fetches_nothing():
 
 def test_discussion_sections_are_read_by_id(tmp_path):
     path = tmp_path / "discussion.md"
-    assert report.read_discussion(path) is None
+    assert report_inputs.read_discussion(path) is None
     path.write_text(
         "# Discussion\nintro\n\n## 3c: what helped\n\nBatch norm helped.\n\n### detail\nmore\n"
         "## 3f: overfitting\n\n## 9z: unknown\nignored\n## 4a\nPretrained wins.\n"
     )
-    assert report.read_discussion(path) == {
+    assert report_inputs.read_discussion(path) == {
         "3c": "Batch norm helped.\n\n### detail\nmore",
         "3f": "",
         "4a": "Pretrained wins.",
     }
-    committed = report.read_discussion(PROJECT_ROOT / "reports" / report.DISCUSSION_FILE)
-    assert set(committed) == set(report.DISCUSSION)  # the file in git has every place
+    committed = report_inputs.read_discussion(
+        PROJECT_ROOT / "reports" / report_inputs.DISCUSSION_FILE
+    )
+    assert set(committed) == set(report_inputs.DISCUSSION)  # the file in git has every place
 
 
 def test_task1_renders_the_theory_values():
@@ -163,9 +168,9 @@ def test_task1_renders_the_theory_values():
 
 
 def test_reference_values_are_the_course_reports():
-    assert report.REFERENCE["baseline"] == {"test_accuracy": 0.756, "n_parameters": 390_410}
-    assert report.REFERENCE["improved"]["test_accuracy"] == 0.811
-    assert report.REFERENCE["resnet"]["test_accuracy"] == 0.889
+    assert REFERENCE["baseline"] == {"test_accuracy": 0.756, "n_parameters": 390_410}
+    assert REFERENCE["improved"]["test_accuracy"] == 0.811
+    assert REFERENCE["resnet"]["test_accuracy"] == 0.889
 
 
 def test_missing_outputs_name_what_to_run(project, capsys, monkeypatch):
@@ -326,7 +331,9 @@ def test_a_quick_profile_run_is_a_smoke_run(project):
     }
     (project / "dvc.lock").write_text(yaml.safe_dump(lock))
 
-    inputs = report.load_inputs(project, load_params(project / "params.yaml"), allow_missing=True)
+    inputs = report_inputs.load_inputs(
+        project, load_params(project / "params.yaml"), allow_missing=True
+    )
     improved = inputs.stages["improved"]
     assert improved.profile == "quick"
     assert improved.smoke == ("profile quick", "trained on 10,000 images")
@@ -376,8 +383,8 @@ def test_report_stage_end_to_end(prepared):
     shutil.copy(
         prepared / "reports/baseline/learning_curves.png", tune / "optimization_history.png"
     )
-    discussion = prepared / "reports" / report.DISCUSSION_FILE
-    shutil.copy(PROJECT_ROOT / "reports" / report.DISCUSSION_FILE, discussion)
+    discussion = prepared / "reports" / report_inputs.DISCUSSION_FILE
+    shutil.copy(PROJECT_ROOT / "reports" / report_inputs.DISCUSSION_FILE, discussion)
     discussion.write_text(
         discussion.read_text().replace(
             "## 3f: overfitting\n", "## 3f: overfitting\n\nMy 3f text.\n"
@@ -390,7 +397,7 @@ def test_report_stage_end_to_end(prepared):
 
     for heading in HEADINGS:
         assert f"\n{heading}\n" in f"\n{text}", heading
-    for info in report.STAGES:
+    for info in TRAINING_STAGES:
         if info.name in stages:
             for sub in STAGE_SUBSECTIONS:
                 assert f"### Task {info.task}: {sub}\n" in text
@@ -416,14 +423,12 @@ def test_report_stage_end_to_end(prepared):
     for name in stages:
         for column, key in columns.items():
             assert summary[name][column] == f"{metrics[name][key]:.4f}", (name, column)
-        task = report.STAGE_INFO[name].task
+        task = get_stage(name).task
         split_rows = _table(_section(text, f"### Task {task}: accuracy and loss"))
         test_row = next(r for r in split_rows if r["Split"] == "Test")
         assert test_row["Accuracy"] == f"{metrics[name]['test_accuracy']:.4f}"
         assert test_row["Loss"] == f"{metrics[name]['test_loss']:.4f}"
-        assert (
-            test_row["Course report accuracy"] == f"{report.REFERENCE[name]['test_accuracy']:.3f}"
-        )
+        assert test_row["Course report accuracy"] == f"{REFERENCE[name]['test_accuracy']:.3f}"
         assert f"MLflow run `{metrics[name]['mlflow_run_id']}`" in text
     assert text.count("MLflow and model file agree") == len(stages)
 
@@ -435,7 +440,7 @@ def test_report_stage_end_to_end(prepared):
 
     if HAS_RESNET_STAGE:  # provenance: a random-init ResNet is never passed off as pretrained
         assert "Weights: `none`, **not pretrained**" in text
-        # the banner says so first, with registry.smoke_reasons' words (the ones that keep
+        # the banner says so first, with provenance.smoke_reasons' words (the ones that keep
         # the version from @champion), and the stage's section again
         assert "> **Smoke run, not results.** `resnet`: random-init backbone." in text
         assert "Not comparable with the course: random-init backbone." in text
@@ -512,7 +517,7 @@ def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
     from pipelines import train_cnn
 
     def load():
-        return report.load_inputs(
+        return report_inputs.load_inputs(
             prepared, load_params(prepared / "params.yaml"), allow_missing=True
         )
 
@@ -522,7 +527,7 @@ def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
     # killed after the new model file, before metrics.json: two runs side by side
     update_params(prepared, **{"baseline.train.lr": 0.02})
     _interrupt_stage_at(monkeypatch, "atomic_write_json", lambda a: a[0].name == "metrics.json")
-    with pytest.raises(report.ReportInputError) as info:
+    with pytest.raises(report_inputs.ReportInputError) as info:
         load()
     message = str(info.value)
     assert "models/baseline.pt" in message and "reports/baseline/metrics.json" in message
@@ -540,7 +545,7 @@ def test_report_refuses_outputs_of_two_runs(prepared, monkeypatch, capsys):
     load()
     update_params(prepared, **{"baseline.train.lr": 0.03})
     _interrupt_stage_at(monkeypatch, "write_model_file", lambda a: True)
-    with pytest.raises(report.ReportInputError, match="history.csv is not the one"):
+    with pytest.raises(report_inputs.ReportInputError, match="history.csv is not the one"):
         load()
 
 

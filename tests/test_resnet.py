@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from src.artifacts import load_model_file
+from src.artifacts import load_state_strict, read_model_file
 from src.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
@@ -351,7 +351,8 @@ def test_resnet_stage_end_to_end_random_init(prepared):
     assert any(m.source_run_id == run.info.run_id for m in models)
     # the saved file is the full network, trained head included
     model = build_resnet(load_params(prepared / "params.yaml").resnet)
-    payload = load_model_file(prepared / "models/resnet.pt", model)
+    payload = read_model_file(prepared / "models/resnet.pt")
+    load_state_strict(model, payload["model"], "resnet")
     assert payload["stage"] == "resnet" and payload["config"]["weights"] == "none"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from src.artifacts import load_model_file
+from src.artifacts import load_state_strict, read_model_file
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.training.models import WeightsError, build_cnn
@@ -94,7 +94,8 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     # the saved model file reloads into the architecture its config describes
     params = load_params(prepared / "params.yaml")
     model = build_cnn(getattr(params, stage).model)
-    payload = load_model_file(prepared / f"models/{stage}.pt", model)
+    payload = read_model_file(prepared / f"models/{stage}.pt")
+    load_state_strict(model, payload["model"], stage)
     assert payload["config"]["model"]["filters"] == list(getattr(params, stage).model.filters)
 
 
@@ -104,10 +105,10 @@ def test_model_file_for_another_architecture_is_refused(prepared):
     train_cnn.main(["baseline", "--no-progress"])
     wrong = build_cnn(load_params(prepared / "params.yaml").improved.model)
     with pytest.raises(WeightsError, match="another architecture"):
-        load_model_file(prepared / "models/baseline.pt", wrong)
+        load_state_strict(wrong, read_model_file(prepared / "models/baseline.pt")["model"], "x")
     (prepared / "models/broken.pt").write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="corrupt"):
-        load_model_file(prepared / "models/broken.pt", wrong)
+        read_model_file(prepared / "models/broken.pt")
 
 
 def test_two_runs_with_one_seed_give_identical_metrics(prepared):

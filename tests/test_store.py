@@ -40,7 +40,7 @@ def _old_store(root):
 
 
 def test_the_default_store_is_mlflows_own_default(root, monkeypatch):
-    assert tracking.tracking_uri() == f"sqlite:///{root}/mlflow.db"
+    assert store.tracking_uri() == f"sqlite:///{root}/mlflow.db"
     assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()  # nothing yet
     monkeypatch.chdir(root.parent)  # a stage may run elsewhere (a --temp copy): same layout
     exp_id = tracking.set_experiment("cifar10")
@@ -63,18 +63,18 @@ def test_the_default_store_is_mlflows_own_default(root, monkeypatch):
 
 def test_mlflow_tracking_uri_still_overrides(root, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/team.db")
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/team.db"
+    assert store.tracking_uri() == f"sqlite:///{tmp_path}/team.db"
     _old_store(root)  # not looked at when the user names a store
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/team.db"
+    assert store.tracking_uri() == f"sqlite:///{tmp_path}/team.db"
 
 
 def test_a_store_at_the_old_place_is_named_and_moving_it_keeps_its_artifacts(root, capsys):
     run_id = _old_store(root)
     with pytest.raises(store.StoreError, match="mv mlruns/mlflow.db mlflow.db") as info:
-        tracking.tracking_uri()
+        store.tracking_uri()
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
     shutil.move(root / "mlruns" / "mlflow.db", root / "mlflow.db")  # what it says to do
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     client = mlflow.MlflowClient(uri)
     assert client.get_run(run_id).info.run_name == "baseline"
     # its artifact paths were absolute: they still lead to the files
@@ -87,11 +87,11 @@ def test_an_empty_store_made_by_a_bare_mlflow_command_is_named(root, capsys):
     mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db").search_experiments()  # creates it
     assert (root / "mlflow.db").is_file() and not store.holds_runs(root / "mlflow.db")
     with pytest.raises(store.StoreError, match="rm mlflow.db && mv mlruns/mlflow.db mlflow.db"):
-        tracking.tracking_uri()
+        store.tracking_uri()
     # once the new store holds runs, the old one is only noted
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     client.create_run(client.create_experiment("other"))
-    assert tracking.tracking_uri() == f"sqlite:///{root}/mlflow.db"
+    assert store.tracking_uri() == f"sqlite:///{root}/mlflow.db"
     assert "is not read" in capsys.readouterr().err
 
 

@@ -1,12 +1,11 @@
-"""Building blocks of the report (`src.report.build`): the stages and the course's values,
-number and markdown-table formatting, architecture tables rebuilt from a stage's
-resolved config, and task 1 (computed by `src.report.theory`)."""
+"""Building blocks of the report (`src.report.build`): the course's values and measured
+training rates, number and markdown-table formatting, architecture tables rebuilt from a
+stage's resolved config, and task 1 (computed by `src.report.theory`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 from src.config.schema import CNNStageConfig, ResNetConfig
 from src.config.typed import build
 from src.report import theory
+from src.stages import get_stage
 
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
 
@@ -37,22 +37,6 @@ BENCHMARK_RATES: dict[str, dict[str, float | int | None]] = {
     "improved": {"images_per_s": 52.3, "image_size": None},
     "resnet": {"images_per_s": 122.7, "image_size": 64},
 }
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    name: str
-    task: str
-    title: str
-    kind: str  # "cnn" (build_cnn) or "resnet" (build_resnet)
-
-
-STAGES = (
-    StageInfo("baseline", "2", "baseline CNN", "cnn"),
-    StageInfo("improved", "3", "improved CNN", "cnn"),
-    StageInfo("resnet", "4a", "ResNet18 transfer learning", "resnet"),
-)
-STAGE_INFO = {s.name: s for s in STAGES}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -132,7 +116,7 @@ def signed(value: float | None) -> str:
 
 def typed_section(stage: str, config: dict) -> CNNStageConfig | ResNetConfig:
     """The stage's params section as its typed config (keys and values checked)."""
-    kind = CNNStageConfig if STAGE_INFO[stage].kind == "cnn" else ResNetConfig
+    kind = CNNStageConfig if get_stage(stage).kind == "cnn" else ResNetConfig
     return build(kind, config, prefix=stage)
 
 
@@ -140,7 +124,7 @@ def build_stage_model(stage: str, config: dict):
     """The stage's network from its resolved config (random init); and its input size."""
     from src.training.models import build_cnn, build_resnet
 
-    if STAGE_INFO[stage].kind == "cnn":
+    if get_stage(stage).kind == "cnn":
         cfg = typed_section(stage, config).model
         return build_cnn(cfg), cfg.image_size
     cfg = typed_section(stage, {**config, "weights": "none"})  # never loads the weights

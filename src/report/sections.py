@@ -4,7 +4,7 @@ curves, the split table, its provenance checks) and task 3d; `src.report.build` 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -14,7 +14,6 @@ from src.report.blocks import (
     BENCHMARK_MACHINE,
     BENCHMARK_RATES,
     REFERENCE,
-    StageInfo,
     architecture_table,
     build_stage_model,
     figure_link,
@@ -25,16 +24,10 @@ from src.report.blocks import (
     markdown_table,
     signed,
 )
+from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
+from src.stages import Stage
+from src.tracking.provenance import smoke_reasons
 
-if TYPE_CHECKING:
-    from src.report.build import ReportInputs, StageOutputs
-
-# The final figures every training stage writes to metrics.json (best checkpoint, eval mode).
-SPLIT_METRICS = {
-    "train": ("final_train_loss", "final_train_accuracy"),
-    "val": ("final_val_loss", "final_val_accuracy"),
-    "test": ("test_loss", "test_accuracy"),
-}
 SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
@@ -85,7 +78,7 @@ def agreement(outputs: StageOutputs, run: dict | None) -> str:
 
 def stage_cost(stage: str, planned: dict, n_train: int) -> str:
     """What `dvc repro <stage>` costs with params.yaml's section `planned`, from measured
-    figures only (report_blocks.BENCHMARK_RATES), and what else it needs."""
+    figures only (`blocks.BENCHMARK_RATES`), and what else it needs."""
     train = planned.get("train", {})
     images = min(train.get("subset") or n_train, n_train)
     epochs = train.get("epochs")
@@ -115,10 +108,11 @@ def stage_cost(stage: str, planned: dict, n_train: int) -> str:
             "torchvision's cache, downloaded there when missing; offline, the README's "
             "ResNet section says where to put the file"
         )
-    elif weights == "none":
-        parts.append("`resnet.weights: none` trains from random weights: a smoke run")
-    elif weights:
+    elif weights and weights != "none":
         parts.append(f"it reads its starting weights from `{weights}`")
+    smoke = smoke_reasons(planned)
+    if smoke:
+        parts.append(f"a smoke run, not a result ({'; '.join(smoke)})")
     return "; ".join(parts) + "." if parts else ""
 
 
@@ -142,7 +136,7 @@ def fmt_duration(seconds: float) -> str:
 CIFAR10_TRAIN = 45_000  # CIFAR-10's 50,000 training images less the 5,000 of validation
 
 
-def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: dict) -> list[str]:
+def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) -> list[str]:
     t = f"Task {info.task}"
     lines = [f"## {t}: {info.title}", ""]
     outputs = inputs.stages.get(info.name)
@@ -211,7 +205,7 @@ def stage_section(info: StageInfo, inputs: ReportInputs, runs: dict, figures: di
     return lines
 
 
-def _config_sections(info: StageInfo, outputs: StageOutputs, reference: dict) -> list[str]:
+def _config_sections(info: Stage, outputs: StageOutputs, reference: dict) -> list[str]:
     """Architecture (rebuilt from the stage's config) and hyperparameters."""
     t = f"Task {info.task}"
     model, image_size = build_stage_model(info.name, outputs.config)
@@ -257,7 +251,7 @@ def _config_sections(info: StageInfo, outputs: StageOutputs, reference: dict) ->
 
 
 def _results_sections(
-    info: StageInfo, outputs: StageOutputs, reference: dict, figures: dict
+    info: Stage, outputs: StageOutputs, reference: dict, figures: dict
 ) -> list[str]:
     """Learning curves (from history.csv) and the split table (from metrics.json)."""
     t, m = f"Task {info.task}", outputs.metrics

@@ -5,6 +5,7 @@ RUNNING runs of that stage whose process is gone from this host (any store)."""
 from __future__ import annotations
 
 from src.config.layout import project_root
+from src.tracking import store
 from src.workers import worker_alive, worker_id
 
 
@@ -51,9 +52,12 @@ def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> 
 def mark_run_killed(run_id: str) -> None:
     """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED; one
     whose process still runs on this host is left alone (the stage lock keeps a second
-    run of a stage out; this holds even without it)."""
+    run of a stage out; this holds even without it). Nothing with tracking off."""
+    if not store.tracking_enabled():
+        return
     import mlflow
 
+    store.point_mlflow()
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)

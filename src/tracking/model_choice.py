@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from src.artifacts import read_model_file
 from src.errors import ProjectError, WeightsError
+from src.stages import TRAINING_STAGES
+from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION
 
-STAGES = ("baseline", "improved", "resnet")
 # What a CPU user can run to get a servable model (README: the baseline, ~10 min).
 GET_ONE = "`dvc repro baseline` (about 10 minutes on a 2-core CPU)"
 
@@ -45,27 +47,12 @@ def _about(accuracy: float | None) -> str:
     return "test accuracy n/a" if accuracy is None else f"test accuracy {accuracy:.4f}"
 
 
-def file_smoke_reasons(payload: dict) -> list[str]:
-    """Why a stage's model file is a smoke run, from the config it carries."""
-    config = payload.get("config") or {}
-    train = config.get("train") or {}
-    reasons = []
-    if train.get("dry_run"):
-        reasons.append("dry run")
-    if train.get("subset"):
-        reasons.append(f"trained on {train['subset']} images")
-    if config.get("weights") == "none":
-        reasons.append("random-init backbone")
-    return reasons
-
-
 def local_models(models_dir: Path) -> list[Candidate]:
-    """The stages' model files in `models_dir`, servable or not."""
-    from src.artifacts import read_model_file
-
+    """The stages' model files in `models_dir`, servable or not (`smoke_reasons` of the
+    config each carries)."""
     found = []
-    for stage in STAGES:
-        path = models_dir / f"{stage}.pt"
+    for stage in TRAINING_STAGES:
+        path = models_dir / f"{stage.name}.pt"
         if not path.is_file():
             continue
         try:
@@ -74,7 +61,7 @@ def local_models(models_dir: Path) -> list[Candidate]:
             found.append(Candidate(str(path), "unreadable", None, False, str(exc)))
             continue
         accuracy = _accuracy((payload.get("metrics") or {}).get("test_accuracy"))
-        smoke = file_smoke_reasons(payload)
+        smoke = smoke_reasons(payload["config"])
         found.append(Candidate(str(path), _about(accuracy), accuracy, not smoke, "; ".join(smoke)))
     return found
 
@@ -88,18 +75,18 @@ def _store_exists(uri: str) -> bool:
 
 def registry_versions(experiment: str) -> list[Candidate]:
     """Every registered version of the stages' models: the `@champion` ones first."""
-    from src.tracking import runs as tracking
+    from src.tracking import store
 
-    if not tracking.tracking_enabled() or not _store_exists(tracking.tracking_uri()):
+    if not store.tracking_enabled() or not _store_exists(store.tracking_uri()):
         return []
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking.point_mlflow()
+    store.point_mlflow()
     client = mlflow.MlflowClient()
     found = []
-    for stage in STAGES:
-        name = f"{experiment}-{stage}"
+    for stage in TRAINING_STAGES:
+        name = f"{experiment}-{stage.name}"
         try:
             versions = client.search_model_versions(f"name = '{name}'")
         except MlflowException:

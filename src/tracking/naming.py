@@ -1,6 +1,7 @@
 """How runs read in the MLflow UI: one param name per knob in every stage and trial,
-metric keys grouped so a run's charts open on its learning curves, and the
-experiments' descriptions. Pure names; `src.tracking.runs` writes them."""
+metric keys grouped so a run's charts open on its learning curves, the split each final
+figure was measured on, and the experiments' descriptions. Names only; `src.tracking.runs`
+writes them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ EXPERIMENT_DESCRIPTIONS = {
 def chart_key(name: str) -> str:
     """The MLflow metric key of one of the project's figures (see CHART_GROUPS)."""
     return _CHART_KEYS.get(name, name)
+
+
+_SPLIT_PREFIXES = (("test_", "test"), ("final_val_", "val"), ("final_train_", "train"))
+
+
+def metric_split(name: str) -> str | None:
+    """The split a final figure was measured on (`test_accuracy`: test), or None."""
+    return next((split for prefix, split in _SPLIT_PREFIXES if name.startswith(prefix)), None)
 
 
 # Params logged under another name, so that a knob has one name in every stage: the

@@ -13,6 +13,11 @@ The profile a run is labelled with (its `profile` param, its run name):
    (`python -m src.quick` sets exactly those with `-S`);
 3. else `custom` when a param outside `profiles` differs from the committed params.yaml;
 4. else `full`.
+
+Why a model is not a real result (`smoke_reasons`: a profile's reduced values, a dry run,
+a training subset, random-init weights) is said in the same words wherever it shows: the
+registry's `smoke` tag (such a version is never `servable` nor `champion`), the default
+model `src.predict` picks, and the report's banner and stage sections.
 """
 
 from __future__ import annotations
@@ -114,3 +119,21 @@ def profile_label(applied: str = "full", root: Path | None = None) -> str:
         return found
     edited = [k for k in params_changed(root) if not k.startswith("profiles.")]
     return "custom" if edited else "full"
+
+
+def smoke_reasons(config: dict, profile: str | None = None) -> list[str]:
+    """Why the model a stage's resolved config (its params.yaml section, as the model file
+    stores it) trains is not a real result: not one to serve, not comparable with the
+    course; [] for a full-budget model. `profile`: the params profile it ran under, when
+    known (`full` or None: none)."""
+    train = config.get("train") or {}
+    reasons = []
+    if profile and profile != "full":
+        reasons.append(f"profile {profile}")
+    if train.get("dry_run"):
+        reasons.append("dry run")
+    if train.get("subset"):
+        reasons.append(f"trained on {train['subset']:,} images")
+    if config.get("weights") == "none":
+        reasons.append("random-init backbone")
+    return reasons

@@ -9,29 +9,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from src.tracking import runs as tracking
-
-if TYPE_CHECKING:
-    from src.tracking.runs import Run
+from src.tracking.provenance import git_info
+from src.tracking.runs import Run, activate
 
 CHAMPION = "champion"  # registry alias: the version to serve (best non-smoke test accuracy)
-
-
-def smoke_reasons(params: Any, section: Any) -> list[str]:
-    """Why a stage's model is not one to serve: a reduced budget or random weights."""
-    train = getattr(section, "train", None)
-    reasons = []
-    if params.profile != "full":
-        reasons.append(f"profile {params.profile}")
-    if train is not None and train.dry_run:
-        reasons.append("dry run")
-    if train is not None and train.subset:
-        reasons.append(f"trained on {train.subset:,} images")
-    if getattr(section, "weights", None) == "none":
-        reasons.append("random-init backbone")
-    return reasons
 
 
 def log_model(
@@ -47,7 +30,7 @@ def log_model(
     """Log the stage's model file as a pyfunc model named after the stage, link the
     final metrics to it, register it as a new version of `<experiment>-<stage>` (tagged
     in the same call that creates it) and move the `champion` alias when it earns it.
-    Returns a line for the stage's log.
+    Returns a line for the stage's log; None when tracking is off (`run` inactive).
 
     One run registers one version: a rerun of a run whose version exists (killed after
     registering it) repairs that version's tags and alias instead of adding another.
@@ -55,7 +38,10 @@ def log_model(
     The pyfunc is "models from code" (src/tracking/serving.py): the project's own model file
     (weights + config, read with weights_only=True) is its artifact and `src` ships
     with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
-    class names and probabilities; `input_example` is a few such images."""
+    class names and probabilities; `input_example` is a few such images. `smoke`: why
+    the model is not a real result (`src.tracking.provenance.smoke_reasons`)."""
+    if not run.active:
+        return None
     import mlflow
 
     from src.tracking import serving
@@ -69,7 +55,7 @@ def log_model(
         return register_version(name, str(existing.version), stage, test_accuracy, smoke)
 
     example = serving.as_images(input_example)
-    with tracking.activate(run.run_id), _no_progress_bars():
+    with activate(run.run_id), _no_progress_bars():
         info = mlflow.pyfunc.log_model(
             name=stage,
             python_model=serving.__file__,
@@ -112,7 +98,7 @@ def version_tags(stage: str, test_accuracy: float | None, smoke: list[str]) -> d
         "test_accuracy": "" if test_accuracy is None else repr(float(test_accuracy)),
         "servable": str(not smoke).lower(),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        **tracking.git_info(),
+        **git_info(),
     }
     if smoke:
         tags["smoke"] = "; ".join(smoke)

@@ -1,18 +1,19 @@
-"""Experiment tracking: the one module that talks to MLflow.
-
-Default store: where MLflow 3 looks by itself from the repository root,
-``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlruns/<experiment id>/``
-(`src.tracking.store`), where <root> is the repository (``config.repo_root``: the one a
-``--temp`` or queued experiment's temporary copy was made from).
-``MLFLOW_TRACKING_URI`` points it at a team's server instead. With
-``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed) every call is a no-op, so
-training and benchmarks run on machines that have only torch.
+"""One MLflow run per stage execution: `stage_run` opens it (named after the stage, its
+params and provenance tags logged) and ends it FINISHED, KILLED or FAILED; `Run` writes
+to it, or does nothing when tracking is off (`src.tracking.store.tracking_enabled`).
 
 Every run is tagged, from its creation, with the process that runs it (`worker`:
 host, pid, start time) and the project root. A killed process cannot end its run,
 so each stage's next start closes, KILLED, the RUNNING runs of that stage from this
-project root whose process is gone from this host (any store: SQLite, a tracking
-server, PostgreSQL).
+project root whose process is gone from this host (`src.tracking.dead_runs`; any store:
+SQLite, a tracking server, PostgreSQL).
+
+This module is not the only one that talks to MLflow: in `src.tracking`, `store` opens
+the store and creates experiments, `naming` describes them, `dead_runs` ends runs killed
+processes left, `datasets` logs a run's inputs, `registry` logs and registers models,
+`serving` is the logged model's code and `model_choice` reads the registry; outside it,
+`src.predict` loads registered models and `src.quick` lists what its experiment logged.
+Model, data and training code never import MLflow.
 """
 
 from __future__ import annotations
@@ -25,80 +26,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.config.layout import repo_root
 from src.config.typed import config_hash, flatten
 from src.tracking import naming as run_layout
 from src.tracking import store
 from src.tracking.dead_runs import close_dead_runs, identity_tags
-from src.tracking.naming import (  # noqa: F401 (CHART_GROUPS and chart_key: the stages' names)
-    CHART_GROUPS,
-    chart_key,
-    describe_experiment,
-)
+from src.tracking.naming import chart_key, describe_experiment, metric_split
 from src.tracking.provenance import git_info, params_changed, profile_label
 
-TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 MAX_PARAM_CHARS = 6000  # MLflow's limit per param value
 BATCH_LIMIT = 1000  # metrics per log_batch call
 
 
 class RunInterrupted(KeyboardInterrupt):
     """SIGTERM while a run is open: ends the run KILLED, like Ctrl-C does."""
-
-
-def tracking_enabled() -> bool:
-    if os.environ.get(TRACKING_SWITCH_ENV, "").lower() in {"off", "0", "false", "no"}:
-        return False
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def tracking_uri() -> str:
-    if _store_uri:
-        return _store_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return store.default_uri(repo_root())  # a --temp experiment's too
-
-
-def check_store() -> None:
-    """Stop now (`store.StoreError`) when the project's runs sit at the old place, before
-    a stage does work it could not record."""
-    if tracking_enabled():
-        tracking_uri()
-
-
-def point_mlflow() -> str:
-    """Point MLflow at the project's store (`tracking_uri`), opened with MLflow's default
-    artifact layout whatever the working directory; the URI."""
-    import mlflow
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    store.prepare(uri)
-    return uri
-
-
-_store_uri: str | None = None  # set by `use_store` while its block runs
-
-
-@contextlib.contextmanager
-def use_store(uri: str) -> Iterator[None]:
-    """Track into the store at `uri` while the block runs (the benchmark's temporary
-    SQLite store, say), whatever the environment says; afterwards MLflow points where
-    it pointed before (MLflow mirrors its URI in $MLFLOW_TRACKING_URI)."""
-    global _store_uri
-    before, previous = os.environ.get("MLFLOW_TRACKING_URI"), _store_uri
-    _store_uri = uri
-    try:
-        yield
-    finally:
-        _store_uri = previous
-        if "mlflow" in sys.modules:  # set_experiment pointed MLflow at `uri`
-            sys.modules["mlflow"].set_tracking_uri(before)
 
 
 def run_params(params: Any, section: Any, **extra: Any) -> dict[str, Any]:
@@ -132,7 +72,7 @@ def set_experiment(name: str) -> str:
     experiment; its id."""
     import mlflow
 
-    uri = point_mlflow()
+    uri = store.point_mlflow()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -164,7 +104,8 @@ class Run:
         # The status `stage_run` ends the run with when its block exits normally
         # (default FINISHED); e.g. FAILED for a crashed Optuna trial.
         self.end_status: str | None = None
-        self.datasets: dict[str, Any] = {}  # split -> mlflow Dataset that metrics link to
+        # split -> mlflow Dataset that metrics link to (`src.tracking.datasets.log_datasets`)
+        self.datasets: dict[str, Any] = {}
 
     @property
     def active(self) -> bool:
@@ -255,76 +196,6 @@ class Run:
         if self.active:
             self._client().log_figure(self.run_id, figure, artifact_file)
 
-    def log_model(
-        self,
-        stage: str,
-        model_file: Path,
-        input_example: Any,
-        *,
-        final_metrics: dict[str, float],
-        step: int = 0,
-        smoke: list[str] | None = None,
-    ) -> str | None:
-        """The stage's model, logged, linked to its final metrics and registered
-        (`src.tracking.registry.log_model`); a line for the stage's log."""
-        if not self.active:
-            return None
-        from src.tracking import registry
-
-        return registry.log_model(
-            self,
-            stage,
-            model_file,
-            input_example,
-            final_metrics=final_metrics,
-            step=step,
-            smoke=smoke,
-        )
-
-    def log_datasets(self, dataset: Any, data_dir: Path) -> None:
-        """Record the prepared train, val and test splits (`dataset.train`, ... with their
-        manifest) as the run's inputs, each with its file's sha256 as digest; each final
-        metric and the model's figures link to the split they were measured on."""
-        if not self.active:
-            return
-        import mlflow
-
-        digests = dataset.manifest.get("sha256", {})
-        self.datasets = {
-            split: mlflow.data.from_numpy(
-                features=getattr(dataset, split).images,
-                targets=getattr(dataset, split).labels,
-                source=_dataset_source(data_dir / f"{split}.npz"),
-                name=f"cifar10-{split}",
-                digest=str(digests.get(f"{split}.npz", ""))[:16] or None,
-            )
-            for split in DATASET_CONTEXTS
-        }
-        with activate(self.run_id):
-            for split, context in DATASET_CONTEXTS.items():
-                mlflow.log_input(self.datasets[split], context=context)
-
-
-# The splits a run records as inputs, with MLflow's context tag for each.
-DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
-_SPLIT_PREFIXES = (("test_", "test"), ("final_val_", "val"), ("final_train_", "train"))
-
-
-def metric_split(name: str) -> str | None:
-    """The split a final figure was measured on (`test_accuracy`: test), or None."""
-    return next((split for prefix, split in _SPLIT_PREFIXES if name.startswith(prefix)), None)
-
-
-def _dataset_source(path: Path) -> Any:
-    """An explicit DatasetSource: given a plain string, MLflow 3.17 picks between two
-    registrations of LocalArtifactDatasetSource and warns in every stage."""
-    from mlflow.data.dataset_source_registry import get_registered_sources
-
-    for source in get_registered_sources():
-        if source.__name__ == "LocalArtifactDatasetSource":
-            return source(path.as_uri())
-    return path.as_uri()  # MLflow resolves it (and may warn)
-
 
 @contextlib.contextmanager
 def activate(run_id: str) -> Iterator[None]:
@@ -377,7 +248,7 @@ def stage_run(
     samples CPU, memory (and GPU, with nvidia-ml-py) every SYSTEM_METRICS_INTERVAL_S
     seconds ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it) as `system/...`.
     """
-    if not tracking_enabled():
+    if not store.tracking_enabled():
         with _sigterm_as_interrupt():
             yield Run(None)
         return
@@ -448,11 +319,11 @@ def write_figure(figure: Any, path: Path, run: Run | None = None, artifact_file:
 def run_summary(run_id: str | None) -> dict[str, Any] | None:
     """Name, status, tags and latest metrics of a run; None when tracking is off or
     the run is not in this store (the report says so rather than failing)."""
-    if not run_id or not tracking_enabled():
+    if not run_id or not store.tracking_enabled():
         return None
     import mlflow
 
-    point_mlflow()
+    store.point_mlflow()
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except Exception:  # another store, or a deleted run
@@ -483,13 +354,3 @@ class ValidationLogger:
         series["train_step_loss"] = step_losses
         self.run.log_series(series)
         self.seconds += time.perf_counter() - tic
-
-
-def mark_run_killed(run_id: str) -> None:
-    """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED."""
-    if not tracking_enabled():
-        return
-    from src.tracking import dead_runs
-
-    point_mlflow()
-    dead_runs.mark_run_killed(run_id)

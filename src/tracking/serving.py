@@ -6,7 +6,7 @@ the network its config describes, and maps uint8 RGB images (N, H, W, 3) to clas
 names and probabilities. The stage's normalisation and resizing live inside it.
 
 This file is also the MLflow model's code ("models from code", logged by
-`tracking.Run.log_model`): MLflow runs it on load, `set_model` at the bottom names
+`src.tracking.registry.log_model`): MLflow runs it on load, `set_model` at the bottom names
 `CifarModel` as the model, and the model file is its one artifact.
 """
 
@@ -24,8 +24,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from torch import nn
 
-from src import artifacts
-from src.artifacts import load_state_strict
+from src.artifacts import load_state_strict, read_model_file
 from src.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHAPE
 from src.config.schema import ModelConfig, ResNetConfig
 from src.config.typed import build
@@ -82,18 +81,6 @@ INPUT_DESCRIPTION = (
 )
 
 
-def read_model_file(path: str | Path) -> dict:
-    """A stage's model file (`src.artifacts`' one reader); WeightsError (one line) for
-    anything else, such as a plain state dict without the resolved config."""
-    payload = artifacts.read_model_file(Path(path))
-    if "config" not in payload:
-        raise WeightsError(
-            f"{path}: not a model file of this project (expected the 'model' and 'config' "
-            "entries that the pipeline stages write)"
-        )
-    return payload
-
-
 def build_network(config: dict) -> tuple[nn.Module, dict]:
     """The network a resolved stage config describes (weights not loaded), and its
     input settings: mean, std and the size images are resized to."""
@@ -129,7 +116,7 @@ class Classifier:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Classifier:
-        return cls(read_model_file(path), str(path))
+        return cls(read_model_file(Path(path)), str(path))
 
     @torch.no_grad()
     def probabilities(self, images: Any) -> np.ndarray:

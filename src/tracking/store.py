@@ -12,6 +12,10 @@ typed in the root find its runs and models with no flag and no variable.
 Any other ``sqlite:///<dir>/<file>`` store (the benchmark's temporary one, a user's
 ``MLFLOW_TRACKING_URI``) gets the same layout beside its database; a tracking server or
 another database decides for itself.
+
+Whether tracking is on at all: ``CIFAR_MLOPS_TRACKING=off`` (or no mlflow installed)
+makes every tracking call a no-op, so training and benchmarks run on machines that have
+only torch. ``MLFLOW_TRACKING_URI`` points the project at a team's server instead.
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from src.config.layout import repo_root
 from src.errors import EXIT_CONFIG, ProjectError
+
+TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 
 STORE_FILE = "mlflow.db"  # MLflow 3's default: sqlite:///mlflow.db
 ARTIFACT_DIR = "mlruns"  # ... and ./mlruns/<experiment id>/ for artifacts
@@ -126,3 +135,63 @@ def create_experiment(client: Any, uri: str, name: str) -> str:
     if root is None:
         return client.create_experiment(name)
     return _sql_store(uri, root).create_experiment(name)
+
+
+# --------------------------------------------------------------------------- the store in use
+
+
+def tracking_enabled() -> bool:
+    if os.environ.get(TRACKING_SWITCH_ENV, "").lower() in {"off", "0", "false", "no"}:
+        return False
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_store_uri: str | None = None  # set by `use_store` while its block runs
+
+
+def tracking_uri() -> str:
+    """The store runs go to: `use_store`'s, else $MLFLOW_TRACKING_URI, else the
+    repository's default (`default_uri`; a --temp experiment's too)."""
+    if _store_uri:
+        return _store_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return default_uri(repo_root())
+
+
+def check_store() -> None:
+    """Stop now (`StoreError`) when the project's runs sit at the old place, before a
+    stage does work it could not record."""
+    if tracking_enabled():
+        tracking_uri()
+
+
+def point_mlflow() -> str:
+    """Point MLflow at the project's store (`tracking_uri`), opened with MLflow's default
+    artifact layout whatever the working directory; the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    prepare(uri)
+    return uri
+
+
+@contextlib.contextmanager
+def use_store(uri: str) -> Iterator[None]:
+    """Track into the store at `uri` while the block runs (the benchmark's temporary
+    SQLite store, say), whatever the environment says; afterwards MLflow points where
+    it pointed before (MLflow mirrors its URI in $MLFLOW_TRACKING_URI)."""
+    global _store_uri
+    before, previous = os.environ.get("MLFLOW_TRACKING_URI"), _store_uri
+    _store_uri = uri
+    try:
+        yield
+    finally:
+        _store_uri = previous
+        if "mlflow" in sys.modules:  # MLflow was pointed at `uri`
+            sys.modules["mlflow"].set_tracking_uri(before)

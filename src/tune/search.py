@@ -25,6 +25,7 @@ from src.data.prepare import MANIFEST, load_dataset
 from src.errors import ConfigError, DataError, NonFiniteLossError
 from src.progress import Progress
 from src.tracking import runs as tracking
+from src.tracking import store
 from src.training.augment import input_pipeline
 from src.training.device import Placement, prepare_device
 from src.training.loop import TensorSplits, fit
@@ -307,7 +308,7 @@ def run_search(
             )
             if parent.active and parent.run_id != parent_id:
                 runs = dict(study.user_attrs.get("mlflow_parent_runs", {}))
-                runs[tracking.tracking_uri()] = parent.run_id
+                runs[store.tracking_uri()] = parent.run_id
                 study.set_user_attr("mlflow_parent_runs", runs)
                 parent.log_dict(to_dict(tcfg), "tune_config.json")
         study.sampler = build_sampler(tcfg.sampler, index)
@@ -382,7 +383,7 @@ def _join(
 
 
 def _tracking_uri() -> str | None:
-    return tracking.tracking_uri() if tracking.tracking_enabled() else None
+    return store.tracking_uri() if store.tracking_enabled() else None
 
 
 def _parent_params(params: Params, tcfg: TuneConfig) -> dict:

@@ -10,6 +10,7 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from src.tracking import dead_runs, store
 from src.tracking import runs as tracking
 from src.tune.storage import StudyStorage
 from src.workers import worker_alive
@@ -42,8 +43,8 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
 def close_trial_run(trial: FrozenTrial, reason: str) -> None:
     """The MLflow run of a trial whose worker stopped: KILLED, with the reason."""
     run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id and tracking.tracking_enabled():
-        tracking.mark_run_killed(run_id)
+    if run_id and store.tracking_enabled():
+        dead_runs.mark_run_killed(run_id)
         tracking.Run(run_id).set_tags({"optuna.trial_state": "FAIL", "optuna.fail_reason": reason})
 
 

@@ -1,0 +1,314 @@
+"""What the report reads, and its data types: every training stage's outputs
+(metrics.json, history.csv, the resolved config in models/<stage>.pt, or without the model
+file the params `dvc.lock` records for them), the data manifest, reports/tune/<study>/ and
+reports/discussion.md, all declared deps of the `report` stage in dvc.yaml.
+
+    load_inputs(root, params)      -> ReportInputs (one StageOutputs per training stage)
+
+`src.report.blocks`, `src.report.sections` and `src.report.build` render them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from src import artifacts
+from src.config.layout import Layout
+from src.config.schema import Params
+from src.config.typed import flatten, to_dict
+from src.data.prepare import MANIFEST
+from src.errors import ReportInputError, WeightsError
+from src.stages import TRAINING_STAGES
+from src.tracking.provenance import smoke_reasons
+
+LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
+# The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
+# every missing upstream stage, and DVC runs no stage whose dependency is missing).
+PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
+# Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
+TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
+TUNE_PARAMS = "best_params.yaml"
+DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
+# The course report's places for discussion: id -> heading.
+DISCUSSION = {
+    "3c": "what helped and what did not",
+    "3f": "overfitting",
+    "4a": "transfer learning",
+}
+# The final figures every training stage writes to metrics.json (best checkpoint, eval mode).
+SPLIT_METRICS = {
+    "train": ("final_train_loss", "final_train_accuracy"),
+    "val": ("final_val_loss", "final_val_accuracy"),
+    "test": ("test_loss", "test_accuracy"),
+}
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    stage: str
+    metrics: dict
+    history: pd.DataFrame  # one row per validation (step, epoch, train_loss, ...)
+    # What trained it: the resolved config stored in the model file; without the model
+    # file, the stage's params as dvc.lock records them (when its hashes of metrics.json
+    # and history.csv match); None when neither is available.
+    config: dict | None
+    model_metrics: dict  # the final figures stored in the model file ({} without it)
+    files: dict[str, str]  # "metrics" | "history" | "model" -> path relative to the root
+    config_source: str = ""  # where `config` comes from, as the report names it
+    has_model: bool = True  # False: committed metrics.json + history.csv, no model file
+    profile: str | None = None  # the params.yaml profile whose values it trained with
+    smoke: tuple[str, ...] = ()  # why it is not a real result (provenance.smoke_reasons)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    stages: dict[str, StageOutputs | None]  # None: missing (only with allow_missing)
+    missing: dict[str, list[str]]  # stage -> missing files, relative to the root
+    manifest: dict | None
+    manifest_file: str
+    download: dict | None  # reports/download/metrics.json (the data stage's run id)
+    tune: list[dict]  # per study: {"file", "header", "best_params", "figures"}; [] if none
+    baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
+    tune_dir: str = f"reports/{TUNE_DIR}"  # where tuning results would be
+    discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
+    discussion_file: str = f"reports/{DISCUSSION_FILE}"
+    # params.yaml's section per training stage: what running a missing stage would train
+    planned: dict[str, dict] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+
+
+def check_outputs_belong_together(
+    stage: str, files: dict[str, Path], metrics: dict, model: dict, root: Path
+) -> None:
+    """ReportInputError when the stage's model file, metrics.json and history.csv come
+    from different runs (a kill while the stage wrote them). The model file carries
+    its stage, the final figures and MLflow run id written to metrics.json, and the
+    sha256 of history.csv; files of older versions lack the last two, so only what
+    is there is compared."""
+    problems = []
+    if model.get("stage", stage) != stage:
+        problems.append(f"the model file is of stage {model['stage']!r}")
+    if "mlflow_run_id" in model and model["mlflow_run_id"] != metrics.get("mlflow_run_id"):
+        problems.append(
+            f"MLflow run {model['mlflow_run_id']} in the model file, "
+            f"{metrics.get('mlflow_run_id')} in metrics.json"
+        )
+    stored = model.get("metrics") or {}
+    for key in (k for pair in SPLIT_METRICS.values() for k in pair):
+        mine, theirs = metrics.get(key), stored.get(key)
+        if mine is None or theirs is None or not math.isclose(mine, theirs, rel_tol=1e-9):
+            problems.append(f"{key} {theirs} in the model file, {mine} in metrics.json")
+    if model.get("history_sha256"):
+        digest = hashlib.sha256(files["history"].read_bytes()).hexdigest()
+        if digest != model["history_sha256"]:
+            problems.append("history.csv is not the one the model file was written with")
+    if problems:
+        names = ", ".join(_relative(p, root) for p in files.values())
+        error = ReportInputError(
+            f"{stage}: {names} do not belong to one run ({'; '.join(problems)}); the stage "
+            f"was stopped while writing them. Rerun `dvc repro {stage}`."
+        )
+        error.hint = ""  # --allow-missing renders nothing of two runs either
+        raise error
+
+
+def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> ReportInputs:
+    """Read every stage's outputs under `root`.
+
+    A missing output raises ReportInputError naming each missing file and the
+    `dvc repro` that makes it; with `allow_missing` a stage without metrics.json or
+    history.csv is reported as not run, and one with both but no model file (a fresh
+    clone: the two are in git, the model file only in DVC's cache) is rendered from them.
+    """
+    root = Path(root)
+    layout = Layout(root)
+    missing: dict[str, list[str]] = {}
+    manifest_path = layout.data / MANIFEST
+    if not manifest_path.is_file():
+        missing["download"] = [_relative(manifest_path, root)]
+    for info in TRAINING_STAGES:
+        files = artifacts.StagePaths.for_stage(info.name, root).linked().values()
+        absent = [_relative(p, root) for p in files if not p.is_file()]
+        if absent:
+            missing[info.name] = absent
+    if missing and not allow_missing:
+        lines = [
+            f"  {stage}: {', '.join(files)} (run `dvc repro {stage}`)"
+            for stage, files in missing.items()
+        ]
+        error = ReportInputError(
+            "the report needs stage outputs that do not exist:\n" + "\n".join(lines)
+        )
+        error.hint = f"or render what exists: {PARTIAL_COMMAND}"
+        raise error
+
+    stages = {info.name: _stage_outputs(root, params, info.name) for info in TRAINING_STAGES}
+    reports = layout.reports
+    download = artifacts.StagePaths.for_stage("download", root).metrics
+    return ReportInputs(
+        stages=stages,
+        missing=missing,
+        manifest=_read_json(manifest_path) if manifest_path.is_file() else None,
+        manifest_file=_relative(manifest_path, root),
+        download=_read_json(download) if download.is_file() else None,
+        tune=load_tune(reports / TUNE_DIR, root),
+        baseline_params=to_dict(params.baseline),
+        tune_dir=_relative(reports / TUNE_DIR, root),
+        discussion=read_discussion(reports / DISCUSSION_FILE),
+        discussion_file=_relative(reports / DISCUSSION_FILE, root),
+        planned={info.name: to_dict(getattr(params, info.name)) for info in TRAINING_STAGES},
+    )
+
+
+def _stage_outputs(root: Path, params: Params, stage: str) -> StageOutputs | None:
+    """One stage's outputs; None when its metrics.json or history.csv does not exist."""
+    files = artifacts.StagePaths.for_stage(stage, root).linked()
+    if not (files["metrics"].is_file() and files["history"].is_file()):
+        return None
+    metrics = _read_json(files["metrics"])
+    try:
+        history = artifacts.read_history(files["history"])
+    except (OSError, ValueError) as exc:
+        raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
+    has_model = files["model"].is_file()
+    if has_model:
+        try:  # tensors memory-mapped, never read: the config and the links are used
+            model = artifacts.read_model_file(files["model"], mmap=True)
+        except WeightsError as exc:
+            raise ReportInputError(str(exc)) from exc
+        check_outputs_belong_together(stage, files, metrics, model, root)
+        config, model_metrics = model["config"], model.get("metrics") or {}
+        config_source = f"the resolved config stored in `{_relative(files['model'], root)}`"
+    else:
+        config, model_metrics = locked_config(root, stage, files), {}
+        config_source = (
+            "`dvc.lock`, whose hashes of this `metrics.json` and `history.csv` match"
+            if config is not None
+            else ""
+        )
+    profile = matching_profile(stage, config, params.profiles) if config else None
+    smoke = tuple(smoke_reasons(config, profile)) if config is not None else ()
+    return StageOutputs(
+        stage=stage,
+        metrics=metrics,
+        history=history,
+        config=config,
+        model_metrics=model_metrics,
+        files={k: _relative(p, root) for k, p in files.items()},
+        config_source=config_source,
+        has_model=has_model,
+        profile=profile,
+        smoke=smoke,
+    )
+
+
+def locked_config(root: Path, stage: str, files: dict[str, Path]) -> dict | None:
+    """The stage's params.yaml section as `dvc.lock` records it, when the lock's md5 of
+    metrics.json and of history.csv match the files (then both are the outputs of the
+    run that lock entry describes); None otherwise. Without the model file this is the
+    only record of what trained them that a fresh clone holds."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load((root / LOCK_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportInputError(f"{root / LOCK_FILE}: unreadable ({exc})") from exc
+    entry = (lock or {}).get("stages", {}).get(stage) if isinstance(lock, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    outs = {o.get("path"): o.get("md5") for o in entry.get("outs") or [] if isinstance(o, dict)}
+    for key in ("metrics", "history"):
+        digest = hashlib.md5(files[key].read_bytes()).hexdigest()  # DVC 3's `hash: md5`
+        if outs.get(_relative(files[key], root)) != digest:
+            return None
+    section = ((entry.get("params") or {}).get("params.yaml") or {}).get(stage)
+    return section if isinstance(section, dict) else None
+
+
+def matching_profile(stage: str, config: dict, profiles: dict) -> str | None:
+    """The `profiles.<name>` whose every key for `stage` the config holds (the quick run
+    passes them as `-S` params); None when it trained with no profile's values."""
+    flat = flatten(config)
+    for name, overrides in profiles.items():
+        mine = {
+            k.removeprefix(f"{stage}."): v
+            for k, v in (overrides or {}).items()
+            if k.startswith(f"{stage}.")
+        }
+        if mine and all(flat.get(k) == v for k, v in mine.items()):
+            return name
+    return None
+
+
+def read_discussion(path: Path) -> dict[str, str] | None:
+    """The student's text per place: what follows a `## <id>` heading (`## 3c: ...`) up to
+    the next `## ` heading; None when the file does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        heading = re.match(r"##\s+(\w+)\b", line)
+        if heading:
+            current = heading.group(1) if heading.group(1) in DISCUSSION else None
+            if current:
+                sections[current] = []
+            continue
+        if current:
+            sections[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
+
+
+def load_tune(tune_dir: Path, root: Path) -> list[dict]:
+    """Each tuning study's best configuration (`src.tune` writes
+    <tune_dir>/<study>/best_params.yaml: a comment header naming the best trial and
+    its validation accuracy, then the dotted keys that differ from params.yaml)."""
+    import yaml
+
+    studies = []
+    for path in sorted(tune_dir.glob(f"*/{TUNE_PARAMS}")):
+        try:
+            text = path.read_text()
+            best_params = yaml.safe_load(text) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+        studies.append(
+            {
+                "file": _relative(path, root),
+                "header": [
+                    ln.lstrip("#").strip() for ln in text.splitlines() if ln.startswith("#")
+                ],
+                "best_params": best_params,
+                "figures": [_relative(f, root) for f in sorted(path.parent.glob("*.png"))],
+            }
+        )
+    return studies
