@@ -39,7 +39,6 @@ from src.report.blocks import (  # FIGURE_DIR, STAGE_INFO, StageInfo: used via s
     STAGE_INFO,  # noqa: F401
     STAGES,
     StageInfo,  # noqa: F401
-    build_stage_model,
     figure_link,
     fmt_metric,
     fmt_value,
@@ -372,13 +371,15 @@ def load_tune(tune_dir: Path, root: Path) -> list[dict]:
 
 def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
     """The summary table's numbers: one row per stage that ran (pandas, unformatted)."""
+    from src.training.models import network_from_config
+
     rows = []
     for info in STAGES:
         outputs = inputs.stages.get(info.name)
         if outputs is None:
             continue
         m = outputs.metrics
-        model = build_stage_model(info.name, outputs.config)[0] if outputs.config else None
+        model = network_from_config(outputs.config, info.name)[0] if outputs.config else None
         reference = REFERENCE.get(info.name, {}).get("test_accuracy")
         rows.append(
             {

@@ -26,10 +26,10 @@ from torch import nn
 
 from src import artifacts
 from src.artifacts import load_state_strict
-from src.config.params import CIFAR10_CLASSES, ModelConfig, ResNetConfig, build
+from src.config.params import CIFAR10_CLASSES
 from src.errors import WeightsError
 from src.training.augment import resize, to_float_nchw
-from src.training.models import build_cnn, build_resnet
+from src.training.models import network_from_config
 
 MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
 IMAGE_SHAPE = (32, 32, 3)  # what the networks were trained on: CIFAR-10's own size
@@ -96,15 +96,8 @@ def read_model_file(path: str | Path) -> dict:
 def build_network(config: dict) -> tuple[nn.Module, dict]:
     """The network a resolved stage config describes (weights not loaded), and its
     input settings: mean, std and the size images are resized to."""
+    network, size = network_from_config(config)
     train = config.get("train", {})
-    if "model" in config:  # baseline, improved, tuning trials: the course CNN
-        model_cfg = build(ModelConfig, config["model"], prefix="model")
-        network, size = build_cnn(model_cfg), model_cfg.image_size
-    elif "trainable" in config:  # the ResNet stage; the weights come from the file
-        resnet_cfg = build(ResNetConfig, {**config, "weights": "none"})
-        network, size = build_resnet(resnet_cfg), resnet_cfg.image_size
-    else:
-        raise WeightsError("the model file's config describes neither a CNN nor the ResNet")
     inputs = {
         "mean": tuple(train.get("mean", (0.5, 0.5, 0.5))),
         "std": tuple(train.get("std", (0.25, 0.25, 0.25))),

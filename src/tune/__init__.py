@@ -5,7 +5,8 @@
 
 The space, per-trial budget, sampler and pruner live in params.yaml (`tune`). A trial is
 the base stage's config (`tune.base`, normally `improved`) with the sampled knobs put in
-and the budget applied; it trains through the same `build_cnn` and `fit` as that stage.
+and the budget applied; it trains through that stage's recipe (`src.training.recipe`)
+and `fit`.
 The objective is the trial's best validation accuracy; the test split never reaches
 the trials. Every validation is reported to the pruner (step k = k-th validation).
 
@@ -23,8 +24,9 @@ run per trial. The best trial's config is written to
 
 Modules: `space` (knobs, the `tune` config, a trial's config), `storage` (journal file or
 RDB, worker locks, heartbeats), `trials` (worker liveness, failing and rerunning the
-trials of dead workers, counting), `search` (the loop and its MLflow runs), `apply` (the
-best trial as params overrides), `__main__` (the CLI).
+trials of dead workers, counting), `search` (the loop and its MLflow runs), `summary`
+(trial lines, figures, counts, the best), `apply` (the best trial as params overrides),
+`__main__` (the CLI).
 """
 
 from __future__ import annotations
