@@ -7,15 +7,15 @@
 For each model (its stage's section of params.yaml: model, optimizer, batch size,
 augmentation), on one device and in one process:
 
-  project    `src.training.loop.fit` itself on a random subset of the prepared training
+  project    `src.training.loop.fit` itself, on what the stage's recipe
+             (`src.training.recipe`) prepares, on a random subset of the prepared training
              split, for a fixed number of steps, validating as configured (on
              `--eval-images` images), checkpointing as a stage does and, when mlflow
              is importable, logging every validation to a real MLflow run in a
              temporary store (`store.use_store`: the project's store is
              untouched). images/s is FitResult's: training steps only (data,
-             augmentation, step, loop), evaluation excluded. ResNet goes through
-             `src.training.feature_cache.prepare_resnet_training`, so with feature caching on (the
-             stage's default) the project trains the head on cached features.
+             augmentation, step, loop), evaluation excluded. With feature caching on
+             (the stage's default) the ResNet's recipe trains the head on cached features.
   reference  the course's loop: a Dataset turning each uint8 image into a PIL image
              for torchvision transforms (RandomCrop(32, padding) and
              RandomHorizontalFlip when the stage augments, Resize for ResNet,
@@ -35,54 +35,40 @@ and PyYAML (params.yaml); mlflow is used when importable.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import dataclasses
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
-import torchvision
-from PIL import Image
-from torch import nn
-from torchvision import transforms
 
-from src.cifar import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES
+from benchmarks.paths import (
+    BenchData,
+    ModelBench,
+    load_bench_data,
+    make_bench,
+    measure_eval_epoch,
+    time_floor,
+    time_project,
+    time_reference,
+)
+from benchmarks.summary import format_summary, machine_info
 from src.cli import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import PARAMS_FILE, load_params
-from src.config.schema import Params, TrainConfig
 from src.config.typed import config_hash, to_dict
-from src.data.prepare import load_dataset
-from src.tracking import runs as tracking
+from src.stages import TRAINING_STAGES
 from src.tracking import store
-from src.training.augment import input_pipeline
-from src.training.device import Placement, resolve_device, synchronize
-from src.training.feature_cache import prepare_resnet_training
-from src.training.loop import (
-    FitResult,
-    Pipeline,
-    TensorSplits,
-    build_optimizer,
-    fit,
-    set_train_mode,
-    train_step,
-)
-from src.training.models import build_cnn, build_resnet, count_parameters
+from src.training.device import resolve_device
+from src.training.models import count_parameters
 
-MODELS = ("baseline", "improved", "resnet")
+MODELS = tuple(s.name for s in TRAINING_STAGES)  # the catalog's training stages
 PATHS = ("floor", "project", "reference")
 # Timed steps per measurement when --steps does not say. A shared 2-core CPU takes
 # 0.1-0.6 s (baseline), 1.3-3 s (improved) and 0.2-1 s (ResNet head on cached 64 px
@@ -93,317 +79,6 @@ DEFAULT_STEPS = {
 }
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 20}
 REFERENCE_WORKERS = 2  # the course's DataLoader
-
-
-# --------------------------------------------------------------------------- setup
-
-
-@dataclass
-class Prepared:
-    """What one measurement trains: the model (or the part `fit` trains), its data,
-    config and input pipeline."""
-
-    model: nn.Module
-    data: TensorSplits
-    cfg: TrainConfig
-    pipeline: Pipeline
-    info: dict = field(default_factory=dict)
-
-
-@dataclass
-class ModelBench:
-    """One stage's model and config; every measurement trains a fresh copy of `model`."""
-
-    name: str
-    model: nn.Module  # the template, on the device
-    cfg: TrainConfig
-    pipeline: Pipeline
-    reference_transform: Callable[[Image.Image], torch.Tensor]
-    prepare: Callable[[nn.Module, TensorSplits, TrainConfig], Prepared]
-    info: dict = field(default_factory=dict)
-
-    def fresh(self) -> nn.Module:
-        return copy.deepcopy(self.model)
-
-
-@dataclass
-class BenchData:
-    images: np.ndarray  # uint8 (N, 32, 32, 3): the training split in host memory
-    labels: np.ndarray  # int64 (N,)
-    splits: TensorSplits  # on the device; val and test cut to --eval-images
-    source: str
-
-
-def course_transform(cfg: TrainConfig, image_size: int | None) -> Callable:
-    """The course's per-image torchvision transforms for this stage's config."""
-    steps: list = []
-    if cfg.augment.crop_padding:
-        steps.append(transforms.RandomCrop(IMAGE_SIZE, padding=cfg.augment.crop_padding))
-    if cfg.augment.hflip:
-        steps.append(transforms.RandomHorizontalFlip())
-    if image_size and image_size != IMAGE_SIZE:
-        steps.append(transforms.Resize((image_size, image_size)))
-    steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
-    return transforms.Compose(steps)
-
-
-def cnn_bench(params: Params, name: str, device: torch.device) -> ModelBench:
-    section = getattr(params, name)
-    torch.manual_seed(params.common.seed)
-    placement = Placement.for_device(device)  # as the stages decide
-    model = placement.place_model(build_cnn(section.model))
-    pipeline = input_pipeline(section.train, placement)
-
-    def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
-        return Prepared(model, data, cfg, pipeline)
-
-    return ModelBench(
-        name,
-        model,
-        section.train,
-        pipeline,
-        course_transform(section.train, None),
-        prepare,
-        {"image_size": IMAGE_SIZE},
-    )
-
-
-def resnet_bench(
-    params: Params, device: torch.device, image_size: int, cache: bool | None
-) -> ModelBench:
-    """ResNet18 as the stage builds it, at `image_size`, with random weights (the
-    speed of pretrained weights is the same; no download)."""
-    section = dataclasses.replace(params.resnet, weights="none", image_size=image_size)
-    if cache is not None:
-        section = dataclasses.replace(section, cache_features=cache)
-    torch.manual_seed(params.common.seed)
-    placement = Placement.for_device(device)  # as the stages decide
-    model = placement.place_model(build_resnet(section))
-    pipeline = input_pipeline(section.train, placement, image_size)
-
-    def prepare(model: nn.Module, data: TensorSplits, cfg: TrainConfig) -> Prepared:
-        stage_cfg = dataclasses.replace(section, train=cfg)
-        training = prepare_resnet_training(model, stage_cfg, data, pipeline, params.common.seed)
-        n_cached = sum(len(training.data.split(s)[1]) for s in ("train", "val", "test"))
-        info = {"features_cached": training.cached, "note": training.note}
-        if training.cached:
-            info["cache_time_s"] = training.cache_time_s
-            info["cache_images_per_s"] = n_cached / max(training.cache_time_s, 1e-9)
-        return Prepared(
-            training.fit_model, training.data, training.train_cfg, training.pipeline, info
-        )
-
-    info = {
-        "image_size": image_size,
-        "weights": "none (random init; same speed as pretrained)",
-        "trainable": list(section.trainable),
-        "cache_features": section.cache_features,
-    }
-    return ModelBench(
-        "resnet",
-        model,
-        section.train,
-        pipeline,
-        course_transform(section.train, image_size),
-        prepare,
-        info,
-    )
-
-
-def load_bench_data(
-    data_dir: Path | None, device: torch.device, eval_images: int, synthetic: int = 0
-) -> BenchData:
-    """The prepared data set (or `synthetic` random images), on `device`."""
-    if synthetic:
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, size=(synthetic, *IMAGE_SHAPE), dtype=np.uint8)
-        labels = rng.integers(0, NUM_CLASSES, size=synthetic).astype(np.int64)
-        x, y = torch.from_numpy(images), torch.from_numpy(labels)
-        splits = TensorSplits(
-            x, y, x[:eval_images], y[:eval_images], x[:eval_images], y[:eval_images]
-        )
-        return BenchData(images, labels, splits.to(device), f"synthetic ({synthetic} images)")
-    dataset = load_dataset(data_dir)
-    splits = TensorSplits.from_dataset(dataset).to(device)
-    cut = TensorSplits(
-        splits.train_x,
-        splits.train_y,
-        splits.val_x[:eval_images],
-        splits.val_y[:eval_images],
-        splits.test_x[:eval_images],
-        splits.test_y[:eval_images],
-    )
-    return BenchData(dataset.train.images, dataset.train.labels, cut, str(data_dir))
-
-
-# --------------------------------------------------------------------------- the three paths
-
-
-def _train_step(model, optimizer, loss_fn, x, y, device) -> torch.Tensor:
-    """The step `fit` takes, without the data work."""
-    return train_step(model, optimizer, loss_fn, x, y)[1]
-
-
-def time_floor(bench: ModelBench, data: BenchData, steps: int, warmup: int) -> dict:
-    """Forward, backward and step on one resident, prepared batch."""
-    device = data.splits.train_x.device
-    bs = bench.cfg.batch_size
-    cfg = dataclasses.replace(bench.cfg, subset=bs, epochs=1)
-    prepared = bench.prepare(bench.fresh(), data.splits, cfg)
-    with torch.no_grad():
-        x = prepared.pipeline(prepared.data.train_x[:bs], train=False)
-    y = prepared.data.train_y[:bs]
-    model = prepared.model
-    optimizer = build_optimizer(model.parameters(), prepared.cfg)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=prepared.cfg.label_smoothing)
-    set_train_mode(model)
-    for _ in range(warmup):
-        _train_step(model, optimizer, loss_fn, x, y, device)
-    synchronize(device)
-    tic = time.perf_counter()
-    for _ in range(steps):
-        _train_step(model, optimizer, loss_fn, x, y, device)
-    synchronize(device)
-    elapsed = time.perf_counter() - tic
-    return {"images_per_s": steps * len(y) / elapsed, "time_s": elapsed, "steps": steps}
-
-
-class CourseDataset(torch.utils.data.Dataset):
-    """torchvision.datasets.CIFAR10's __getitem__: uint8 array → PIL → transforms."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
-
-
-def time_reference(
-    bench: ModelBench, data: BenchData, steps: int, warmup: int, workers: int, seed: int
-) -> dict:
-    """The course's loop: per-image PIL transforms in DataLoader workers, the batch
-    copied to the device, the step, and the course's per-step `loss.item()`."""
-    device = data.splits.train_x.device
-    bs = bench.cfg.batch_size
-    need = (warmup + steps) * bs
-    if len(data.labels) < need:
-        raise ValueError(f"reference loop needs {need} training images, have {len(data.labels)}")
-    loader = torch.utils.data.DataLoader(
-        CourseDataset(data.images, data.labels, bench.reference_transform),
-        batch_size=bs,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    model = bench.fresh()
-    optimizer = build_optimizer(model.parameters(), bench.cfg)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=bench.cfg.label_smoothing)
-    set_train_mode(model)
-    placement = Placement.for_device(device)  # as the project runs
-    batches = iter(loader)  # workers start here; their start-up falls in the warm-up
-    tic = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            synchronize(device)
-            tic = time.perf_counter()
-        x, y = next(batches)
-        x = placement.memory_format(x.to(device))
-        y = y.to(device)
-        _train_step(model, optimizer, loss_fn, x, y, device).item()
-    synchronize(device)
-    elapsed = time.perf_counter() - tic
-    del batches  # stops the workers
-    return {"images_per_s": steps * bs / elapsed, "time_s": elapsed, "steps": steps}
-
-
-@contextlib.contextmanager
-def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iterator[tracking.Run]:
-    """A real MLflow run in a temporary SQLite store under `work_dir` (or, without
-    `track`, the stand-in that logs nothing); the project's own store is never touched."""
-    if not track:
-        yield tracking.Run(None)
-        return
-    db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.tracking.store)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        store.use_store(f"sqlite:///{db}"),
-        tracking.stage_run(f"bench-{name}", {"train": cfg}, experiment="bench") as run,
-    ):
-        yield run
-
-
-def time_project(
-    bench: ModelBench,
-    data: BenchData,
-    steps: int,
-    seed: int,
-    work_dir: Path,
-    track: bool,
-    checkpoint: bool = True,
-    cfg: TrainConfig | None = None,
-) -> dict:
-    """`fit` as a stage calls it: `steps` steps on a random subset of that many
-    batches (one epoch of it, so validations every half of it as configured), a
-    checkpoint at each validation and, with `track`, a real MLflow run that logs
-    every validation."""
-    device = data.splits.train_x.device
-    cfg = cfg or dataclasses.replace(bench.cfg, subset=steps * bench.cfg.batch_size, epochs=1)
-    tic = time.perf_counter()
-    prepared = bench.prepare(bench.fresh(), data.splits, cfg)
-    synchronize(device)
-    prepare_s = time.perf_counter() - tic
-    ckpt = work_dir / f"checkpoint-{bench.name}-{time.monotonic_ns()}.pt" if checkpoint else None
-    tic = time.perf_counter()
-    with _bench_run(bench.name, prepared.cfg, work_dir, track) as run:
-        opened = time.perf_counter()
-        log_validation = tracking.ValidationLogger(run)
-        result: FitResult = fit(
-            prepared.model,
-            prepared.data,
-            prepared.cfg,
-            prepared.pipeline,
-            seed=seed,
-            on_validation=log_validation,
-            checkpoint_path=ckpt,
-            config_key=f"bench-{ckpt}",
-            progress=False,
-            name=f"bench-{bench.name}",
-        )
-        fitted = time.perf_counter()
-    closed = time.perf_counter()
-    if ckpt is not None:
-        ckpt.unlink(missing_ok=True)
-    wall = fitted - opened
-    tracking_s = log_validation.seconds
-    other = wall - result.train_time_s - result.eval_time_s - tracking_s
-    validations = len(result.history)
-    images = result.images_per_s * result.train_time_s
-    return {
-        "images_per_s": result.images_per_s,
-        "images_per_s_excluding_eval": images / max(wall - result.eval_time_s, 1e-9),
-        "steps": result.steps,
-        "validations": validations,
-        "fit_wall_s": wall,
-        "train_s": result.train_time_s,
-        "eval_s": result.eval_time_s,
-        "final_eval_s": result.final_eval_time_s,
-        "tracking_s": tracking_s,
-        "other_s": other,  # checkpoints, best-state copies, loop set-up
-        "tracking_run_open_close_s": (opened - tic) + (closed - fitted),
-        "tracking_share": tracking_s / wall,
-        "eval_share": result.eval_time_s / wall,
-        "other_share": other / wall,
-        "tracking_per_validation_s": tracking_s / validations if validations else 0.0,
-        "other_per_validation_s": other / validations if validations else 0.0,
-        "prepare_s": prepare_s,
-        "tracked": run.active,
-        **prepared.info,
-        "final": result.final,
-    }
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -428,7 +103,6 @@ def bench_model(
     steps: int,
     warmup: int,
     repeats: int,
-    seed: int,
     work_dir: Path,
     track: bool,
     workers: int = REFERENCE_WORKERS,
@@ -441,8 +115,8 @@ def bench_model(
             if path == "floor":
                 return time_floor(bench, data, n, warmup)
             if path == "project":
-                return time_project(bench, data, n, seed, work_dir, track)
-            return time_reference(bench, data, n, warmup, workers, seed)
+                return time_project(bench, data, n, work_dir, track)
+            return time_reference(bench, data, n, warmup, workers)
         except Exception as exc:  # one broken path must not lose the others' figures
             log(f"[bench] {bench.name} {path} failed: {type(exc).__name__}: {exc}")
             return {"images_per_s": math.nan, "error": f"{type(exc).__name__}: {exc}"}
@@ -501,7 +175,7 @@ def bench_model(
         if "tracking_per_validation_s" in project
         else math.nan
     )
-    model = bench.model
+    model = bench.net.model
     return {
         "batch_size": bench.cfg.batch_size,
         "optimizer": bench.cfg.optimizer,
@@ -531,56 +205,6 @@ def bench_model(
             "best_project_over_reference": best["project"] / best["reference"],
         },
         "rounds": rounds,
-    }
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "hostname": platform.node(),
-    }
-    return info
-
-
-def measure_eval_epoch(bench: ModelBench, data: BenchData, seed: int, work_dir: Path) -> dict:
-    """One full epoch of the stage on all of `data` (load it uncut), validating as
-    configured, then the final figures; tracking off, checkpoints on (as in a
-    stage). The evaluation share of that epoch and the parts it is made of."""
-    cfg = dataclasses.replace(bench.cfg, epochs=1, subset=0)
-    run = time_project(bench, data, 0, seed, work_dir, track=False, cfg=cfg)
-    validation_s = run["eval_s"] - run["final_eval_s"]
-    total = run["fit_wall_s"]
-    epochs = bench.cfg.epochs
-    # A stage of `epochs` epochs repeats the per-epoch part and evaluates once at the end.
-    stage_total = epochs * (total - run["final_eval_s"]) + run["final_eval_s"]
-    return {
-        "model": bench.name,
-        "steps": run["steps"],
-        "validations": run["validations"],
-        "images_per_s": run["images_per_s"],
-        "train_s": run["train_s"],
-        "validation_s": validation_s,
-        "final_eval_s": run["final_eval_s"],
-        "other_s": run["other_s"],
-        "fit_wall_s": total,
-        "eval_share_one_epoch": run["eval_s"] / total,
-        "validation_share": validation_s / (total - run["final_eval_s"]),
-        f"eval_share_{epochs}_epochs": (epochs * validation_s + run["final_eval_s"]) / stage_total,
-        "final": run["final"],
     }
 
 
@@ -675,15 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
     data_dir = args.data or Layout().data
     eval_images = None if args.eval_epoch else args.eval_images
-    data = load_bench_data(
-        None if args.synthetic else data_dir, device, eval_images or 10**9, args.synthetic
-    )
+    data = load_bench_data(data_dir, device, eval_images, args.synthetic)
     cache = {"on": True, "off": False}.get(args.resnet_cache)
 
     def make(name: str) -> ModelBench:
-        if name == "resnet":
-            return resnet_bench(params, device, args.resnet_size, cache)
-        return cnn_bench(params, name, device)
+        return make_bench(params, name, device, args.resnet_size, cache)
 
     result: dict = {
         "command": "python -m benchmarks.bench "
@@ -705,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.eval_epoch:
             bench = make(args.eval_epoch)
             print(f"[bench] one full epoch of {args.eval_epoch} on {device} ...", flush=True)
-            result["eval_epoch"] = measure_eval_epoch(bench, data, params.common.seed, Path(tmp))
+            result["eval_epoch"] = measure_eval_epoch(bench, data, Path(tmp))
         else:
             result["tracking"] = track
             result["models"] = {}
@@ -717,7 +337,6 @@ def main(argv: list[str] | None = None) -> dict:
                     steps=steps[name],
                     warmup=warmup,
                     repeats=args.repeats,
-                    seed=params.common.seed,
                     work_dir=Path(tmp),
                     track=track,
                     workers=args.workers,
@@ -730,51 +349,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(f"[bench] wrote {args.json}")
     return result
-
-
-def _loads(values: list[float]) -> str:
-    return "/".join(f"{v:.2f}" for v in values)
-
-
-def format_summary(result: dict) -> str:
-    m = result["machine"]
-    lines = [
-        f"{m['cpu']} ({m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
-        + (f", {m['gpu']}" if m["gpu"] else "")
-        + f"; torch {m['torch']}; params profile {result['params']['profile']}"
-        + f"; load {_loads(result['loadavg_start'])} -> {_loads(result['loadavg_end'])}"
-    ]
-    if "eval_epoch" in result:
-        e = result["eval_epoch"]
-        lines.append(
-            f"{e['model']}: one epoch, {e['steps']} steps at {e['images_per_s']:,.1f} img/s; "
-            f"train {e['train_s']:.1f} s, {e['validations']} validations "
-            f"{e['validation_s']:.1f} s, "
-            f"final evaluation {e['final_eval_s']:.1f} s, other {e['other_s']:.1f} s; "
-            f"eval share {e['eval_share_one_epoch']:.1%} of the epoch"
-        )
-        return "\n".join(lines)
-    header = (
-        f"{'model':<9}{'batch':>6}{'floor':>11}{'project':>11}{'reference':>11}"
-        f"{'proj/floor':>11}{'proj/ref':>9}{'tracking':>10}"
-    )
-    lines += [header + "   (images/s, medians; [fastest rounds])", "-" * len(header)]
-    for name, r in result["models"].items():
-        p = r["project"]
-        lines.append(
-            f"{name:<9}{r['batch_size']:>6}{r['floor']['images_per_s']:>11,.1f}"
-            f"{p['images_per_s']:>11,.1f}{r['reference']['images_per_s']:>11,.1f}"
-            f"{r['ratios']['project_over_floor']:>11.3f}"
-            f"{r['ratios']['project_over_reference']:>9.3f}"
-            f"{p.get('tracking_share', math.nan):>10.2%}"
-        )
-        lines.append(
-            f"{'':<15}{r['floor']['best_images_per_s']:>11,.1f}{p['best_images_per_s']:>11,.1f}"
-            f"{r['reference']['best_images_per_s']:>11,.1f}"
-            f"{r['ratios']['best_project_over_floor']:>11.3f}"
-            f"{r['ratios']['best_project_over_reference']:>9.3f}"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The GPU check in one go, on a lent GPU machine (BENCHMARKS.md, "GPU"):
 #   1. prepare the data set from the carried image-folder archive (src.data.prepare.prepare_dataset)
 #   2. python -m benchmarks.bench on CUDA: baseline, improved, ResNet18 at 224 px
-#   3. the three full-size stages (pipelines.train_cnn, pipelines.resnet), tracking off,
+#   3. the three full-size stages (python -m pipelines.train <stage>), tracking off,
 #      each timed, in a scratch project root (the repo's data/, models/, reports/ untouched)
 # Needs python3 with torch, torchvision, numpy, pillow and PyYAML (matplotlib for the stages'
 # figures); no mlflow, dvc, optuna or network. Results: $OUT (the device tool's folder) or
@@ -109,9 +109,8 @@ open(out, "w").write(yaml.safe_dump(raw, sort_keys=False))
 EOF
 declare -A stage_ms
 for stage in baseline improved resnet; do
-  if [[ $stage == resnet ]]; then cmd=(-m pipelines.resnet); else cmd=(-m pipelines.train_cnn "$stage"); fi
   start=$(ms)
-  DVC_ROOT=$ROOT "$PY" "${cmd[@]}" --no-progress 2>&1 | grep -v '^Epoch: ' | tee "$RESULTS/$stage.log"
+  DVC_ROOT=$ROOT "$PY" -m pipelines.train "$stage" --no-progress 2>&1 | grep -v '^Epoch: ' | tee "$RESULTS/$stage.log"
   stage_ms[$stage]=$(( $(ms) - start ))
   cp "$ROOT/reports/$stage/metrics.json" "$RESULTS/$stage.metrics.json"
 done

@@ -1,5 +1,6 @@
-"""What every training stage does around `fit`: data onto the device, tracking,
-checkpoint/resume, and the outputs DVC tracks (their layout: `src.artifacts`).
+"""What every training stage does around `fit`: tracking, checkpoint/resume, and the
+outputs DVC tracks (their layout: `src.artifacts`). What it trains comes from
+`src.training.recipe`.
 """
 
 from __future__ import annotations
@@ -7,46 +8,33 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 from torch import nn
 
 from src import artifacts
 from src.artifacts import StagePaths
 from src.config.layout import Layout
-from src.config.schema import Params, TrainConfig
+from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
-from src.data.prepare import Dataset, load_dataset
+from src.data.prepare import Dataset
 from src.tracking import dead_runs, registry
 from src.tracking import runs as tracking
 from src.tracking.datasets import log_datasets
 from src.tracking.provenance import smoke_reasons
 from src.training.checkpoint import load_checkpoint
-from src.training.device import Placement
-from src.training.loop import FitResult, Pipeline, TensorSplits, fit
+from src.training.loop import FitResult, fit
+from src.training.recipe import StageRecipe
 
 
 def run_training_stage(
-    stage: str,
-    params: Params,
-    section: Any,
-    model: nn.Module,
-    *,
-    train_cfg: TrainConfig,
-    data: TensorSplits,
-    pipeline: Pipeline,
-    dataset: Dataset,
-    fit_model: nn.Module | None = None,
-    tags: dict | None = None,
-    extra_metrics: dict | None = None,
-    progress: bool = True,
-    placement: Placement | None = None,
+    stage: str, params: Params, section: Any, recipe: StageRecipe, *, progress: bool = True
 ) -> dict:
-    """Train `fit_model` (default: `model`) with tracking, resume and outputs.
-
-    `model` is what is saved and logged; `fit_model` may be a part of it that
-    trains on precomputed inputs (ResNet feature caching). `extra_metrics` join the
-    stage's metrics (the feature-caching time, say).
-    """
+    """Train what `recipe` says (`src.training.recipe.stage_recipe`, which loaded the
+    data set) with tracking, resume and outputs. `recipe.model` is what is saved and
+    logged; `recipe.fit_model` may be a part of it that trains on precomputed inputs
+    (ResNet feature caching); `recipe.metrics` join the stage's metrics."""
+    dataset = recipe.dataset
+    if dataset is None:
+        raise ValueError("a training stage's recipe loads the data set itself")
     paths = StagePaths.for_stage(stage)
     logged = {"common": params.common, stage: section}
     key = config_hash(logged)
@@ -57,17 +45,17 @@ def run_training_stage(
 
     run_params = tracking.run_params(params, section)
     with tracking.stage_run(
-        stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=tags
+        stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
     ) as run:
         # on resume too: final metrics and the model link to the splits
         log_datasets(run, dataset, Layout().data)
 
         log_validation = tracking.ValidationLogger(run)
         result = fit(
-            fit_model or model,
-            data,
-            train_cfg,
-            pipeline,
+            recipe.fit_model,
+            recipe.data,
+            recipe.train_cfg,
+            recipe.pipeline,
             seed=params.common.seed,
             on_validation=log_validation,
             checkpoint_path=paths.checkpoint,
@@ -76,11 +64,11 @@ def run_training_stage(
             progress=progress,
             name=stage,
             params_key=f"{stage}.train",
-            placement=placement,
+            placement=recipe.placement,
         )
         tic = time.perf_counter()
-        metrics = {**stage_metrics(result, run.run_id), **(extra_metrics or {})}
-        write_outputs(stage, paths, model, section, result, metrics, dataset, run)
+        metrics = {**stage_metrics(result, run.run_id), **recipe.metrics}
+        write_outputs(stage, paths, recipe.model, section, result, metrics, dataset, run)
         run.log_metrics(
             {
                 k: v
@@ -162,9 +150,3 @@ def write_outputs(
     run.log_artifact(paths.history)
     run.log_dict(to_dict(section), "config.json")
     run.log_dict(metrics, "metrics.json")
-
-
-def load_data(device: torch.device) -> tuple[Dataset, TensorSplits]:
-    """The prepared data set, and all of it as uint8 tensors on `device`."""
-    dataset = load_dataset(Layout().data)
-    return dataset, TensorSplits.from_dataset(dataset).to(device)

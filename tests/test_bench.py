@@ -25,6 +25,7 @@ LIGHT_MODULES = (
     "src.training.models",
     "src.stage",
     "src.training.feature_cache",
+    "src.training.recipe",
     "benchmarks.bench",
 )
 HEAVY_PACKAGES = ("mlflow", "optuna", "dvc", "pandas", "matplotlib", "yaml", "sqlalchemy")

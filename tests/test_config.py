@@ -97,7 +97,7 @@ def test_bad_params_exit_2_before_any_work(project):
 
     update_params(project, **{"baseline.train.lr": -1})
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train_cnn", "baseline"],
+        [sys.executable, "-m", "pipelines.train", "baseline"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -347,7 +347,7 @@ def test_a_class_left_without_validation_images_names_val_fraction(project):
 
 def test_a_missing_section_stops_training(project):
     _drop(project, "baseline")
-    proc = _run(project, "pipelines.train_cnn", "baseline")
+    proc = _run(project, "pipelines.train", "baseline")
     _assert_config_error(proc, project, "'baseline': missing from params.yaml")
 
 
@@ -356,5 +356,5 @@ def test_cuda_without_cuda_is_a_config_error(project):
     from tests.conftest import update_params
 
     update_params(project, **{"baseline.train.device": "cuda"})
-    proc = _run(project, "pipelines.train_cnn", "baseline")
+    proc = _run(project, "pipelines.train", "baseline")
     _assert_config_error(proc, project, "'baseline.train.device'", "no CUDA device")

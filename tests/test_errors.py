@@ -23,8 +23,7 @@ PROJECT_ERRORS = {
 }
 ENTRY_POINTS = (
     "pipelines.download",
-    "pipelines.train_cnn",
-    "pipelines.resnet",
+    "pipelines.train",
     "pipelines.report",
     "src.tune.__main__",
     "benchmarks.bench",

@@ -44,16 +44,16 @@ def trained(tmp_path_factory, tiny_cifar):
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, root)
         mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-        from pipelines import download, train_cnn
+        from pipelines import download, train
 
         out = io.StringIO()
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
             warnings.simplefilter("always")
             download.main()
-            train_cnn.main(["baseline", "--no-progress"])
-            train_cnn.main(["improved", "--no-progress"])
+            train.main(["baseline", "--no-progress"])
+            train.main(["improved", "--no-progress"])
             update_params(root, **{"baseline.train.dry_run": True})
-            train_cnn.main(["baseline", "--no-progress"])
+            train.main(["baseline", "--no-progress"])
             update_params(root, **{"baseline.train.dry_run": False})
         mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
         yield {"root": root, "warnings": list(caught), "stdout": out.getvalue()}

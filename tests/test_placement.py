@@ -13,8 +13,10 @@ from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement, to_device_async
 from src.training.feature_cache import prepare_resnet_training
-from src.training.loop import TensorSplits, evaluate, fit
+from src.training.loop import fit
 from src.training.models import build_cnn, build_resnet
+from src.training.splits import TensorSplits
+from src.training.steps import evaluate
 from tests.conftest import make_images
 
 GPU_LIKE = Placement(torch.device("cpu"), bf16=True, channels_last=True)
@@ -134,9 +136,9 @@ def test_resnet_trains_in_bf16_and_channels_last_on_the_cpu(cached):
 
 
 def test_the_stage_runs_the_gpu_path_on_the_cpu(prepared, monkeypatch):
-    """pipelines/train_cnn with the decision forced as on CUDA: the stage places the
+    """pipelines/train with the decision forced as on CUDA: the stage places the
     model, builds the pipeline and trains through it, and writes float32 outputs."""
-    from pipelines import train_cnn
+    from pipelines import train
 
     seen = []
 
@@ -145,7 +147,7 @@ def test_the_stage_runs_the_gpu_path_on_the_cpu(prepared, monkeypatch):
         return cls(device, bf16=True, channels_last=True)
 
     monkeypatch.setattr(Placement, "for_device", classmethod(gpu_like))
-    train_cnn.main(["baseline", "--no-progress"])
+    train.main(["baseline", "--no-progress"])
     assert seen
     payload = artifacts.read_model_file(prepared / "models/baseline.pt")
     _assert_float32(payload["model"], "the stage's model file")

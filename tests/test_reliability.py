@@ -24,7 +24,7 @@ METRIC_KEYS = ("final_train_loss", "final_val_loss", "test_loss", "test_accuracy
 def _stage(root: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "DVC_ROOT": str(root)}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train_cnn", "baseline", "--no-progress", *extra],
+        [sys.executable, "-m", "pipelines.train", "baseline", "--no-progress", *extra],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -150,14 +150,14 @@ def _statuses(root: Path, name: str) -> dict[str, str]:
 
 
 def test_stage_killed_before_its_first_checkpoint_leaves_no_running_run(prepared: Path):
-    from pipelines import train_cnn
+    from pipelines import train
 
-    _kill_at(prepared, "src.stage", "fit", "train_cnn", ["baseline", "--no-progress"])
+    _kill_at(prepared, "src.stage", "fit", "train", ["baseline", "--no-progress"])
     assert not (prepared / "checkpoints/baseline.pt").exists()
     (dead,) = _statuses(prepared, "baseline").items()
     assert dead[1] == "RUNNING", "the SIGKILLed process could not end its run"
 
-    train_cnn.main(["baseline", "--no-progress"])
+    train.main(["baseline", "--no-progress"])
     runs = _statuses(prepared, "baseline")
     assert runs[dead[0]] == "KILLED"
     assert sorted(runs.values()) == ["FINISHED", "KILLED"]
@@ -181,18 +181,18 @@ def test_stage_killed_while_registering_leaves_one_tagged_version(prepared: Path
     """kill -9 right after the registry created the version (before the alias and the
     stage's last writes): the version already carries its smoke tags, and the rerun, which
     resumes the same run, repairs that version instead of adding a second one."""
-    from pipelines import train_cnn
+    from pipelines import train
 
     update_params(prepared, **{"baseline.train.dry_run": True})  # a smoke run
     argv = ["baseline", "--no-progress"]
-    _kill_at(prepared, "src.tracking.registry", "register_version", "train_cnn", argv)
+    _kill_at(prepared, "src.tracking.registry", "register_version", "train", argv)
     assert (prepared / "checkpoints/baseline.pt").exists()
     mlflow.set_tracking_uri(f"sqlite:///{prepared}/mlflow.db")
     client = mlflow.MlflowClient()
     (killed,) = client.search_model_versions("name = 'cifar10-baseline'")
     assert killed.tags["servable"] == "false" and "dry run" in killed.tags["smoke"]
 
-    train_cnn.main(argv)
+    train.main(argv)
     (version,) = client.search_model_versions("name = 'cifar10-baseline'")
     assert version.version == killed.version and version.run_id == killed.run_id
     assert version.tags == killed.tags
@@ -267,13 +267,13 @@ def test_a_second_run_of_a_live_stage_refuses_and_touches_nothing(prepared: Path
     naming that process; it neither resumes its checkpoint nor marks its run KILLED."""
     ckpt = prepared / "checkpoints/baseline.pt"
     # held after training, before its outputs: the checkpoint and the live run exist
-    holder = _hold_at(prepared, "src.stage", "write_outputs", "train_cnn", ["baseline"])
+    holder = _hold_at(prepared, "src.stage", "write_outputs", "train", ["baseline"])
     try:
         (live,) = _statuses(prepared, "baseline").items()
         assert live[1] == "RUNNING" and ckpt.exists()
         before = ckpt.read_bytes()
 
-        proc = _run_stage(prepared, "pipelines.train_cnn", "baseline", "--no-progress")
+        proc = _run_stage(prepared, "pipelines.train", "baseline", "--no-progress")
         assert proc.returncode == 1, proc.stdout + proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: stage baseline is already running")
@@ -285,7 +285,7 @@ def test_a_second_run_of_a_live_stage_refuses_and_touches_nothing(prepared: Path
         holder.kill()  # SIGKILL: the lock goes with the process, nothing stale is left
         holder.wait(timeout=60)
 
-    proc = _run_stage(prepared, "pipelines.train_cnn", "baseline", "--no-progress")
+    proc = _run_stage(prepared, "pipelines.train", "baseline", "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming from checkpoint" in proc.stdout
     runs = _statuses(prepared, "baseline")

@@ -29,7 +29,7 @@ from src.training.feature_cache import (
     prepare_resnet_training,
     select_budget,
 )
-from src.training.loop import TensorSplits, fit
+from src.training.loop import fit
 from src.training.models import (
     ResNetPart,
     WeightsError,
@@ -37,6 +37,7 @@ from src.training.models import (
     imagenet_weights_path,
     split_resnet,
 )
+from src.training.splits import TensorSplits
 from tests.conftest import make_images, update_params
 
 CPU = Placement(torch.device("cpu"))
@@ -323,10 +324,10 @@ def _declared_outs(root) -> list[Path]:
 
 
 def test_resnet_stage_end_to_end_random_init(prepared):
-    from pipelines import resnet
+    from pipelines import train
 
     update_params(prepared, **{"resnet.train.dry_run": True})  # 4 steps, 2 validations
-    resnet.main(["--no-progress"])
+    train.main(["resnet", "--no-progress"])
     for path in _declared_outs(prepared):
         assert path.exists(), path
     metrics = json.loads((prepared / "reports/resnet/metrics.json").read_text())
@@ -365,15 +366,16 @@ def test_runs_are_tagged_with_their_weights(torch_home, tmp_path):
 
 
 def test_stage_without_weights_stops_before_reading_data(project, torch_home, monkeypatch, capsys):
-    from pipelines import resnet
+    from pipelines import train
+    from src.training import recipe
 
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the weights were checked")
 
-    monkeypatch.setattr(resnet, "load_data", no_data)
+    monkeypatch.setattr(recipe, "load_splits", no_data)
     update_params(project, **{"resnet.weights": "imagenet"})
     with pytest.raises(SystemExit) as info:
-        resnet.main(["--no-progress"])
+        train.main(["resnet", "--no-progress"])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: could not fetch") and "Traceback" not in err

@@ -49,9 +49,9 @@ def test_download_stage_outputs_and_run(prepared):
 
 @pytest.mark.parametrize("stage", ["baseline", "improved"])
 def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
-    from pipelines import train_cnn
+    from pipelines import train
 
-    train_cnn.main([stage, "--no-progress"])
+    train.main([stage, "--no-progress"])
     for path in _declared_outs(stage, prepared):
         assert path.exists(), path
     metrics = json.loads((prepared / f"reports/{stage}/metrics.json").read_text())
@@ -100,9 +100,9 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
 
 
 def test_model_file_for_another_architecture_is_refused(prepared):
-    from pipelines import train_cnn
+    from pipelines import train
 
-    train_cnn.main(["baseline", "--no-progress"])
+    train.main(["baseline", "--no-progress"])
     wrong = build_cnn(load_params(prepared / "params.yaml").improved.model)
     with pytest.raises(WeightsError, match="another architecture"):
         load_state_strict(wrong, read_model_file(prepared / "models/baseline.pt")["model"], "x")
@@ -112,19 +112,19 @@ def test_model_file_for_another_architecture_is_refused(prepared):
 
 
 def test_two_runs_with_one_seed_give_identical_metrics(prepared):
-    from pipelines import train_cnn
+    from pipelines import train
 
     update_params(prepared, **{"baseline.train.augment": {"crop_padding": 4, "hflip": True}})
     results = []
     for _ in range(2):
-        train_cnn.main(["baseline", "--no-progress"])
+        train.main(["baseline", "--no-progress"])
         m = json.loads((prepared / "reports/baseline/metrics.json").read_text())
         results.append({k: m[k] for k in m if k.endswith(("_loss", "_accuracy"))})
     assert results[0] == results[1]
 
 
 def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
-    from pipelines import train_cnn
+    from pipelines import train
     from src import stage as stage_module
 
     def boom(*args, **kwargs):
@@ -132,7 +132,7 @@ def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
 
     monkeypatch.setattr(stage_module, "fit", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        train_cnn.main(["baseline", "--no-progress"])
+        train.main(["baseline", "--no-progress"])
     runs = _client(prepared).search_runs(
         [_client(prepared).get_experiment_by_name("cifar10").experiment_id],
         filter_string="attributes.run_name = 'baseline'",
@@ -141,21 +141,21 @@ def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
 
 
 def test_dry_run_param_runs_the_real_path_quickly(prepared):
-    from pipelines import train_cnn
+    from pipelines import train
 
     update_params(prepared, **{"improved.train.dry_run": True, "improved.train.epochs": 30})
-    train_cnn.main(["improved", "--no-progress"])
+    train.main(["improved", "--no-progress"])
     metrics = json.loads((prepared / "reports/improved/metrics.json").read_text())
     assert metrics["steps"] == 4
     assert torch.load(prepared / "models/improved.pt", weights_only=True)["stage"] == "improved"
 
 
 def test_subset_smaller_than_a_batch_stops_before_training(prepared, capsys):
-    from pipelines import train_cnn
+    from pipelines import train
 
     update_params(prepared, **{"baseline.train.subset": 8})  # the fixture's batch is 16
     with pytest.raises(SystemExit) as info:
-        train_cnn.main(["baseline", "--no-progress"])
+        train.main(["baseline", "--no-progress"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "'baseline.train.subset'" in err and "fewer than one batch" in err
@@ -166,7 +166,7 @@ def test_subset_smaller_than_a_batch_stops_before_training(prepared, capsys):
 def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
     """Each crafted checkpoint stops the stage (exit 1, one line naming the file and the
     global) and stays as it was: no run from step 0 overwrites the evidence."""
-    from pipelines import train_cnn
+    from pipelines import train
     from src.training.checkpoint import CHECKPOINT_VERSION
     from tests.crafted import crafted_files
 
@@ -179,7 +179,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(prepared, capsys):
         ckpt.parent.mkdir(exist_ok=True)
         ckpt.write_bytes(crafted.read_bytes())
         with pytest.raises(SystemExit) as info:
-            train_cnn.main(["baseline", "--no-progress"])
+            train.main(["baseline", "--no-progress"])
         assert info.value.code == 1, name
         err = capsys.readouterr().err
         (line,) = err.strip().splitlines()

@@ -71,7 +71,7 @@ def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path
     url, store = mlflow_server
     env = {**os.environ, "DVC_ROOT": str(prepared), "MLFLOW_TRACKING_URI": url}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train_cnn", "baseline", "--no-progress"],
+        [sys.executable, "-m", "pipelines.train", "baseline", "--no-progress"],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         capture_output=True,

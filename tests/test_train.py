@@ -10,8 +10,10 @@ import torch
 
 from src.config.schema import AugmentConfig, ModelConfig, TrainConfig
 from src.training.augment import InputPipeline, random_crop, random_hflip
-from src.training.loop import NonFiniteLossError, TensorSplits, evaluate, fit, should_early_stop
+from src.training.loop import NonFiniteLossError, fit, should_early_stop
 from src.training.models import build_cnn
+from src.training.splits import TensorSplits
+from src.training.steps import evaluate
 from tests.conftest import make_images
 
 TINY_MODEL = ModelConfig(filters=(8, 16), kernel_size=3, fc=(16,))
@@ -187,7 +189,7 @@ def test_epochs_drop_the_last_partial_batch_and_evaluation_sees_every_image():
 
 def test_course_schedule_at_batch_64():
     """45,000 images at batch 64: 703 steps an epoch, a validation every 351."""
-    from src.training.loop import train_size
+    from src.training.splits import train_size
 
     cfg = _cfg(batch_size=64, validations_per_epoch=2)
     steps = train_size(45_000, cfg) // cfg.batch_size
@@ -196,7 +198,7 @@ def test_course_schedule_at_batch_64():
 
 def test_training_set_smaller_than_a_batch_is_a_config_error():
     from src.errors import ConfigError
-    from src.training.loop import check_train_size
+    from src.training.splits import check_train_size
 
     with pytest.raises(ConfigError, match=r"'baseline\.train\.subset'.*fewer than one batch"):
         _fit(_cfg(subset=10, batch_size=16), params_key="baseline.train")

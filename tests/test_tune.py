@@ -26,7 +26,7 @@ from src.config.typed import flatten, to_dict
 from src.errors import ConfigError
 from src.tracking import runs as tracking
 from src.training.loop import FitResult, NonFiniteLossError
-from src.tune import search
+from src.tune import search, summary
 from src.tune.__main__ import main as tune_main
 from src.tune.space import (
     NOT_DESIGN,
@@ -47,7 +47,7 @@ PARAMS = PROJECT_ROOT / "params.yaml"
 def _figures_only_where_checked(request, monkeypatch):
     """Drawing Optuna's figures takes seconds; only the end-to-end test checks them."""
     if "three_trial" not in request.node.name:
-        monkeypatch.setattr(search, "write_figures", lambda study, out_dir: {})
+        monkeypatch.setattr(summary, "write_figures", lambda study, out_dir: {})
 
 
 def _search(*args: str) -> None:
@@ -191,7 +191,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
     assert (report / "optimization_history.png").is_file()
 
     # the same command with a larger budget adds trials to the study
-    monkeypatch.setattr(search, "write_figures", lambda study, out_dir: {})  # checked above
+    monkeypatch.setattr(summary, "write_figures", lambda study, out_dir: {})  # checked above
     _search("--study-name", "e2e", "--n-trials", "5")
     again = _study("e2e").get_trials()
     assert len(again) == 5 and all(t.state.is_finished() for t in again)

@@ -120,17 +120,6 @@ def typed_section(stage: str, config: dict) -> CNNStageConfig | ResNetConfig:
     return build(kind, config, prefix=stage)
 
 
-def build_stage_model(stage: str, config: dict):
-    """The stage's network from its resolved config (random init); and its input size."""
-    from src.training.models import build_cnn, build_resnet
-
-    if get_stage(stage).kind == "cnn":
-        cfg = typed_section(stage, config).model
-        return build_cnn(cfg), cfg.image_size
-    cfg = typed_section(stage, {**config, "weights": "none"})  # never loads the weights
-    return build_resnet(cfg), cfg.image_size
-
-
 def describe_module(module) -> str:
     from torch import nn
 
@@ -252,7 +241,9 @@ def task1_section(baseline_config: dict, config_source: str) -> list[str]:
     lines += [markdown_table(sizes, right=["Answer"]), ""]
 
     lines += ["### Task 1g: parameters of the baseline network", ""]
-    model, _ = build_stage_model("baseline", baseline_config)
+    from src.training.models import network_from_config
+
+    model, _ = network_from_config(baseline_config, "baseline")
     table = pd.DataFrame(theory.layer_parameter_table(model))
     total = int(table["total"].sum())
     table["weight_shape"] = [

@@ -27,7 +27,6 @@ from src.report import figures as plots
 from src.report.blocks import (
     REFERENCE,
     REFERENCE_SOURCE,
-    build_stage_model,
     figure_link,
     fmt_metric,
     fmt_value,
@@ -57,13 +56,15 @@ class Report:
 
 def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
     """The summary table's numbers: one row per stage that ran (pandas, unformatted)."""
+    from src.training.models import network_from_config
+
     rows = []
     for info in TRAINING_STAGES:
         outputs = inputs.stages.get(info.name)
         if outputs is None:
             continue
         m = outputs.metrics
-        model = build_stage_model(info.name, outputs.config)[0] if outputs.config else None
+        model = network_from_config(outputs.config, info.name)[0] if outputs.config else None
         reference = REFERENCE.get(info.name, {}).get("test_accuracy")
         rows.append(
             {

@@ -15,7 +15,6 @@ from src.report.blocks import (
     BENCHMARK_RATES,
     REFERENCE,
     architecture_table,
-    build_stage_model,
     figure_link,
     fmt_literal,
     fmt_metric,
@@ -208,7 +207,9 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
 def _config_sections(info: Stage, outputs: StageOutputs, reference: dict) -> list[str]:
     """Architecture (rebuilt from the stage's config) and hyperparameters."""
     t = f"Task {info.task}"
-    model, image_size = build_stage_model(info.name, outputs.config)
+    from src.training.models import network_from_config
+
+    model, image_size = network_from_config(outputs.config, info.name)
     arch = architecture_table(model, image_size)
     total = int(arch["Parameters"].sum())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

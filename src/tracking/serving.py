@@ -26,11 +26,8 @@ from torch import nn
 
 from src.artifacts import load_state_strict, read_model_file
 from src.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHAPE
-from src.config.schema import ModelConfig, ResNetConfig
-from src.config.typed import build
-from src.errors import WeightsError
 from src.training.augment import resize, to_float_nchw
-from src.training.models import build_cnn, build_resnet
+from src.training.models import network_from_config
 
 MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
 BATCH = 256  # images per forward pass
@@ -84,15 +81,8 @@ INPUT_DESCRIPTION = (
 def build_network(config: dict) -> tuple[nn.Module, dict]:
     """The network a resolved stage config describes (weights not loaded), and its
     input settings: mean, std and the size images are resized to."""
+    network, size = network_from_config(config)
     train = config.get("train", {})
-    if "model" in config:  # baseline, improved, tuning trials: the course CNN
-        model_cfg = build(ModelConfig, config["model"], prefix="model")
-        network, size = build_cnn(model_cfg), model_cfg.image_size
-    elif "trainable" in config:  # the ResNet stage; the weights come from the file
-        resnet_cfg = build(ResNetConfig, {**config, "weights": "none"})
-        network, size = build_resnet(resnet_cfg), resnet_cfg.image_size
-    else:
-        raise WeightsError("the model file's config describes neither a CNN nor the ResNet")
     inputs = {
         "mean": tuple(train.get("mean", COURSE_MEAN)),
         "std": tuple(train.get("std", COURSE_STD)),

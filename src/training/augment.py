@@ -6,6 +6,7 @@ path has no per-image Python or PIL work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 
 from src.config.schema import AugmentConfig, TrainConfig
 from src.training.device import Placement, to_device_async
+
+Pipeline = Callable[..., torch.Tensor]  # (x, train, generator) -> model input: InputPipeline
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:

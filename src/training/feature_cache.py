@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from src.config.schema import ResNetConfig, TrainConfig
+from src.training.augment import Pipeline
 from src.training.device import Placement
-from src.training.loop import Pipeline, TensorSplits, draw_budget
 from src.training.models import ResNetPart, resnet_weights_file, split_resnet
+from src.training.splits import TensorSplits, draw_budget
 
 MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
 

@@ -25,50 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from src.config.schema import TrainConfig
-from src.errors import ConfigError, NonFiniteLossError
+from src.errors import NonFiniteLossError
 from src.progress import Progress
+from src.training.augment import Pipeline
 from src.training.checkpoint import TrainState, load_checkpoint, state_to_cpu
 from src.training.device import Placement, synchronize
-
-if TYPE_CHECKING:
-    from src.data.prepare import Dataset
-
-DRY_RUN_TRAIN_BATCHES = 4
-DRY_RUN_EVAL_IMAGES = 256
-
-Pipeline = Callable[..., torch.Tensor]  # (x, train, generator) -> model input
-
-
-@dataclass
-class TensorSplits:
-    """Inputs (uint8 images or cached features) and int64 labels, per split."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    def to(self, device: torch.device) -> TensorSplits:
-        return TensorSplits(*(t.to(device) for t in self.__dict__.values()))
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset) -> TensorSplits:
-        """The prepared data set as uint8 tensors on the CPU (184 MB for CIFAR-10)."""
-        parts = []
-        for split in (dataset.train, dataset.val, dataset.test):
-            parts += [torch.from_numpy(split.images), torch.from_numpy(split.labels)]
-        return cls(*parts)
+from src.training.splits import TensorSplits, check_train_size, draw_budget
+from src.training.steps import evaluate, set_train_mode, train_step
 
 
 @dataclass
@@ -85,48 +53,6 @@ class FitResult:
     test_predictions: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     resumed_from_step: int = 0
     final_eval_time_s: float = 0.0  # the part of eval_time_s spent on the final figures
-
-
-def train_size(n_available: int, cfg: TrainConfig) -> int:
-    """Training images per epoch: all, or `subset` of them (the dry run's few batches)."""
-    subset = DRY_RUN_TRAIN_BATCHES * cfg.batch_size if cfg.dry_run else cfg.subset
-    return min(subset, n_available) if subset else n_available
-
-
-def check_train_size(n_available: int, cfg: TrainConfig, params_key: str = "train") -> None:
-    """ConfigError naming `<params_key>.subset` or `.batch_size` when the training set
-    is smaller than one batch: an epoch drops the last partial batch, so nothing
-    would train."""
-    n = train_size(n_available, cfg)
-    if n >= cfg.batch_size:
-        return
-    if cfg.subset and not cfg.dry_run and cfg.subset < n_available:
-        raise ConfigError(
-            f"{params_key}.subset",
-            f"{cfg.subset} training images are fewer than one batch "
-            f"({params_key}.batch_size = {cfg.batch_size}); an epoch uses full batches only",
-        )
-    raise ConfigError(
-        f"{params_key}.batch_size",
-        f"{cfg.batch_size} is more than the {n} training images; an epoch uses full batches only",
-    )
-
-
-def draw_budget(data: TensorSplits, cfg: TrainConfig, generator: torch.Generator) -> TensorSplits:
-    """What a run trains and evaluates on: `train_size` training images, drawn at random
-    with `generator` when that is not all of them, and the dry run's first
-    DRY_RUN_EVAL_IMAGES of val and test. `fit` draws with its own freshly seeded
-    generator; `src.training.feature_cache` calls this with one seeded alike, so it picks the
-    same images before caching their features."""
-    train_x, train_y = data.train_x, data.train_y
-    n_train = train_size(len(train_y), cfg)
-    if n_train < len(train_y):
-        keep = torch.randperm(len(train_y), generator=generator)[:n_train].to(train_y.device)
-        train_x, train_y = train_x[keep], train_y[keep]
-    cut = DRY_RUN_EVAL_IMAGES if cfg.dry_run else None
-    return TensorSplits(
-        train_x, train_y, data.val_x[:cut], data.val_y[:cut], data.test_x[:cut], data.test_y[:cut]
-    )
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -163,75 +89,6 @@ def should_early_stop(val_losses: list[float], count: int) -> bool:
         return False
     window = val_losses[-count:]
     return window[0] == min(window)
-
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def set_train_mode(model: nn.Module) -> None:
-    """model.train(), but BatchNorm layers without trainable parameters stay in eval
-    mode, so frozen blocks keep their running statistics."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, _BATCH_NORMS):
-            if not any(p.requires_grad for p in module.parameters()):
-                module.eval()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    pipeline: Pipeline,
-    batch_size: int,
-    keep_predictions: bool = False,
-    placement: Placement | None = None,
-) -> dict:
-    """Per-image mean loss and accuracy in eval mode; optionally the predictions."""
-    was_training = model.training
-    model.eval()
-    device = x.device
-    placement = placement or Placement.for_device(device)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    predictions = []
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        with placement.autocast():
-            logits = model(pipeline(xb, train=False))
-        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
-        pred = logits.argmax(1)
-        correct += (pred == yb).sum()
-        if keep_predictions:
-            predictions.append(pred.cpu())
-    if was_training:
-        set_train_mode(model)
-    n = max(len(y), 1)
-    out = {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
-    if keep_predictions:
-        out["predictions"] = torch.cat(predictions) if predictions else torch.empty(0)
-    return out
-
-
-def train_step(
-    model: nn.Module,
-    optimizer,
-    loss_fn,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    placement: Placement | None = None,
-):
-    """One optimisation step on a prepared batch; (logits, loss), neither synced.
-    The loss is computed in float32 whatever autocast ran the forward pass in."""
-    placement = placement or Placement.for_device(x.device)
-    with placement.autocast():
-        logits = model(x)
-        loss = loss_fn(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return logits, loss
 
 
 class _Interval:

@@ -2,7 +2,9 @@
 
 `build_cnn` makes both course CNNs (task 2 baseline, task 3 improved) and every
 tuning trial from a :class:`ModelConfig`; `build_resnet` makes the task 4a
-transfer-learning network.
+transfer-learning network. `build_stage_network` picks between them by the stage's
+kind (`src.stages`): what trains goes through `src.training.recipe`, what serving and
+the report rebuild from a saved config through `network_from_config`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from torch import nn
 from src.artifacts import load_state_strict, read_weights
 from src.cifar import NUM_CLASSES
 from src.config.layout import resolve_path
-from src.config.schema import ModelConfig, ResNetConfig
+from src.config.schema import CNNStageConfig, ModelConfig, ResNetConfig
+from src.config.typed import build
 from src.errors import WeightsError
+from src.stages import get_stage
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -54,6 +58,42 @@ def build_cnn(cfg: ModelConfig) -> nn.Sequential:
         in_features = width
     layers.append(nn.Linear(in_features, NUM_CLASSES))
     return nn.Sequential(*layers)
+
+
+def build_stage_network(kind: str, section: CNNStageConfig | ResNetConfig) -> tuple[nn.Module, int]:
+    """A training stage's network from its typed params section, and the image size
+    (px) it takes: kind "cnn" builds the section's `model`, "resnet" the ResNet18 with
+    the section's weights (WeightsError when they cannot be had)."""
+    if kind == "cnn":
+        return build_cnn(section.model), section.model.image_size
+    if kind == "resnet":
+        return build_resnet(section), section.image_size
+    raise ValueError(f"a stage of kind {kind!r} has no network")
+
+
+def network_from_config(config: dict, stage: str | None = None) -> tuple[nn.Module, int]:
+    """The network a resolved stage config describes (a model file's, the report's), in
+    random init: a ResNet's pretrained weights are never loaded (a model file brings its
+    own); and the image size it takes. `stage` picks the builder by its catalog kind and
+    prefixes errors with its name; without it the config's keys decide (`model`: a CNN,
+    `trainable`: the ResNet). A CNN's `train` is not read (nor checked) here."""
+    if stage is not None:
+        entry = get_stage(stage)
+        if not entry.trains:
+            raise ValueError(f"stage {stage!r} trains no network")
+        kind = entry.kind
+    elif "model" in config:
+        kind = "cnn"
+    elif "trainable" in config:
+        kind = "resnet"
+    else:
+        raise WeightsError("the model file's config describes neither a CNN nor the ResNet")
+    if kind == "cnn":  # the network's keys only: a CNN's `train` is not read here
+        key = f"{stage}.model" if stage else "model"
+        section = CNNStageConfig(model=build(ModelConfig, config["model"], prefix=key))
+    else:
+        section = build(ResNetConfig, {**config, "weights": "none"}, prefix=stage or "")
+    return build_stage_network(kind, section)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

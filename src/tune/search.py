@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -21,16 +20,17 @@ from optuna.trial import FrozenTrial, TrialState
 from src.config.layout import Layout
 from src.config.schema import CNNStageConfig, Params
 from src.config.typed import to_dict
-from src.data.prepare import MANIFEST, load_dataset
-from src.errors import ConfigError, DataError, NonFiniteLossError
+from src.errors import ConfigError, NonFiniteLossError
 from src.progress import Progress
+from src.stages import get_stage
 from src.tracking import runs as tracking
 from src.tracking import store
-from src.training.augment import input_pipeline
 from src.training.device import Placement, prepare_device
-from src.training.loop import TensorSplits, fit
-from src.training.models import build_cnn
-from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug, write_best_params
+from src.training.loop import fit
+from src.training.recipe import stage_recipe
+from src.training.splits import TensorSplits, load_splits
+from src.tune import summary
+from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug
 from src.tune.space import (
     FIELD_KNOBS,
     PER_RUN,
@@ -57,12 +57,6 @@ from src.workers import worker_id
 # The objective's name: each trial's best validation accuracy (its MLflow metric too).
 # optuna-dashboard and Optuna's figures show it instead of "Objective 0".
 OBJECTIVE = "best_val_accuracy"
-FIGURES = (
-    "optimization_history",
-    "param_importances",
-    "parallel_coordinate",
-    "intermediate_values",
-)
 
 
 @dataclass
@@ -86,46 +80,17 @@ class Search:
         return getattr(self.params, self.tcfg.base)
 
 
-def search_data(params: Params, device: torch.device) -> TensorSplits:
-    """Training and validation images on the device. The test split is left out: an
-    empty one keeps `fit`'s final evaluation (and so every trial) away from it."""
-    layout = Layout()
-    data_dir = layout.data
-    shown = data_dir.relative_to(layout.root)
-    if not (data_dir / MANIFEST).is_file():
-        # after `python -m src.quick` too: it prepares the data in a temporary copy only
-        raise DataError(
-            f"tuning trains on the prepared data set, and {shown}/ holds "
-            "none: prepare it first with `dvc repro download` (a local copy of CIFAR-10: "
-            "`CIFAR10_SOURCE=/path/to/cifar-10-python.tar.gz dvc repro download`; "
-            "`python -m src.quick` prepares it only inside its temporary copy)"
-        )
-    dataset = load_dataset(data_dir)
-    t = torch.from_numpy
-    no_images = t(dataset.test.images[:0])
-    no_labels = t(dataset.test.labels[:0])
-    return TensorSplits(
-        t(dataset.train.images),
-        t(dataset.train.labels),
-        t(dataset.val.images),
-        t(dataset.val.labels),
-        no_images,
-        no_labels,
-    ).to(device)
-
-
 class _Reporter:
-    """`fit`'s on_validation for a trial: the row goes to the trial's MLflow run, its
-    val_accuracy to Optuna (step k = k-th validation), and the pruner may stop it."""
+    """`fit`'s on_validation for a trial: the row goes to the trial's MLflow run as a
+    stage's does (`ValidationLogger`), its val_accuracy to Optuna (step k = k-th
+    validation), and the pruner may stop it."""
 
     def __init__(self, trial: optuna.Trial, run: tracking.Run):
-        self.trial, self.run = trial, run
+        self.trial, self.log = trial, tracking.ValidationLogger(run)
         self.accuracies: list[float] = []
 
     def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
-        series = {k: [(row["step"], v)] for k, v in row.items() if k != "step"}
-        series["train_step_loss"] = step_losses
-        self.run.log_series(series)
+        self.log(row, step_losses)
         self.accuracies.append(row["val_accuracy"])
         self.trial.report(row["val_accuracy"], len(self.accuracies))
         if self.trial.should_prune():
@@ -213,20 +178,22 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
 
 
 def train_trial(s: Search, section: CNNStageConfig, on_validation: Callable, name: str):
-    """Exactly what the stage does around `fit`, minus tracking and outputs."""
-    torch.manual_seed(s.params.common.seed)
+    """Exactly what the base stage does around `fit` (`src.training.recipe`), minus
+    tracking and outputs, on the search's data."""
     placement = Placement.for_device(s.device)
-    model = placement.place_model(build_cnn(section.model))
-    pipeline = input_pipeline(section.train, placement)
+    seed = s.params.common.seed
+    stage = get_stage(s.tcfg.base)
+    recipe = stage_recipe(stage, section, placement, seed=seed, data=s.data, params_key="train")
     return fit(
-        model,
-        s.data,
-        section.train,
-        pipeline,
-        seed=s.params.common.seed,
+        recipe.fit_model,
+        recipe.data,
+        recipe.train_cfg,
+        recipe.pipeline,
+        seed=seed,
         on_validation=on_validation,
         progress=s.progress,
         name=name,
+        placement=recipe.placement,
     )
 
 
@@ -256,22 +223,6 @@ class _TrialsBar(Progress):
             self.bar.refresh()
 
 
-def describe(trial: FrozenTrial) -> str:
-    knobs = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"val_accuracy {trial.value:.4f}"
-    elif trial.state == TrialState.PRUNED:
-        last = trial.intermediate_values
-        outcome = f"at validation {max(last)}" if last else ""
-    else:
-        outcome = trial.user_attrs.get("fail_reason", "")
-    return f"[tune] trial {trial.number} {trial.state.name} {outcome} ({knobs})"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def run_search(
     params: Params,
     tcfg: TuneConfig,
@@ -288,7 +239,8 @@ def run_search(
     started = time.monotonic()
     ss = open_storage(storage, tcfg.heartbeat_s, on_stale=on_stale_heartbeat)
     device = prepare_device(getattr(params, tcfg.base).train).device
-    data = search_data(params, device)
+    # the test split left out: every trial's final evaluation stays away from it
+    data = load_splits(device, test=False, user="tuning")[1]
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
     report_dir = Layout().reports / "tune" / slug(study_name)
@@ -329,18 +281,25 @@ def run_search(
                         break
                     trial.set_user_attr("worker", me)
                 frozen = run_trial(s, trial)
-                bar.write(describe(frozen))
+                bar.write(summary.describe(frozen))
                 _after_trial(s, parent, frozen)
                 bar.show(study)
         except KeyboardInterrupt:
             bar.close()
             with contextlib.suppress(Exception):
-                write_best(s)
+                _write_best(s)
             raise
         bar.close()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         parent.end_status = "RUNNING" if running else None  # another worker is still busy
-        summarise(s, parent, n_trials)
+        summary.summarise(
+            study,
+            parent,
+            n_trials,
+            base=s.tcfg.base,
+            report_dir=s.report_dir,
+            storage=ss.display,
+        )
     return study
 
 
@@ -414,75 +373,10 @@ def _after_trial(s: Search, parent: tracking.Run, trial: FrozenTrial) -> None:
         series["best_val_accuracy"] = [(trial.number, best.value)]
     parent.log_series(series)
     if best is not None and best.number != s.best_written:
-        write_best(s)
+        _write_best(s)
 
 
-def summarise(s: Search, parent: tracking.Run, n_trials: int) -> None:
-    """Figures, counts and the best configuration: files, the parent run, stdout."""
-    study = s.study
-    counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED)}
-    counts["fail"] = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state.is_finished():
-            counts[t.state.name.lower()] += 1
-    parent.log_metrics({f"n_{k}": v for k, v in counts.items()})
-    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        print("[tune] other workers are still running trials: the last one draws the figures")
-    else:
-        for path in write_figures(study, s.report_dir).values():
-            parent.log_artifact(path, "figures")
-    with contextlib.suppress(Exception):
-        table = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
-        parent.log_text(table.to_csv(index=False), "trials.csv")
-    best = write_best(s)
-    print(
-        f"[tune] study {study.study_name!r}: {trials_done(study)}/{n_trials} trials done "
-        f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed)"
-    )
-    if best is None:
-        print("[tune] no completed trial yet")
-        return
-    trial, path, command = best
-    parent.set_tags({f"best.{k}": v for k, v in trial.params.items()})
-    parent.set_tags({"best.trial": trial.number, "best.value": f"{trial.value:.4f}"})
-    parent.log_artifact(path)
-    print(f"[tune] best: trial {trial.number}, val_accuracy {trial.value:.4f}")
-    print(f"[tune] best config: {path}")
-    if command:
-        print(f"[tune] retrain the {s.tcfg.base} stage with it:\n  {shlex.join(command)}")
-    else:
-        print(f"[tune] it is params.yaml's own {s.tcfg.base} design: nothing to retrain")
-    print(f"[tune] dashboard: optuna-dashboard {shlex.quote(s.storage.display)}")
-
-
-def write_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
-    """Optuna's matplotlib figures as PNG (plotly would need kaleido); skips the ones
-    the study cannot draw yet (importances need two completed trials)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    written = {}
-    for name in FIGURES:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = getattr(vis, f"plot_{name}")(study)
-            figure = getattr(axes, "figure", None) or axes.flat[0].figure
-            written[name] = tracking.write_figure(figure, out_dir / f"{name}.png")
-        except Exception as exc:  # too few trials for this figure
-            print(f"[tune] figure {name} skipped: {str(exc).splitlines()[0] if str(exc) else exc}")
-            plt.close("all")
-    return written
-
-
-def write_best(s: Search) -> tuple[FrozenTrial, Path, list[str]] | None:
-    trial = best_trial(s.study)
-    if trial is None:
-        return None
-    base = s.study.user_attrs.get("base", s.tcfg.base)
-    path, command = write_best_params(s.study, trial, base, s.report_dir)
-    s.best_written = trial.number
-    return trial, path, command
+def _write_best(s: Search) -> None:
+    best = summary.write_best(s.study, s.tcfg.base, s.report_dir)
+    if best is not None:
+        s.best_written = best[0].number

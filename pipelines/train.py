@@ -1,0 +1,50 @@
+"""The training stages (the catalog's `src.stages.TRAINING_STAGES`): one entry point.
+
+python -m pipelines.train baseline      (dvc repro baseline: task 2)
+python -m pipelines.train improved      (dvc repro improved: task 3)
+python -m pipelines.train resnet        (dvc repro resnet: task 4a)
+
+What a stage builds comes from `src.training.recipe`; what it does around `fit`
+(tracking, resume, outputs) from `src.stage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from src.cli import guarded
+from src.config.load import check_device, load_params
+from src.stage import run_training_stage
+from src.stage_lock import stage_lock
+from src.stages import TRAINING_STAGES, get_stage
+from src.training.device import prepare_device
+from src.training.recipe import stage_recipe
+
+
+@guarded
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=[s.name for s in TRAINING_STAGES])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    stage = get_stage(args.stage)
+    params = load_params()
+    section = getattr(params, stage.name)
+    check_device(section.train, f"{stage.name}.train")  # exit 2 before any work
+    # before any work (weights, data, feature cache): one writer per stage
+    with stage_lock(stage.name):
+        placement = prepare_device(section.train)  # the device, and how it runs
+        recipe = stage_recipe(stage, section, placement, seed=params.common.seed)
+        print(f"[{stage.name}] {recipe.note}")
+        metrics = run_training_stage(
+            stage.name, params, section, recipe, progress=not args.no_progress
+        )
+    print(
+        f"[{stage.name}] test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val {metrics['final_val_accuracy']:.4f}, train {metrics['final_train_accuracy']:.4f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

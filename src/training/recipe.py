@@ -1,0 +1,133 @@
+"""The stage recipe: what a training stage builds before `fit`, in one place.
+
+From a stage's catalog entry (`src.stages`, kind "cnn" or "resnet"), its typed params
+section and a `Placement`: the network (`models.build_stage_network`, seeded, on the
+device), its input pipeline (`augment.input_pipeline`, resized to the network's image
+size), the data (`splits.load_splits`, unless the caller brings it) and, for the
+ResNet, the feature cache (`feature_cache.prepare_resnet_training`). The pipelines'
+stages, tuning trials and the benchmark train what it returns. Serving and the report
+need only the network of a saved config: `models.network_from_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from src.config.schema import CNNStageConfig, ResNetConfig, TrainConfig
+from src.data.prepare import Dataset
+from src.stages import Stage
+from src.training.augment import InputPipeline, Pipeline, input_pipeline
+from src.training.device import Placement
+from src.training.feature_cache import describe_weights, prepare_resnet_training
+from src.training.models import build_stage_network, count_parameters
+from src.training.splits import TensorSplits, check_train_size, load_splits
+
+Section = CNNStageConfig | ResNetConfig
+
+
+@dataclass
+class StageNetwork:
+    """A stage's network on its device, initialised as the stage initialises it, and
+    the input pipeline that feeds it uint8 images."""
+
+    stage: Stage
+    section: Section
+    model: nn.Module
+    pipeline: InputPipeline
+    placement: Placement
+
+
+@dataclass
+class StageRecipe:
+    """What `fit` trains and what the stage saves."""
+
+    model: nn.Module  # the whole network: saved, logged and registered
+    fit_model: nn.Module  # what `fit` trains: `model`, or its head on cached features
+    pipeline: Pipeline
+    train_cfg: TrainConfig  # the section's; with the budget applied when features are cached
+    data: TensorSplits  # on the device: uint8 images, or cached features
+    placement: Placement
+    dataset: Dataset | None = None  # the prepared data set, when the recipe loaded it
+    tags: dict = field(default_factory=dict)  # for the run: parameters, device, weights
+    metrics: dict = field(default_factory=dict)  # joins the stage's metrics (cache time)
+    note: str = ""  # one line for the console: what trains, where
+
+
+def build_stage(stage: Stage, section: Section, placement: Placement, seed: int) -> StageNetwork:
+    """The network (seeded with `seed` first, so every caller starts from the same
+    weights) and its input pipeline. A ResNet whose weights cannot be had raises
+    WeightsError here, before any data is read."""
+    torch.manual_seed(seed)
+    network, image_size = build_stage_network(stage.kind, section)
+    pipeline = input_pipeline(section.train, placement, image_size)
+    return StageNetwork(stage, section, placement.place_model(network), pipeline, placement)
+
+
+def prepare_fit(
+    net: StageNetwork,
+    data: TensorSplits,
+    *,
+    seed: int,
+    train_cfg: TrainConfig | None = None,
+    params_key: str | None = None,
+) -> StageRecipe:
+    """`fit`'s inputs for `net` on `data` (on the network's device), training with
+    `train_cfg` (default: the section's). A training set smaller than one batch is a
+    ConfigError naming `params_key` (default `<stage>.train`), raised before any
+    feature is cached. A ResNet trains its head on cached features when nothing
+    augments (`src.training.feature_cache`)."""
+    cfg = train_cfg or net.section.train
+    check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
+    model, device = net.model, net.placement.device
+    n_params = count_parameters(model)
+    tags = {"n_parameters": n_params, "device": str(device)}
+    if net.stage.kind != "resnet":
+        note = f"{n_params:,} parameters on {device}"
+        return StageRecipe(
+            model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
+        )
+    section = dataclasses.replace(net.section, train=cfg)
+    training = prepare_resnet_training(model, section, data, net.pipeline, seed, net.placement)
+    n_trainable = count_parameters(model, trainable_only=True)
+    cache = training.note if training.cached else f"off: {training.note}"
+    tags = {**describe_weights(section.weights), **tags, "n_trainable_parameters": n_trainable}
+    return StageRecipe(
+        model,
+        training.fit_model,
+        training.pipeline,
+        training.train_cfg,
+        training.data,
+        net.placement,
+        tags={**tags, "feature_cache": cache},
+        metrics=training.metrics(),
+        note=(
+            f"weights {section.weights}; {n_trainable:,} of {n_params:,} parameters train "
+            f"on {device}; {'cached ' if training.cached else 'not cached: '}{training.note}"
+        ),
+    )
+
+
+def stage_recipe(
+    stage: Stage,
+    section: Section,
+    placement: Placement,
+    *,
+    seed: int,
+    data: TensorSplits | None = None,
+    params_key: str | None = None,
+) -> StageRecipe:
+    """Everything `fit` needs for `stage`: the network first (missing ResNet weights stop
+    the stage before any data is read), then the prepared data set onto the device
+    (unless `data` is given: a tuning search loads it once for all its trials), then
+    the budget and the feature cache."""
+    net = build_stage(stage, section, placement, seed)
+    dataset = None
+    if data is None:
+        dataset, data = load_splits(placement.device, user=f"stage {stage.name}")
+    recipe = prepare_fit(net, data, seed=seed, params_key=params_key)
+    recipe.dataset = dataset
+    return recipe

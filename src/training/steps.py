@@ -1,0 +1,79 @@
+"""One batch at a time: the training step, evaluation in eval mode, and the train mode
+that keeps frozen BatchNorm layers frozen. `fit` is built from these; the benchmark's
+floor times `train_step` alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.training.augment import Pipeline
+from src.training.device import Placement
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), but BatchNorm layers without trainable parameters stay in eval
+    mode, so frozen blocks keep their running statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _BATCH_NORMS):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pipeline: Pipeline,
+    batch_size: int,
+    keep_predictions: bool = False,
+    placement: Placement | None = None,
+) -> dict:
+    """Per-image mean loss and accuracy in eval mode; optionally the predictions."""
+    was_training = model.training
+    model.eval()
+    device = x.device
+    placement = placement or Placement.for_device(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    predictions = []
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        with placement.autocast():
+            logits = model(pipeline(xb, train=False))
+        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum()
+        if keep_predictions:
+            predictions.append(pred.cpu())
+    if was_training:
+        set_train_mode(model)
+    n = max(len(y), 1)
+    out = {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+    if keep_predictions:
+        out["predictions"] = torch.cat(predictions) if predictions else torch.empty(0)
+    return out
+
+
+def train_step(
+    model: nn.Module,
+    optimizer,
+    loss_fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    placement: Placement | None = None,
+):
+    """One optimisation step on a prepared batch; (logits, loss), neither synced.
+    The loss is computed in float32 whatever autocast ran the forward pass in."""
+    placement = placement or Placement.for_device(x.device)
+    with placement.autocast():
+        logits = model(x)
+        loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
