@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODELS,
         help="instead: one full epoch of this stage on the whole data set; the evaluation share",
     )
-    parser.add_argument("--data", type=Path, help="prepared data set (default: params' path)")
+    parser.add_argument("--data", type=Path, help="prepared data set (default: data/cifar10)")
     parser.add_argument("--synthetic", type=int, default=0, help="N random images instead")
     parser.add_argument("--params", type=Path, help="params file (default: params.yaml)")
     parser.add_argument("--json", type=Path, help="write the results here")

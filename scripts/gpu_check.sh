@@ -41,8 +41,8 @@ fi
 
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 RESULTS=${OUT:-$WORK/out}
-DATA=$WORK/data/cifar10
 ROOT=$WORK/root  # scratch project root for the stages (DVC_ROOT)
+DATA=$ROOT/data/cifar10  # the fixed layout (src.config.layout.Layout) under that root
 mkdir -p "$WORK" "$RESULTS"
 export PYTHONUNBUFFERED=1 CIFAR_MLOPS_TRACKING=off
 if ! "$PY" -c 'import yaml' 2>/dev/null; then
@@ -58,6 +58,8 @@ print("cuda", torch.cuda.is_available(),
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
   --format=csv | tee -a "$RESULTS/machine.txt" || true
+
+rm -rf "$ROOT" && mkdir -p "$ROOT"
 
 # 1. data -------------------------------------------------------------------------------
 archive=${GPU_CHECK_ARCHIVE:-$CARRY/cifar10-jpeg.tar.gz}
@@ -81,24 +83,22 @@ if [[ "$SMOKE" == 1 ]]; then
 else
   bench_args=(--device cuda --resnet-size 224)
 fi
-"$PY" -m src.bench --models baseline improved resnet --tracking off --data "$DATA" \
+"$PY" -m benchmarks.bench --models baseline improved resnet --tracking off --data "$DATA" \
   "${bench_args[@]}" ${GPU_CHECK_BENCH_ARGS:-} --json "$RESULTS/bench_cuda.json" \
   2>&1 | grep -v '^Epoch: ' | tee "$RESULTS/bench.log"
 
 # 3. the three full-size stages ---------------------------------------------------------
-rm -rf "$ROOT" && mkdir -p "$ROOT"
 weights=none
 if [[ -f "$CARRY/$WEIGHTS_FILE" ]]; then
   mkdir -p "$WORK/torch/hub/checkpoints" && cp -f "$CARRY/$WEIGHTS_FILE" "$WORK/torch/hub/checkpoints/"
   export TORCH_HOME=$WORK/torch
   weights=imagenet
 fi
-"$PY" - "$ROOT/params.yaml" "$DATA" "$weights" "$SMOKE" <<'EOF'
+"$PY" - "$ROOT/params.yaml" "$weights" "$SMOKE" <<'EOF'
 import sys, yaml
 from src.config.layout import PROJECT_ROOT
-out, data, weights, smoke = sys.argv[1:]
+out, weights, smoke = sys.argv[1:]
 raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-raw["common"]["paths"]["data"] = data
 raw["resnet"]["weights"] = weights
 for stage in ("baseline", "improved", "resnet"):
     raw[stage]["train"]["device"] = "cpu" if smoke == "1" else "cuda"
