@@ -159,12 +159,26 @@ def test_data_on_another_disk_through_the_dvc_cache(repo: Path, tmp_path: Path):
 # --------------------------------------------------------------------------- kill -9 of dvc
 
 
-def _runs(root: Path) -> dict[str, str]:
+def _runs(root: Path, held: int | None = None) -> dict[str, str]:
+    """The baseline runs and their states. `held`: the pid of a SIGSTOPped stage process,
+    which may have been stopped inside an SQLite write: then it is let run for a moment
+    (SIGCONT, SIGSTOP) until the store can be read."""
+    import sqlalchemy.exc
+
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("cifar10")
-    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'baseline'")
-    return {r.info.run_id: r.info.status for r in runs}
+    for _ in range(50):
+        try:
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name("cifar10")
+            runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'baseline'")
+            return {r.info.run_id: r.info.status for r in runs}
+        except (sqlalchemy.exc.OperationalError, mlflow.exceptions.MlflowException):
+            if held is None:
+                raise
+            os.kill(held, signal.SIGCONT)
+            time.sleep(0.05)
+            os.kill(held, signal.SIGSTOP)
+    raise AssertionError("the store stayed locked")
 
 
 @pytest.mark.slow  # a download and a training through dvc: about 60 s
@@ -196,13 +210,13 @@ def test_a_killed_dvc_leaves_one_writer(repo: Path):
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
         assert worker_alive(worker), "the stage process outlives dvc"
-        (live,) = _runs(repo).items()
+        (live,) = _runs(repo, held=pid).items()
         assert live[1] == "RUNNING"
 
         second = _repro(repo, "baseline")
         assert second.returncode != 0
         assert f"error: stage baseline is already running: process {pid} " in second.stderr
-        assert _runs(repo) == dict([live]), "the live run is not marked KILLED"
+        assert _runs(repo, held=pid) == dict([live]), "the live run is not marked KILLED"
         assert not (repo / "models/baseline.pt").exists()
 
         os.kill(pid, signal.SIGCONT)
