@@ -102,6 +102,7 @@ def make_bench(
         if cache is not None:
             section = dataclasses.replace(section, cache_features=cache)
         info = {
+            "backbone": section.backbone,
             "weights": "none (random init; same speed as pretrained)",
             "trainable": list(section.trainable),
             "cache_features": section.cache_features,

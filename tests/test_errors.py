@@ -29,6 +29,7 @@ ENTRY_POINTS = (
     "benchmarks.bench",
     "src.predict",
     "src.quick",
+    "src.seeds",
 )
 
 

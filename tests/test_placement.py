@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from src import artifacts
+from src.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.schema import ModelConfig, ResNetConfig, TrainConfig
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
@@ -101,7 +102,14 @@ def test_cnn_trains_in_bf16_and_channels_last_on_the_cpu(tmp_path):
 
 def _resnet_cfg(**kw) -> ResNetConfig:
     train = TrainConfig(
-        optimizer="adam", lr=5e-4, batch_size=10, epochs=1, device="cpu", eval_batch_size=16
+        optimizer="adam",
+        lr=5e-4,
+        batch_size=10,
+        epochs=1,
+        device="cpu",
+        eval_batch_size=16,
+        mean=IMAGENET_MEAN,  # the backbone's own input scaling (ResNetConfig checks it)
+        std=IMAGENET_STD,
     )
     return ResNetConfig(**{"weights": "none", "image_size": 40, **kw}, train=train)
 

@@ -35,7 +35,7 @@ from src.training.models import (
     WeightsError,
     build_resnet,
     imagenet_weights_path,
-    split_resnet,
+    split_backbone,
 )
 from src.training.splits import TensorSplits
 from tests.conftest import make_images, update_params
@@ -211,7 +211,7 @@ def test_frozen_and_trainable_blocks(trainable, prefix_end):
     for name in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"):
         flags = {p.requires_grad for p in getattr(model, name).parameters()}
         assert flags == {name in trainable}, name
-    prefix, rest = split_resnet(trainable)
+    prefix, rest = split_backbone("resnet18", trainable)
     assert prefix[-1] == prefix_end and rest[-1] == "fc"
     x = torch.randn(2, 3, 32, 32)
     model.eval()
@@ -358,7 +358,11 @@ def test_resnet_stage_end_to_end_random_init(prepared):
 
 
 def test_runs_are_tagged_with_their_weights(torch_home, tmp_path):
-    assert describe_weights("none") == {"weights": "none", "pretrained": "false"}
+    assert describe_weights("none") == {
+        "backbone": "resnet18",
+        "weights": "none",
+        "pretrained": "false",
+    }
     tags = describe_weights("imagenet")
     assert tags["pretrained"] == "true" and tags["weights_file"] == str(imagenet_weights_path())
     tags = describe_weights(str(tmp_path / "r18.pth"))

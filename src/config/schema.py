@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from src.config.backbones import BACKBONES, normalisation_matches
 from src.errors import ConfigError
 from src.stages import CNN_STAGES, TRAINING_STAGES
 
@@ -204,10 +205,15 @@ class CNNStageConfig:
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    # "imagenet" (torchvision's IMAGENET1K_V1, from its cache or the network), a path
-    # to a state-dict file, or "none" (random init: offline smoke runs only).
+    """Task 4a: a pretrained backbone (src.config.backbones), partly frozen, a new head."""
+
+    # resnet18 (the course's: torchvision's ImageNet weights) or efficientnet_lite0
+    # (ImageNet weights from a pip package: works offline wherever pip does).
+    backbone: Literal["resnet18", "efficientnet_lite0"] = "resnet18"
+    # "imagenet" (the backbone's own pretrained source), a path to a state-dict file, or
+    # "none" (random init: offline smoke runs only).
     weights: str = "imagenet"
-    trainable: tuple[str, ...] = ("layer4", "fc")  # blocks that train; the rest is frozen
+    trainable: tuple[str, ...] = ("layer4", "fc")  # the backbone's blocks that train
     image_size: int = 224  # images are resized on the batch tensor
     cache_features: bool = True  # run the frozen prefix once when nothing augments
     train: TrainConfig = field(
@@ -223,12 +229,30 @@ class ResNetConfig:
     )
 
     def __post_init__(self) -> None:
-        blocks = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+        backbone = BACKBONES[self.backbone]
+        blocks = backbone.trainable_blocks
         _require(bool(self.weights), "weights", "must be 'imagenet', 'none' or a file path")
         bad = [b for b in self.trainable if b not in blocks]
-        _require(not bad, "trainable", f"unknown blocks {bad}; choose from {list(blocks)}")
+        _require(
+            not bad,
+            "trainable",
+            f"unknown blocks {bad} for backbone {self.backbone}; choose from {list(blocks)}",
+        )
         _require("fc" in self.trainable, "trainable", "must include 'fc' (the new 10-way head)")
         _require(32 <= self.image_size <= 512, "image_size", "must be in [32, 512]")
+        # The pretrained weights only mean something on inputs scaled as in their training:
+        # the backbone dictates mean/std (EfficientNet-Lite's probe: 0.77 with its own,
+        # 0.67-0.69 with ImageNet's).
+        mean, std = self.train.mean, self.train.std
+        if not normalisation_matches(backbone, mean, std):
+            mean_ok = normalisation_matches(backbone, mean, backbone.std)
+            raise ConfigError(
+                "train.std" if mean_ok else "train.mean",
+                f"mean {list(mean)}, std {list(std)} are not the input scaling "
+                f"{backbone.title}'s weights were trained with: backbone {self.backbone} "
+                f"needs mean {[round(m, 3) for m in backbone.mean]} and "
+                f"std {[round(s, 3) for s in backbone.std]}",
+            )
 
 
 @dataclass(frozen=True)

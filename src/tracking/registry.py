@@ -190,17 +190,24 @@ def _registered_description(stage: str) -> str:
 
 
 def _model_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import pandas
     import torch
     import torchvision
 
-    return [
+    requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"torchvision=={torchvision.__version__.split('+')[0]}",
         f"numpy=={numpy.__version__}",
         f"pandas=={pandas.__version__}",
     ]
+    try:  # the EfficientNet-Lite0 backbone's model code (task 4a, resnet.backbone)
+        requirements.append(f"efficientnet-lite-pytorch=={version('efficientnet-lite-pytorch')}")
+    except PackageNotFoundError:
+        pass
+    return requirements
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
-"""ResNet feature caching (task 4a): what `fit` trains on, and on which inputs.
+"""Task-4a feature caching: what `fit` trains on, and on which inputs.
 
 With augmentation off, the frozen prefix of the network (everything before the
-first trainable block: conv1 … layer3 by default) maps each image to the same
-features in every epoch. `prepare_resnet_training` then runs that prefix once
+first trainable block of its backbone: conv1 … layer3 by default for ResNet18, stem …
+block14 for EfficientNet-Lite0 training block15, head and fc) maps each image to the
+same features in every epoch. `prepare_resnet_training` then runs that prefix once
 over train/val/test (eval mode, no grad, batched, on the data's device) and hands
-`fit` a head (the remaining blocks → avgpool → flatten → fc) that shares its
+`fit` a head (the remaining blocks → global pool → flatten → fc) that shares its
 modules with the full model, so training the head trains the model that is saved
 and logged. Otherwise `fit` trains the full model on uint8 images through the
 InputPipeline, which resizes on the batch tensor.
@@ -28,7 +29,7 @@ from torch import nn
 from src.config.schema import ResNetConfig, TrainConfig
 from src.training.augment import Pipeline
 from src.training.device import Placement
-from src.training.models import ResNetPart, resnet_weights_file, split_resnet
+from src.training.models import backbone_part, split_backbone, weights_file
 from src.training.splits import TensorSplits, draw_budget
 
 MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
@@ -63,11 +64,11 @@ class FeatureInput:
         return self.placement.memory_format(x)
 
 
-def describe_weights(weights: str) -> dict[str, str]:
-    """MLflow tags: `weights` (imagenet | none | the path) and `pretrained`, so a
-    random-init smoke run is never mistaken for a pretrained result."""
-    tags = {"weights": weights, "pretrained": str(weights != "none").lower()}
-    path = resnet_weights_file(weights)
+def describe_weights(weights: str, backbone: str = "resnet18") -> dict[str, str]:
+    """MLflow tags: `backbone`, `weights` (imagenet | none | the path) and `pretrained`,
+    so a random-init smoke run is never mistaken for a pretrained result."""
+    tags = {"backbone": backbone, "weights": weights, "pretrained": str(weights != "none").lower()}
+    path = weights_file(backbone, weights)
     if path is not None:
         tags["weights_file"] = str(path)
     return tags
@@ -113,12 +114,12 @@ def cache_plan(
     model: nn.Module, cfg: ResNetConfig, n_images: int, placement: Placement
 ) -> tuple[nn.Module | None, str]:
     """The frozen prefix to cache, or None and the reason caching is off."""
-    prefix_names, rest = split_resnet(cfg.trainable)
+    prefix_names, rest = split_backbone(cfg.backbone, cfg.trainable)
     if not cfg.cache_features:
         return None, "resnet.cache_features is false"
     if cfg.train.augment.enabled:
         return None, "augmentation is on: the frozen blocks must see every augmented image"
-    prefix = ResNetPart(model, prefix_names)
+    prefix = backbone_part(model, cfg.backbone, prefix_names)
     if not any(True for _ in prefix.parameters()):
         return None, f"nothing frozen before the first trainable block ({rest[0]})"
     if any(p.requires_grad for p in prefix.parameters()):
@@ -194,9 +195,9 @@ def prepare_resnet_training(
     features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size, placement)
     placement.synchronize()
     elapsed = time.perf_counter() - tic
-    _, rest = split_resnet(cfg.trainable)
+    _, rest = split_backbone(cfg.backbone, cfg.trainable)
     return ResNetTraining(
-        ResNetPart(model, rest),
+        backbone_part(model, cfg.backbone, rest),
         features,
         FeatureInput(placement),
         train_cfg,

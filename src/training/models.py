@@ -1,10 +1,13 @@
 """Network builders. Pure: no device moves, no dtype casts, no globals read.
 
 `build_cnn` makes both course CNNs (task 2 baseline, task 3 improved) and every
-tuning trial from a :class:`ModelConfig`; `build_resnet` makes the task 4a
-transfer-learning network. `build_stage_network` picks between them by the stage's
-kind (`src.stages`): what trains goes through `src.training.recipe`, what serving and
-the report rebuild from a saved config through `network_from_config`.
+tuning trial from a :class:`ModelConfig`; `build_transfer` makes the task 4a
+transfer-learning network from its params' backbone (`build_resnet`: ResNet18, the
+course's; `src.training.efficientnet`: EfficientNet-Lite0), and `split_backbone` /
+`backbone_part` cut it into a frozen prefix and a trainable tail. `build_stage_network`
+picks by the stage's kind (`src.stages`): what trains goes through
+`src.training.recipe`, what serving and the report rebuild from a saved config
+through `network_from_config`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from torch import nn
 
 from src.artifacts import load_state_strict, read_weights
 from src.cifar import NUM_CLASSES
+from src.config.backbones import BACKBONES, get_backbone
 from src.config.layout import resolve_path
 from src.config.schema import CNNStageConfig, ModelConfig, ResNetConfig
 from src.config.typed import build
 from src.errors import WeightsError
 from src.stages import get_stage
+from src.training import efficientnet
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -62,12 +67,12 @@ def build_cnn(cfg: ModelConfig) -> nn.Sequential:
 
 def build_stage_network(kind: str, section: CNNStageConfig | ResNetConfig) -> tuple[nn.Module, int]:
     """A training stage's network from its typed params section, and the image size
-    (px) it takes: kind "cnn" builds the section's `model`, "resnet" the ResNet18 with
-    the section's weights (WeightsError when they cannot be had)."""
+    (px) it takes: kind "cnn" builds the section's `model`, "resnet" the section's
+    backbone with its weights (WeightsError when they cannot be had)."""
     if kind == "cnn":
         return build_cnn(section.model), section.model.image_size
     if kind == "resnet":
-        return build_resnet(section), section.image_size
+        return build_transfer(section), section.image_size
     raise ValueError(f"a stage of kind {kind!r} has no network")
 
 
@@ -76,7 +81,8 @@ def network_from_config(config: dict, stage: str | None = None) -> tuple[nn.Modu
     random init: a ResNet's pretrained weights are never loaded (a model file brings its
     own); and the image size it takes. `stage` picks the builder by its catalog kind and
     prefixes errors with its name; without it the config's keys decide (`model`: a CNN,
-    `trainable`: the ResNet). A CNN's `train` is not read (nor checked) here."""
+    `trainable`: the transfer network, of `backbone`, ResNet18 when the config predates
+    that key). A CNN's `train` is not read (nor checked) here."""
     if stage is not None:
         entry = get_stage(stage)
         if not entry.trains:
@@ -100,22 +106,49 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+# --------------------------------------------------------------------------- backbones
+
+
+def build_transfer(cfg: ResNetConfig) -> nn.Module:
+    """The task-4a network of `cfg.backbone`: weights per `cfg.weights`, a new 10-way
+    head, every block not in `cfg.trainable` frozen (`set_train_mode` keeps frozen
+    blocks in eval mode, so their BatchNorm statistics never move)."""
+    if cfg.backbone == "efficientnet_lite0":
+        return efficientnet.build_efficientnet(cfg)
+    return build_resnet(cfg)
+
+
+def split_backbone(backbone: str, trainable: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Split the backbone's blocks at the first trainable one: (frozen prefix, the rest).
+
+    Everything in the prefix is frozen, so its output can be computed once when the
+    inputs never change (no augmentation). With only `fc` trainable the prefix ends
+    after the global pool: 512 features per image (ResNet18), 1280 (EfficientNet-Lite0).
+    """
+    order = get_backbone(backbone).order
+    first = next(i for i, name in enumerate(order) if name in trainable)
+    return order[:first], order[first:]
+
+
+def backbone_part(model: nn.Module, backbone: str, names: tuple[str, ...]) -> nn.Module:
+    """Consecutive blocks `names` of a `build_transfer` network, sharing its modules."""
+    if backbone == "efficientnet_lite0":
+        return efficientnet.EfficientNetPart(model, names)
+    return ResNetPart(model, names)
+
+
+def weights_file(backbone: str, weights: str) -> Path | None:
+    """The file `resnet.weights` reads for `backbone` (None: none, or not installed)."""
+    if backbone == "efficientnet_lite0":
+        return efficientnet.weights_file(weights)
+    return resnet_weights_file(weights)
+
+
 # --------------------------------------------------------------------------- ResNet18
 
 # torchvision ResNet's children in forward order (`torch.flatten` runs between
 # avgpool and fc). The blocks with parameters are what `resnet.trainable` names.
-RESNET_ORDER = (
-    "conv1",
-    "bn1",
-    "relu",
-    "maxpool",
-    "layer1",
-    "layer2",
-    "layer3",
-    "layer4",
-    "avgpool",
-    "fc",
-)
+RESNET_ORDER = BACKBONES["resnet18"].order
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
 DOWNLOAD_TIMEOUT_S = 30  # per network read; urllib's default is to wait forever
 
@@ -203,17 +236,6 @@ def build_resnet(cfg: ResNetConfig) -> nn.Module:
     for name in RESNET_ORDER:
         getattr(model, name).requires_grad_(name in cfg.trainable)
     return model
-
-
-def split_resnet(trainable: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Split RESNET_ORDER at the first trainable block: (frozen prefix, the rest).
-
-    Everything in the prefix is frozen, so its output can be computed once when
-    the inputs never change (no augmentation). With only `fc` trainable the prefix
-    ends after avgpool: 512 features per image.
-    """
-    first = next(i for i, name in enumerate(RESNET_ORDER) if name in trainable)
-    return RESNET_ORDER[:first], RESNET_ORDER[first:]
 
 
 class ResNetPart(nn.Module):

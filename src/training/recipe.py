@@ -94,7 +94,11 @@ def prepare_fit(
     training = prepare_resnet_training(model, section, data, net.pipeline, seed, net.placement)
     n_trainable = count_parameters(model, trainable_only=True)
     cache = training.note if training.cached else f"off: {training.note}"
-    tags = {**describe_weights(section.weights), **tags, "n_trainable_parameters": n_trainable}
+    tags = {
+        **describe_weights(section.weights, section.backbone),
+        **tags,
+        "n_trainable_parameters": n_trainable,
+    }
     return StageRecipe(
         model,
         training.fit_model,
@@ -105,7 +109,8 @@ def prepare_fit(
         tags={**tags, "feature_cache": cache},
         metrics=training.metrics(),
         note=(
-            f"weights {section.weights}; {n_trainable:,} of {n_params:,} parameters train "
+            f"{section.backbone}, weights {section.weights}; {n_trainable:,} of "
+            f"{n_params:,} parameters train "
             f"on {device}; {'cached ' if training.cached else 'not cached: '}{training.note}"
         ),
     )

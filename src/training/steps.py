@@ -14,13 +14,17 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """model.train(), but BatchNorm layers without trainable parameters stay in eval
-    mode, so frozen blocks keep their running statistics."""
+    """model.train(), but frozen parts stay in eval mode: BatchNorm layers without
+    trainable parameters keep their running statistics, and a module whose parameters
+    are all frozen (a frozen block) computes what it computes in eval mode, so no
+    stochastic layer (EfficientNet's drop-connect) changes what a frozen prefix outputs."""
     model.train()
     for module in model.modules():
-        if isinstance(module, _BATCH_NORMS):
-            if not any(p.requires_grad for p in module.parameters()):
-                module.eval()
+        trains = [p.requires_grad for p in module.parameters()]
+        if isinstance(module, _BATCH_NORMS) and not any(trains):
+            module.eval()
+        elif trains and not any(trains):
+            module.eval()
 
 
 @torch.no_grad()
