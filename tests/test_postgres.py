@@ -58,7 +58,8 @@ def test_four_workers_run_exactly_the_requested_trials(tune_project, study_name)
     assert [w.returncode for w in workers] == [0] * 4, "\n".join(logs)[-4000:]
     trials = _trials(study_name)
     assert sorted(t.number for t in trials) == list(range(8))  # none lost or duplicated
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # every trial ran to its end: completed, or pruned by the median rule (tiny trials)
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}, trials
     assert len({t.user_attrs["worker"] for t in trials}) >= 2, "the work was shared"
 
 
