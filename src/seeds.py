@@ -20,7 +20,7 @@ also rerun the stages upstream, the download among them).
 The summary reads `dvc exp show --json` (experiments of the current commit) and gives,
 per stage, the mean ± sample standard deviation (n - 1) of test accuracy over its
 `S-seed<k>` experiments, with n and each seed's value. A run repeats exactly only on the
-same machine (same seed, two machines of one kind: baseline 0.7161 and 0.7251), so the
+same machine (same seed, machines of one kind: baseline 0.7161 on one, 0.7251 on two), so the
 spread over seeds is the honest error bar, not one run.
 """
 
