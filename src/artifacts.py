@@ -34,6 +34,7 @@ import os
 import pickletools
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -362,3 +363,28 @@ def read_weights(path: Path) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
+
+
+def load_pretrained(
+    model: nn.Module,
+    weights: str,
+    imagenet: Callable[[], tuple[dict, str]],
+    path: Path | None,
+    head: str,
+    expected: str,
+) -> None:
+    """A backbone's pretrained weights into `model`, its own new classifier `head` kept:
+    'none' loads nothing, 'imagenet' what `imagenet()` returns (state, source), anything
+    else the weights file `path`. Every other key must match (WeightsError names those
+    that differ); a missing file is a WeightsError saying what was `expected` there."""
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        state, source = imagenet()
+    else:
+        if path is None or not path.is_file():
+            raise WeightsError(f"resnet.weights: {path} does not exist (expected {expected})")
+        state, source = read_weights(path), str(path)
+    backbone = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    own_head = {k: v for k, v in model.state_dict().items() if k.startswith(f"{head}.")}
+    load_state_strict(model, {**backbone, **own_head}, source)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.artifacts import load_state_strict, read_weights
+from src.artifacts import load_pretrained, read_weights
 from src.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, LITE0_BLOCKS
 from src.config.layout import resolve_path
@@ -92,20 +92,15 @@ def build_efficientnet(cfg: ResNetConfig) -> nn.Module:
     not in `cfg.trainable` frozen. The file's own 1000-way `_fc` is never used; all its
     other keys must match the model's. WeightsError before any data is touched."""
     model = _model_class().from_name(MODEL_NAME, image_size=cfg.image_size)
-    if cfg.weights == "imagenet":
-        state, source = _imagenet_state()
-    elif cfg.weights != "none":
-        path = resolve_path(cfg.weights)
-        if not path.is_file():
-            raise WeightsError(
-                f"resnet.weights: {path} does not exist (expected an EfficientNet-Lite0 "
-                "state-dict file; 'imagenet' reads the pip package's, 'none' random init)"
-            )
-        state, source = read_weights(path), str(path)
-    if cfg.weights != "none":
-        backbone = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        own_fc = {k: v for k, v in model.state_dict().items() if k.startswith("_fc.")}
-        load_state_strict(model, {**backbone, **own_fc}, source)
+    load_pretrained(
+        model,
+        cfg.weights,
+        _imagenet_state,
+        None if cfg.weights in ("none", "imagenet") else resolve_path(cfg.weights),
+        head="_fc",
+        expected="an EfficientNet-Lite0 state-dict file; 'imagenet' reads the pip "
+        "package's, 'none' random init",
+    )
     model._fc = nn.Linear(model._fc.in_features, NUM_CLASSES)
     units = efficientnet_units(model)
     for name in ORDER:

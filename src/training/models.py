@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.artifacts import load_state_strict, read_weights
+from src.artifacts import load_pretrained, read_weights
 from src.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, get_backbone
 from src.config.layout import resolve_path
@@ -218,20 +218,15 @@ def build_resnet(cfg: ResNetConfig) -> nn.Module:
     from torchvision.models import resnet18
 
     model = resnet18(weights=None)
-    if cfg.weights == "imagenet":
-        state, source = _load_imagenet_state(), f"{imagenet_weights_path()} (ImageNet weights)"
-    elif cfg.weights != "none":
-        path = resnet_weights_file(cfg.weights)
-        if not path.is_file():
-            raise WeightsError(
-                f"resnet.weights: {path} does not exist (expected a resnet18 state-dict file; "
-                "'imagenet' uses torchvision's cache, 'none' random init)"
-            )
-        state, source = read_weights(path), str(path)
-    if cfg.weights != "none":
-        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        own_fc = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}
-        load_state_strict(model, {**backbone, **own_fc}, source)
+    load_pretrained(
+        model,
+        cfg.weights,
+        lambda: (_load_imagenet_state(), f"{imagenet_weights_path()} (ImageNet weights)"),
+        resnet_weights_file(cfg.weights),
+        head="fc",
+        expected="a resnet18 state-dict file; 'imagenet' uses torchvision's cache, "
+        "'none' random init",
+    )
     model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
     for name in RESNET_ORDER:
         getattr(model, name).requires_grad_(name in cfg.trainable)
