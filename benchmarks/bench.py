@@ -74,8 +74,8 @@ PATHS = ("floor", "project", "reference")
 # 0.1-0.6 s (baseline), 1.3-3 s (improved) and 0.2-1 s (ResNet head on cached 64 px
 # features) per step, depending on its load. Even counts: two validations per fit.
 DEFAULT_STEPS = {
-    "cpu": {"baseline": 8, "improved": 4, "resnet": 8},
-    "cuda": {"baseline": 600, "improved": 300, "resnet": 300},
+    "cpu": {"baseline": 8, "improved": 4, "resnet": 8, "lite": 8},
+    "cuda": {"baseline": 600, "improved": 300, "resnet": 300, "lite": 300},
 }
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 20}
 REFERENCE_WORKERS = 2  # the course's DataLoader

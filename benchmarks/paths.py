@@ -97,7 +97,7 @@ def make_bench(
     ResNet at `resnet_size` px with random weights (the speed of pretrained weights is
     the same; no download), its feature caching as params.yaml says or `cache` forces."""
     stage, section, info = get_stage(name), getattr(params, name), {}
-    if stage.kind == "resnet":
+    if stage.kind == "transfer":
         section = dataclasses.replace(section, weights="none", image_size=resnet_size)
         if cache is not None:
             section = dataclasses.replace(section, cache_features=cache)

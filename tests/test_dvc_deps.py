@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from src.config.layout import PROJECT_ROOT
+from src.stages import TRAINING_STAGES
 
 PACKAGES = ("src", "pipelines", "benchmarks")  # top-level packages: empty __init__.py
 
@@ -121,7 +122,7 @@ def _code_layout() -> dict:
             "outs": {p.model, p.learning_curves, p.confusion_matrix, p.history},
             "metrics": {p.metrics},
         }
-        for stage, p in ((s, paths(s)) for s in ("baseline", "improved", "resnet"))
+        for stage, p in ((s.name, paths(s.name)) for s in TRAINING_STAGES)
     }
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
@@ -162,7 +163,7 @@ def test_dvc_yaml_paths_are_exactly_the_code_layout():
     for entry in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["plots"]:
         (plot,) = entry.values()
         plotted |= {Path(p) for p in plot["y"]}
-    training = ("baseline", "improved", "resnet")
+    training = tuple(s.name for s in TRAINING_STAGES)
     assert plotted == {p for s in training for p in _code_layout()[s]["outs"] if p.suffix == ".csv"}
     assert "${" not in (PROJECT_ROOT / "dvc.yaml").read_text()
 

@@ -19,7 +19,7 @@ import torch
 from src.artifacts import load_state_strict, read_model_file, read_weights
 from src.config.backbones import BACKBONES, LITE0_BLOCKS, LITE_MEAN, LITE_STD
 from src.config.load import load_params
-from src.config.schema import ResNetConfig, TrainConfig
+from src.config.schema import TrainConfig, TransferConfig
 from src.errors import ConfigError, WeightsError
 from src.training import efficientnet
 from src.training.augment import InputPipeline
@@ -35,7 +35,7 @@ LITE = "efficientnet_lite0"
 TAIL = ("block15", "head", "fc")
 
 
-def _cfg(**kw) -> ResNetConfig:
+def _cfg(**kw) -> TransferConfig:
     train = dict(
         optimizer="adam",
         lr=5e-4,
@@ -48,7 +48,7 @@ def _cfg(**kw) -> ResNetConfig:
     )
     train.update(kw.pop("train", {}))
     base = {"backbone": LITE, "weights": "none", "trainable": TAIL, "image_size": 32}
-    return ResNetConfig(**{**base, **kw}, train=TrainConfig(**train))
+    return TransferConfig(**{**base, **kw}, train=TrainConfig(**train))
 
 
 def _splits(n_train: int = 2, n_eval: int = 1) -> TensorSplits:
@@ -59,7 +59,7 @@ def _splits(n_train: int = 2, n_eval: int = 1) -> TensorSplits:
     return TensorSplits(*parts)
 
 
-def _pipeline(cfg: ResNetConfig) -> InputPipeline:
+def _pipeline(cfg: TransferConfig) -> InputPipeline:
     return InputPipeline(cfg.train.mean, cfg.train.std, cfg.train.augment, cfg.image_size)
 
 
@@ -213,7 +213,7 @@ def test_the_cache_plan_names_the_efficientnet_prefix():
 
 
 def test_the_schema_offers_every_backbone():
-    hint = typing.get_type_hints(ResNetConfig)["backbone"]
+    hint = typing.get_type_hints(TransferConfig)["backbone"]
     assert set(typing.get_args(hint)) == set(BACKBONES)
 
 
@@ -248,10 +248,10 @@ def test_the_backbone_dictates_its_normalisation(project):
     assert info.value.key == "resnet.trainable" and "block15" in str(info.value)
 
 
-def test_the_lite_profile_is_a_valid_config(project):
-    resnet = load_params(profile="lite").resnet
-    assert resnet.backbone == LITE and resnet.weights == "imagenet"
-    assert "fc" in resnet.trainable and resnet.image_size >= 128
+def test_the_lite_stage_is_efficientnet_from_its_pip_weights():
+    lite = load_params().lite  # the real params.yaml
+    assert lite.backbone == LITE and lite.weights == "imagenet"
+    assert "fc" in lite.trainable and lite.image_size >= 128
 
 
 def test_a_wrong_scaling_stops_the_stage_with_exit_2(project, capsys):

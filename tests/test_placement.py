@@ -9,7 +9,7 @@ import torch
 
 from src import artifacts
 from src.cifar import IMAGENET_MEAN, IMAGENET_STD
-from src.config.schema import ModelConfig, ResNetConfig, TrainConfig
+from src.config.schema import ModelConfig, TrainConfig, TransferConfig
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement, to_device_async
@@ -100,7 +100,7 @@ def test_cnn_trains_in_bf16_and_channels_last_on_the_cpu(tmp_path):
     assert again["accuracy"] == pytest.approx(result.final["test_accuracy"])
 
 
-def _resnet_cfg(**kw) -> ResNetConfig:
+def _resnet_cfg(**kw) -> TransferConfig:
     train = TrainConfig(
         optimizer="adam",
         lr=5e-4,
@@ -108,10 +108,10 @@ def _resnet_cfg(**kw) -> ResNetConfig:
         epochs=1,
         device="cpu",
         eval_batch_size=16,
-        mean=IMAGENET_MEAN,  # the backbone's own input scaling (ResNetConfig checks it)
+        mean=IMAGENET_MEAN,  # the backbone's own input scaling (TransferConfig checks it)
         std=IMAGENET_STD,
     )
-    return ResNetConfig(**{"weights": "none", "image_size": 40, **kw}, train=train)
+    return TransferConfig(**{"weights": "none", "image_size": 40, **kw}, train=train)
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["feature-cache", "resize-on-device"])

@@ -15,7 +15,7 @@ from PIL import Image
 from src import predict
 from src.artifacts import write_model_file as save_model_file
 from src.cifar import CIFAR10_CLASSES
-from src.config.schema import ModelConfig, ResNetConfig, TrainConfig
+from src.config.schema import ModelConfig, TrainConfig, TransferConfig
 from src.tracking.serving import Classifier
 from src.training.models import build_cnn, build_resnet
 from tests.conftest import _isolate, tiny_params
@@ -83,7 +83,7 @@ def test_predictions_are_the_models_own(model_file, images):
 
 
 def test_a_resnet_model_file_resizes_inside(capsys, tmp_path, images):
-    cfg = ResNetConfig(weights="none", image_size=64)
+    cfg = TransferConfig(weights="none", image_size=64)
     save_model_file(tmp_path / "resnet.pt", build_resnet(cfg), "resnet", cfg, {})
     code, out, err = _run(capsys, images[0], "--model", tmp_path / "resnet.pt", "--top-k", "1")
     assert code == 0, err

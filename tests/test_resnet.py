@@ -20,7 +20,7 @@ from src.artifacts import load_state_strict, read_model_file
 from src.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
-from src.config.schema import AugmentConfig, ResNetConfig, TrainConfig
+from src.config.schema import AugmentConfig, TrainConfig, TransferConfig
 from src.training.augment import InputPipeline
 from src.training.device import Placement
 from src.training.feature_cache import (
@@ -44,7 +44,7 @@ CPU = Placement(torch.device("cpu"))
 FROZEN_BY_DEFAULT = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
 
-def _cfg(**kw) -> ResNetConfig:
+def _cfg(**kw) -> TransferConfig:
     train = dict(
         optimizer="adam",
         lr=5e-4,
@@ -56,7 +56,7 @@ def _cfg(**kw) -> ResNetConfig:
         std=IMAGENET_STD,
     )
     train.update(kw.pop("train", {}))
-    return ResNetConfig(**{"weights": "none", "image_size": 32, **kw}, train=TrainConfig(**train))
+    return TransferConfig(**{"weights": "none", "image_size": 32, **kw}, train=TrainConfig(**train))
 
 
 def _fake_imagenet_state(seed: int = 123) -> dict:
@@ -99,7 +99,7 @@ def _splits(n_train: int = 4, n_eval: int = 2) -> TensorSplits:
     return TensorSplits(*parts)
 
 
-def _pipeline(cfg: ResNetConfig) -> InputPipeline:
+def _pipeline(cfg: TransferConfig) -> InputPipeline:
     return InputPipeline(cfg.train.mean, cfg.train.std, cfg.train.augment, cfg.image_size)
 
 

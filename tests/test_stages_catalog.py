@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from src.config.layout import PROJECT_ROOT
-from src.config.schema import CNNStageConfig, Params, ResNetConfig
+from src.config.schema import CNNStageConfig, Params, TransferConfig
 from src.errors import ConfigError
 from src.stages import STAGES, TRAINING_STAGES, get_stage
 from src.tune.space import TuneConfig
@@ -39,7 +39,7 @@ def test_params_has_one_section_per_training_stage_in_catalog_order():
     sections = [f.name for f in fields if dataclasses.is_dataclass(hints[f.name])]
     assert sections[:2] == ["common", "data"]
     assert sections[2:] == [s.name for s in TRAINING_STAGES]
-    section_type = {"cnn": CNNStageConfig, "resnet": ResNetConfig}
+    section_type = {"cnn": CNNStageConfig, "transfer": TransferConfig}
     for stage in TRAINING_STAGES:
         assert hints[stage.name] is section_type[stage.kind], stage.name
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.backbones import BACKBONES, normalisation_matches
 from src.errors import ConfigError
-from src.stages import CNN_STAGES, TRAINING_STAGES
+from src.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES
 
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.
 SOURCE_ENV_VAR = "CIFAR10_SOURCE"
@@ -204,7 +204,7 @@ class CNNStageConfig:
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
+class TransferConfig:
     """Task 4a: a pretrained backbone (src.config.backbones), partly frozen, a new head."""
 
     # resnet18 (the course's: torchvision's ImageNet weights) or efficientnet_lite0
@@ -266,7 +266,8 @@ class Params:
     # checks they agree.
     baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
     improved: CNNStageConfig = field(default_factory=CNNStageConfig)
-    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    resnet: TransferConfig = field(default_factory=TransferConfig)
+    lite: TransferConfig = field(default_factory=TransferConfig)
     # A section owned by another module, validated there (src.tune).
     tune: dict = field(default_factory=dict)
     # Named sets of dotted overrides, read by no stage: `python -m src.quick` runs the
@@ -299,12 +300,11 @@ OPTIONAL_KEYS = frozenset(
         *(f"{s}.model.image_size" for s in CNN_STAGES),
         *(f"{s}.train.eval_batch_size" for s in CNN_STAGES),
         *(f"{s.name}.train.{k}" for s in TRAINING_STAGES for k in _TRAIN_OPTIONAL),
-        # what the course's task-2 recipe and the ResNet's do without
+        # what the course's task-2 recipe and the transfer stages' do without
         "baseline.train.momentum",
         "baseline.train.weight_decay",
         "baseline.train.scheduler",
-        "resnet.train.momentum",
-        "resnet.train.scheduler",
+        *(f"{s}.train.{k}" for s in TRANSFER_STAGES for k in ("momentum", "scheduler")),
     }
 )
 

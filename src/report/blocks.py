@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src.config.schema import CNNStageConfig, ResNetConfig
+from src.config.schema import CNNStageConfig, TransferConfig
 from src.config.typed import build
 from src.report import theory
 from src.stages import get_stage
@@ -24,6 +24,7 @@ REFERENCE: dict[str, dict[str, float | int]] = {
     "baseline": {"test_accuracy": 0.756, "n_parameters": 390_410},
     "improved": {"test_accuracy": 0.811},
     "resnet": {"test_accuracy": 0.889},
+    "lite": {"test_accuracy": 0.889},  # task 4a's figure: the course fine-tuned ResNet18
 }
 
 
@@ -114,9 +115,9 @@ def signed(value: float | None) -> str:
 # --------------------------------------------------------------------------- models
 
 
-def typed_section(stage: str, config: dict) -> CNNStageConfig | ResNetConfig:
+def typed_section(stage: str, config: dict) -> CNNStageConfig | TransferConfig:
     """The stage's params section as its typed config (keys and values checked)."""
-    kind = CNNStageConfig if get_stage(stage).kind == "cnn" else ResNetConfig
+    kind = CNNStageConfig if get_stage(stage).kind == "cnn" else TransferConfig
     return build(kind, config, prefix=stage)
 
 

@@ -37,7 +37,7 @@ from src.report.blocks import (
 )
 from src.report.inputs import DISCUSSION, TUNE_PARAMS, ReportInputs
 from src.report.sections import agreement, pretrained_info, stage_section, task3d_section
-from src.stages import TRAINING_STAGES
+from src.stages import TRAINING_STAGES, TRANSFER_STAGES
 
 REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
 HTML_FILE = "report.html"  # the same report, self-contained (src.report.html)
@@ -153,7 +153,7 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
         tags = (run or {}).get("tags", {})
         commit = tags.get("git_commit", "")
         commit = f"`{commit[:10]}`" + (" (dirty)" if tags.get("git_dirty") == "true" else "")
-        if info.kind == "resnet":
+        if info.kind == "transfer":
             p = pretrained_info(outputs, run)
             weights = f"`{p['weights']}`: " + {True: "pretrained", False: "NOT pretrained"}.get(
                 p["pretrained"], "unknown"
@@ -337,7 +337,7 @@ def render_report(
             lines += task3d_section(inputs, figures)
             lines += discussion_place("3c", inputs, command)
             lines += discussion_place("3f", inputs, command)
-        if info.name == "resnet":
+        if info.name == TRANSFER_STAGES[-1]:  # after every task-4a stage
             lines += discussion_place("4a", inputs, command)
     lines += _tune_section(inputs, copies)
 
@@ -346,7 +346,7 @@ def render_report(
         outputs = inputs.stages.get(info.name)
         if outputs is not None:
             tags[f"source_run.{info.name}"] = str(outputs.metrics.get("mlflow_run_id"))
-            if info.kind == "resnet":
+            if info.kind == "transfer":
                 pretrained = pretrained_info(outputs, runs.get(info.name))["pretrained"]
                 tags["resnet_pretrained"] = (
                     "unknown" if pretrained is None else str(pretrained).lower()

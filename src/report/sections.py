@@ -141,7 +141,7 @@ CIFAR10_TRAIN = 45_000  # CIFAR-10's 50,000 training images less the 5,000 of va
 
 
 def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) -> list[str]:
-    t = f"Task {info.task}"
+    t = info.heading
     lines = [f"## {t}: {info.title}", ""]
     outputs = inputs.stages.get(info.name)
     n_train = (inputs.manifest or {}).get("counts", {}).get("train") or CIFAR10_TRAIN
@@ -179,7 +179,7 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
             + f" {get_model}",
             "",
         ]
-    if info.kind == "resnet":
+    if info.kind == "transfer":
         p = pretrained_info(outputs, run)
         # a config without `backbone` predates the choice: ResNet18
         config = outputs.config
@@ -214,7 +214,7 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
 
 def _config_sections(info: Stage, outputs: StageOutputs, reference: dict) -> list[str]:
     """Architecture (rebuilt from the stage's config) and hyperparameters."""
-    t = f"Task {info.task}"
+    t = info.heading
     from src.training.models import network_from_config
 
     model, image_size = network_from_config(outputs.config, info.name)
@@ -263,7 +263,7 @@ def _results_sections(
     info: Stage, outputs: StageOutputs, reference: dict, figures: dict
 ) -> list[str]:
     """Learning curves (from history.csv) and the split table (from metrics.json)."""
-    t, m = f"Task {info.task}", outputs.metrics
+    t, m = info.heading, outputs.metrics
 
     name = f"{info.name}_learning_curves.png"
     history = outputs.history.to_dict("records")

@@ -21,7 +21,7 @@ from src.artifacts import load_pretrained, read_weights
 from src.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, LITE0_BLOCKS
 from src.config.layout import resolve_path
-from src.config.schema import ResNetConfig
+from src.config.schema import TransferConfig
 from src.errors import WeightsError
 
 ORDER = BACKBONES["efficientnet_lite0"].order
@@ -86,7 +86,7 @@ def weights_file(weights: str) -> Path | None:
     return resolve_path(weights)
 
 
-def build_efficientnet(cfg: ResNetConfig) -> nn.Module:
+def build_efficientnet(cfg: TransferConfig) -> nn.Module:
     """EfficientNet-Lite0 for `cfg.image_size` px inputs (its TF-style 'same' padding is
     fixed for that size), weights per `cfg.weights`, a new 10-way `_fc`, and every block
     not in `cfg.trainable` frozen. The file's own 1000-way `_fc` is never used; all its

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.config.schema import ResNetConfig, TrainConfig
+from src.config.schema import TrainConfig, TransferConfig
+from src.progress import Progress
 from src.training.augment import Pipeline
 from src.training.device import Placement
 from src.training.models import backbone_part, split_backbone, weights_file
@@ -111,7 +112,7 @@ def feature_shape(prefix: nn.Module, image_size: int) -> tuple[int, ...]:
 
 
 def cache_plan(
-    model: nn.Module, cfg: ResNetConfig, n_images: int, placement: Placement
+    model: nn.Module, cfg: TransferConfig, n_images: int, placement: Placement
 ) -> tuple[nn.Module | None, str]:
     """The frozen prefix to cache, or None and the reason caching is off."""
     prefix_names, rest = split_backbone(cfg.backbone, cfg.trainable)
@@ -141,7 +142,12 @@ def cache_plan(
 
 @torch.no_grad()
 def compute_features(
-    prefix: nn.Module, x: torch.Tensor, pipeline: Pipeline, batch_size: int, placement: Placement
+    prefix: nn.Module,
+    x: torch.Tensor,
+    pipeline: Pipeline,
+    batch_size: int,
+    placement: Placement,
+    bar: Progress | None = None,
 ) -> torch.Tensor:
     """The prefix's outputs for uint8 images `x` (N, H, W, C), in eval mode, batched,
     into one preallocated tensor on x's device, in `placement.feature_dtype` (bf16
@@ -157,42 +163,58 @@ def compute_features(
         if out is None:
             out = torch.empty((len(x), *features.shape[1:]), dtype=dtype, device=device)
         out[start : start + len(features)].copy_(features)
+        if bar is not None:
+            bar.update(len(features))
     if out is None:  # an empty split
         out = torch.empty((0,), dtype=dtype, device=device)
     return out
 
 
 def cache_features(
-    prefix: nn.Module, data: TensorSplits, pipeline: Pipeline, batch_size: int, placement: Placement
+    prefix: nn.Module,
+    data: TensorSplits,
+    pipeline: Pipeline,
+    batch_size: int,
+    placement: Placement,
+    bar: Progress | None = None,
 ) -> TensorSplits:
-    """train/val/test images → prefix features; labels are shared, not copied."""
+    """train/val/test images → prefix features; labels are shared, not copied. `bar`
+    counts the images done."""
     parts = []
     for split in ("train", "val", "test"):
         x, y = data.split(split)
-        parts += [compute_features(prefix, x, pipeline, batch_size, placement), y]
+        parts += [compute_features(prefix, x, pipeline, batch_size, placement, bar), y]
     return TensorSplits(*parts)
 
 
 def prepare_resnet_training(
     model: nn.Module,
-    cfg: ResNetConfig,
+    cfg: TransferConfig,
     data: TensorSplits,
     pipeline: Pipeline,
     seed: int,
     placement: Placement | None = None,
+    *,
+    label: str = "transfer",
+    progress: bool = False,
 ) -> ResNetTraining:
     """Cut `data` to the training budget and, when the plan allows, cache the frozen
-    prefix's features; `model` and `data` must be on the same device. `placement`
-    defaults to what `Placement.for_device` decides for that device."""
+    prefix's features (a progress bar when `progress`; lines start `[label]`); `model`
+    and `data` must be on the same device. `placement` defaults to what
+    `Placement.for_device` decides for that device."""
     data, train_cfg = select_budget(data, cfg.train, seed)
     placement = placement or Placement.for_device(data.train_x.device)
     n_images = sum(len(data.split(s)[1]) for s in ("train", "val", "test"))
     prefix, note = cache_plan(model, cfg, n_images, placement)
     if prefix is None:
         return ResNetTraining(model, data, pipeline, train_cfg, cached=False, note=note)
-    print(f"[resnet] caching {note} ...", flush=True)  # minutes on a CPU at 64 px
+    print(f"[{label}] caching {note} ...", flush=True)  # minutes on a CPU
     tic = time.perf_counter()
-    features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size, placement)
+    bar = Progress(n_images, f"[{label}] features", progress, unit="img")
+    try:
+        features = cache_features(prefix, data, pipeline, train_cfg.eval_batch_size, placement, bar)
+    finally:
+        bar.close()
     placement.synchronize()
     elapsed = time.perf_counter() - tic
     _, rest = split_backbone(cfg.backbone, cfg.trainable)

@@ -21,7 +21,7 @@ from src.artifacts import load_pretrained, read_weights
 from src.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, get_backbone
 from src.config.layout import resolve_path
-from src.config.schema import CNNStageConfig, ModelConfig, ResNetConfig
+from src.config.schema import CNNStageConfig, ModelConfig, TransferConfig
 from src.config.typed import build
 from src.errors import WeightsError
 from src.stages import get_stage
@@ -65,13 +65,15 @@ def build_cnn(cfg: ModelConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_stage_network(kind: str, section: CNNStageConfig | ResNetConfig) -> tuple[nn.Module, int]:
+def build_stage_network(
+    kind: str, section: CNNStageConfig | TransferConfig
+) -> tuple[nn.Module, int]:
     """A training stage's network from its typed params section, and the image size
-    (px) it takes: kind "cnn" builds the section's `model`, "resnet" the section's
+    (px) it takes: kind "cnn" builds the section's `model`, "transfer" the section's
     backbone with its weights (WeightsError when they cannot be had)."""
     if kind == "cnn":
         return build_cnn(section.model), section.model.image_size
-    if kind == "resnet":
+    if kind == "transfer":
         return build_transfer(section), section.image_size
     raise ValueError(f"a stage of kind {kind!r} has no network")
 
@@ -91,14 +93,14 @@ def network_from_config(config: dict, stage: str | None = None) -> tuple[nn.Modu
     elif "model" in config:
         kind = "cnn"
     elif "trainable" in config:
-        kind = "resnet"
+        kind = "transfer"
     else:
-        raise WeightsError("the model file's config describes neither a CNN nor the ResNet")
+        raise WeightsError("the model file's config describes neither a CNN nor a transfer network")
     if kind == "cnn":  # the network's keys only: a CNN's `train` is not read here
         key = f"{stage}.model" if stage else "model"
         section = CNNStageConfig(model=build(ModelConfig, config["model"], prefix=key))
     else:
-        section = build(ResNetConfig, {**config, "weights": "none"}, prefix=stage or "")
+        section = build(TransferConfig, {**config, "weights": "none"}, prefix=stage or "")
     return build_stage_network(kind, section)
 
 
@@ -109,7 +111,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --------------------------------------------------------------------------- backbones
 
 
-def build_transfer(cfg: ResNetConfig) -> nn.Module:
+def build_transfer(cfg: TransferConfig) -> nn.Module:
     """The task-4a network of `cfg.backbone`: weights per `cfg.weights`, a new 10-way
     head, every block not in `cfg.trainable` frozen (`set_train_mode` keeps frozen
     blocks in eval mode, so their BatchNorm statistics never move)."""
@@ -207,7 +209,7 @@ def resnet_weights_file(weights: str) -> Path | None:
     return resolve_path(weights)
 
 
-def build_resnet(cfg: ResNetConfig) -> nn.Module:
+def build_resnet(cfg: TransferConfig) -> nn.Module:
     """torchvision resnet18 with weights per `cfg.weights`, a new 10-way `fc`, and every
     block not in `cfg.trainable` frozen (requires_grad False).
 

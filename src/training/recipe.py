@@ -1,6 +1,6 @@
 """The stage recipe: what a training stage builds before `fit`, in one place.
 
-From a stage's catalog entry (`src.stages`, kind "cnn" or "resnet"), its typed params
+From a stage's catalog entry (`src.stages`, kind "cnn" or "transfer"), its typed params
 section and a `Placement`: the network (`models.build_stage_network`, seeded, on the
 device), its input pipeline (`augment.input_pipeline`, resized to the network's image
 size), the data (`splits.load_splits`, unless the caller brings it) and, for the
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from src.config.schema import CNNStageConfig, ResNetConfig, TrainConfig
+from src.config.schema import CNNStageConfig, TrainConfig, TransferConfig
 from src.data.prepare import Dataset
 from src.stages import Stage
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
@@ -26,7 +26,7 @@ from src.training.feature_cache import describe_weights, prepare_resnet_training
 from src.training.models import build_stage_network, count_parameters
 from src.training.splits import TensorSplits, check_train_size, load_splits
 
-Section = CNNStageConfig | ResNetConfig
+Section = CNNStageConfig | TransferConfig
 
 
 @dataclass
@@ -74,6 +74,7 @@ def prepare_fit(
     seed: int,
     train_cfg: TrainConfig | None = None,
     params_key: str | None = None,
+    progress: bool = False,
 ) -> StageRecipe:
     """`fit`'s inputs for `net` on `data` (on the network's device), training with
     `train_cfg` (default: the section's). A training set smaller than one batch is a
@@ -85,13 +86,22 @@ def prepare_fit(
     model, device = net.model, net.placement.device
     n_params = count_parameters(model)
     tags = {"n_parameters": n_params, "device": str(device)}
-    if net.stage.kind != "resnet":
+    if net.stage.kind != "transfer":
         note = f"{n_params:,} parameters on {device}"
         return StageRecipe(
             model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
         )
     section = dataclasses.replace(net.section, train=cfg)
-    training = prepare_resnet_training(model, section, data, net.pipeline, seed, net.placement)
+    training = prepare_resnet_training(
+        model,
+        section,
+        data,
+        net.pipeline,
+        seed,
+        net.placement,
+        label=net.stage.name,
+        progress=progress,
+    )
     n_trainable = count_parameters(model, trainable_only=True)
     cache = training.note if training.cached else f"off: {training.note}"
     tags = {
@@ -124,15 +134,16 @@ def stage_recipe(
     seed: int,
     data: TensorSplits | None = None,
     params_key: str | None = None,
+    progress: bool = False,
 ) -> StageRecipe:
     """Everything `fit` needs for `stage`: the network first (missing ResNet weights stop
     the stage before any data is read), then the prepared data set onto the device
     (unless `data` is given: a tuning search loads it once for all its trials), then
-    the budget and the feature cache."""
+    the budget and the feature cache (a progress bar when `progress`)."""
     net = build_stage(stage, section, placement, seed)
     dataset = None
     if data is None:
         dataset, data = load_splits(placement.device, user=f"stage {stage.name}")
-    recipe = prepare_fit(net, data, seed=seed, params_key=params_key)
+    recipe = prepare_fit(net, data, seed=seed, params_key=params_key, progress=progress)
     recipe.dataset = dataset
     return recipe
