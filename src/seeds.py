@@ -22,6 +22,11 @@ per stage, the mean ± sample standard deviation (n - 1) of test accuracy over i
 `S-seed<k>` experiments, with n and each seed's value. A run repeats exactly only on the
 same machine (same seed, machines of one kind: baseline 0.7161 on one, 0.7251 on two), so the
 spread over seeds is the honest error bar, not one run.
+
+After running (or with `--write`), each stage with a finished seed run gets its record
+`reports/seeds/<stage>.json` (the seeds, their test accuracies, the commit they ran from, the
+machine): commit it with git; the report (a dependency of its stage) shows mean ± std from
+it, since `dvc exp show` lists a commit's experiments only while that commit is checked out.
 """
 
 from __future__ import annotations
@@ -31,20 +36,18 @@ import json
 import math
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.artifacts import StagePaths
 from src.cli import guarded
 from src.config.layout import repo_root
 from src.config.overrides import exp_run_command
+from src.spread import METRIC, SeedRun, Spread, write_record
 from src.stages import TRAINING_STAGES
 
-METRIC = "test_accuracy"
 RUN_ALL = ["dvc", "exp", "run", "--run-all"]  # follows the logs until the queue is empty
 EXP_SHOW = ["dvc", "exp", "show", "--json"]
 _NAME = re.compile(r"(?P<stage>[A-Za-z_][\w]*)-seed(?P<seed>\d+)")
@@ -69,37 +72,6 @@ def queue_commands(stage: str, seeds: Sequence[int], extra: Sequence[str] = ()) 
 
 
 # --------------------------------------------------------------------------- summary
-
-
-@dataclass
-class SeedRun:
-    name: str
-    seed: int
-    value: float | None  # test accuracy; None while queued or running, or when it failed
-    state: str  # DVC's executor state ("success", "failed", "queued", "running", ...)
-
-
-@dataclass
-class Spread:
-    stage: str
-    runs: list[SeedRun] = field(default_factory=list)
-
-    @property
-    def values(self) -> list[float]:
-        return [r.value for r in self.runs if r.value is not None]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        """The sample standard deviation (n - 1); None below two runs."""
-        return statistics.stdev(self.values) if self.n >= 2 else None
 
 
 def _dig(tree: object, *keys: str) -> object:
@@ -146,6 +118,7 @@ def collect(payload: list, stages: Sequence[str]) -> tuple[dict[str, Spread], st
                 run = isinstance(entry, dict) and _seed_run(stage, entry)
                 if run and run.name not in {r.name for r in spread.runs}:
                     spread.runs.append(run)
+                    spread.commit = spread.commit or str(commit.get("rev", ""))
     for spread in spreads.values():
         spread.runs.sort(key=lambda r: r.seed)
     return spreads, baseline
@@ -173,6 +146,16 @@ def summary_lines(spreads: dict[str, Spread], baseline: str = "") -> list[str]:
         )
         lines.append(f"  {stage:<9} {head}; {each}")
     return lines
+
+
+# --------------------------------------------------------------------------- records
+
+
+def write_records(spreads: dict[str, Spread]) -> None:
+    for spread in spreads.values():
+        if spread.n:
+            path = write_record(spread)
+            print(f"wrote {path.relative_to(repo_root())}: commit it (git add) for the report")
 
 
 # --------------------------------------------------------------------------- running DVC
@@ -212,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", help="queue and run these seeds")
     parser.add_argument("--queue-only", action="store_true", help="queue them, run nothing")
     parser.add_argument("--print", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--write", action="store_true", help="with the summary: write reports/seeds/<stage>.json"
+    )
     return parser
 
 
@@ -228,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"not a training stage: {', '.join(unknown)} (choose from {known})")
     stages = args.stages or known
     if args.seeds is None:
-        print("\n".join(summary_lines(*collect(exp_show(), stages))))
+        spreads, baseline = collect(exp_show(), stages)
+        print("\n".join(summary_lines(spreads, baseline)))
+        if args.write:
+            write_records(spreads)
         return
     if not args.stages:
         parser.error("name the stage(s) to repeat, e.g. python -m src.seeds baseline --seeds 0 1 2")
@@ -242,9 +231,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.print:
         return
     if args.queue_only:
-        print("Queued. `dvc queue start` runs them in the background; then: python -m src.seeds")
+        print(
+            "Queued. `dvc queue start` runs them in the background; then: "
+            "python -m src.seeds --write"
+        )
         return
-    print("\n".join(summary_lines(*collect(exp_show(), stages))))
+    spreads, baseline = collect(exp_show(), stages)
+    print("\n".join(summary_lines(spreads, baseline)))
+    write_records(spreads)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def _code_layout() -> dict:
     from src.report import build as report
     from src.report.blocks import FIGURE_DIR
     from src.report.inputs import DISCUSSION_FILE, TUNE_DIR
+    from src.spread import SEEDS_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 
@@ -128,6 +129,7 @@ def _code_layout() -> dict:
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
     report_deps |= {layout.reports / TUNE_DIR, layout.reports / DISCUSSION_FILE}
+    report_deps |= {layout.reports / SEEDS_DIR}
     return {
         "download": {
             "deps": set(),

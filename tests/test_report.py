@@ -221,6 +221,36 @@ def _commit_baseline_results(root) -> dict:
     return json.loads((root / "reports/baseline/metrics.json").read_text())
 
 
+def test_the_spread_over_seeds_is_in_the_summary_and_the_stage(project, monkeypatch):
+    """reports/seeds/<stage>.json (python -m src.seeds): mean ± sample std, each seed, the
+    commit and machine; a stage without a record says how to get one."""
+    from pipelines import report as stage
+    from src import spread
+
+    monkeypatch.setenv("CIFAR_MLOPS_TRACKING", "off")
+    _commit_baseline_results(project)
+    runs = [spread.SeedRun(f"baseline-seed{k}", k, v, "success") for k, v in enumerate(ACC)]
+    spread.write_record(spread.Spread("baseline", runs, commit="ab" * 20), root=project)
+    stage.main(["--allow-missing"])
+    text = (project / "reports/report.md").read_text()
+
+    summary = {r["Stage"].strip("`"): r for r in _table(_section(text, "## Summary"))}
+    assert summary["baseline"]["Test accuracy over seeds"] == "0.7200 ± 0.0050 (n=3)"
+    baseline = _section(text, "## Task 2: baseline CNN")
+    assert "**Over seeds**: test accuracy 0.7200 ± 0.0050 (mean ± sample standard" in baseline
+    assert "seed 0: 0.7150, seed 1: 0.7200, seed 2: 0.7250" in baseline
+    assert "of commit `ababababab`" in baseline and "reports/seeds/baseline.json" in baseline
+    assert "repeats a run exactly only on the same machine" in baseline
+
+    (project / "reports/seeds/baseline.json").write_text('{"stage": "baseline"}')
+    with pytest.raises(SystemExit) as info:
+        stage.main(["--allow-missing"])
+    assert info.value.code == 1
+
+
+ACC = (0.715, 0.72, 0.725)  # sample std 0.005
+
+
 def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
     from pipelines import report as stage
 

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from src import seeds
+from src import spread as spread_record
 
 
 def test_one_queued_experiment_per_seed():
@@ -94,8 +95,11 @@ def test_a_stage_without_seed_experiments_says_so():
     )
 
 
-def _fake_dvc(monkeypatch, payload: list) -> list[list[str]]:
+def _fake_dvc(monkeypatch, payload: list, root=None) -> list[list[str]]:
+    """`dvc` answering `payload`; records go under `root` (a temporary project)."""
     calls = []
+    if root is not None:
+        monkeypatch.setenv("DVC_ROOT", str(root))
 
     def fake(command: list[str], capture: bool = False) -> subprocess.CompletedProcess:
         calls.append(command)
@@ -106,17 +110,49 @@ def _fake_dvc(monkeypatch, payload: list) -> list[list[str]]:
     return calls
 
 
-def test_the_command_queues_runs_then_summarises(monkeypatch, capsys):
-    calls = _fake_dvc(monkeypatch, _payload())
+def test_the_command_queues_runs_then_summarises(monkeypatch, capsys, tmp_path):
+    calls = _fake_dvc(monkeypatch, _payload(), tmp_path)
     seeds.main(["baseline", "--seeds", "0", "1", "2"])
     assert calls == [*seeds.queue_commands("baseline", [0, 1, 2]), seeds.RUN_ALL, seeds.EXP_SHOW]
     out = capsys.readouterr().out
     assert "dvc exp run -n baseline-seed2 -S common.seed=2 --queue baseline" in out
     assert "0.7206 ± 0.0064 (n=2)" in out
+    assert "wrote reports/seeds/baseline.json" in out
+
+    # the record the report reads: the finished runs, their commit and machine
+    path = tmp_path / "reports/seeds/baseline.json"
+    record = json.loads(path.read_text())
+    assert record["commit"] == "2098bc17d963a21ed15c775d8536a41da7f4ef50"
+    assert [(r["seed"], r["test_accuracy"]) for r in record["runs"]] == [(0, 0.7161), (1, 0.7251)]
+    assert record["machine"] and record["n"] == 2
+    spread, _ = spread_record.read_record(path)
+    assert spread.n == 2 and spread.mean == pytest.approx(0.7206)
+    assert spread.commit == record["commit"]
 
 
-def test_print_and_queue_only_run_less(monkeypatch, capsys):
-    calls = _fake_dvc(monkeypatch, _payload())
+def test_a_bad_record_is_refused_by_name(tmp_path):
+    path = tmp_path / "baseline.json"
+    for text, why in (
+        ("{", "unreadable"),
+        ('{"stage": "baseline"}', "no list of runs"),
+        ('{"stage": "improved", "runs": []}', "holds stage 'improved'"),
+        ('{"stage": "baseline", "runs": [{"seed": 0, "test_accuracy": NaN}]}', "finite"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            spread_record.read_record(path)
+
+
+def test_the_summary_writes_records_only_when_asked(monkeypatch, capsys, tmp_path):
+    _fake_dvc(monkeypatch, _payload(), tmp_path)
+    seeds.main(["baseline"])
+    assert not (tmp_path / "reports/seeds").exists()
+    seeds.main(["baseline", "improved", "--write"])  # improved: no finished run, no record
+    assert [p.name for p in (tmp_path / "reports/seeds").iterdir()] == ["baseline.json"]
+
+
+def test_print_and_queue_only_run_less(monkeypatch, capsys, tmp_path):
+    calls = _fake_dvc(monkeypatch, _payload(), tmp_path)
     seeds.main(["improved", "--seeds", "3", "--print", "--", "--pull"])
     assert calls == []
     assert capsys.readouterr().out.splitlines() == [

@@ -36,7 +36,13 @@ from src.report.blocks import (
     task1_section,
 )
 from src.report.inputs import DISCUSSION, TUNE_PARAMS, ReportInputs
-from src.report.sections import agreement, pretrained_info, stage_section, task3d_section
+from src.report.sections import (
+    agreement,
+    pretrained_info,
+    seeds_cell,
+    stage_section,
+    task3d_section,
+)
 from src.stages import TRAINING_STAGES, TRANSFER_STAGES
 
 REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
@@ -77,6 +83,7 @@ def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
                 "Training accuracy": m.get("final_train_accuracy"),
                 "Validation accuracy": m.get("final_val_accuracy"),
                 "Test accuracy": m.get("test_accuracy"),
+                "Test accuracy over seeds": seeds_cell(inputs.seeds.get(info.name)),
                 "Course test accuracy": reference,
                 "Test − course": (
                     m["test_accuracy"] - reference
@@ -98,6 +105,7 @@ SUMMARY_FORMATS: dict[str, Callable[[Any], str]] = {
     "Training accuracy": fmt_metric,
     "Validation accuracy": fmt_metric,
     "Test accuracy": fmt_metric,
+    "Test accuracy over seeds": str,
     "Course test accuracy": lambda v: "—" if v is None else f"{v:.3f}",
     "Test − course": lambda v: "—" if v is None or pd.isna(v) else signed(v),
     "Test loss": fmt_metric,

@@ -1,7 +1,8 @@
 """What the report reads, and its data types: every training stage's outputs
 (metrics.json, history.csv, the resolved config in models/<stage>.pt, or without the model
 file the params `dvc.lock` records for them), the data manifest, reports/tune/<study>/ and
-reports/discussion.md, all declared deps of the `report` stage in dvc.yaml.
+reports/discussion.md and the seed records reports/seeds/<stage>.json (`src.seeds`), all
+declared deps of the `report` stage in dvc.yaml.
 
     load_inputs(root, params)      -> ReportInputs (one StageOutputs per training stage)
 
@@ -25,6 +26,7 @@ from src.config.schema import Params
 from src.config.typed import flatten, to_dict
 from src.data.prepare import MANIFEST
 from src.errors import ReportInputError, WeightsError
+from src.spread import SEEDS_DIR, Spread, read_record
 from src.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 
@@ -81,6 +83,9 @@ class ReportInputs:
     discussion_file: str = f"reports/{DISCUSSION_FILE}"
     # params.yaml's section per training stage: what running a missing stage would train
     planned: dict[str, dict] = field(default_factory=dict)
+    # stage -> its runs over seeds (reports/seeds/<stage>.json) and the record itself
+    seeds: dict[str, tuple[Spread, dict]] = field(default_factory=dict)
+    seeds_dir: str = f"reports/{SEEDS_DIR}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -180,7 +185,23 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         discussion=read_discussion(reports / DISCUSSION_FILE),
         discussion_file=_relative(reports / DISCUSSION_FILE, root),
         planned={info.name: to_dict(getattr(params, info.name)) for info in TRAINING_STAGES},
+        seeds=load_seeds(reports / SEEDS_DIR),
+        seeds_dir=_relative(reports / SEEDS_DIR, root),
     )
+
+
+def load_seeds(folder: Path) -> dict[str, tuple[Spread, dict]]:
+    """Each training stage's seed record in `folder` (`python -m src.seeds` writes them);
+    a file of another name is not read, an unreadable record is a ReportInputError."""
+    found = {}
+    for info in TRAINING_STAGES:
+        path = folder / f"{info.name}.json"
+        if path.is_file():
+            try:
+                found[info.name] = read_record(path)
+            except ValueError as exc:
+                raise ReportInputError(str(exc)) from exc
+    return found
 
 
 def _stage_outputs(root: Path, params: Params, stage: str) -> StageOutputs | None:

@@ -207,6 +207,7 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
     else:
         lines += _config_sections(info, outputs, reference)
     lines += _results_sections(info, outputs, reference, figures)
+    lines += seeds_paragraph(info, inputs)
     if outputs.smoke:
         lines += [f"> Not comparable with the course: {'; '.join(outputs.smoke)}.", ""]
     return lines
@@ -308,6 +309,41 @@ def _results_sections(
         "",
     ]
     return lines
+
+
+def seeds_cell(found: tuple | None) -> str:
+    """The summary's "mean ± std (n=k)" of a stage's seed record; "—" without one."""
+    if found is None or not found[0].n:
+        return "—"
+    spread = found[0]
+    if spread.n == 1:
+        return f"{spread.mean:.4f} (n=1)"
+    return f"{spread.mean:.4f} ± {spread.std:.4f} (n={spread.n})"
+
+
+def seeds_paragraph(info: Stage, inputs: ReportInputs) -> list[str]:
+    """The stage's runs over seeds, where `python -m src.seeds` recorded them."""
+    found = inputs.seeds.get(info.name)
+    if found is None or not found[0].n:
+        return [
+            f"One run (seed `common.seed`). Its spread over seeds: `python -m src.seeds "
+            f"{info.name} --seeds 0 1 2`, then commit `{inputs.seeds_dir}/{info.name}.json`.",
+            "",
+        ]
+    spread, record = found
+    each = ", ".join(f"seed {r.seed}: {fmt_metric(r.value)}" for r in spread.runs)
+    std = "" if spread.std is None else f" ± {fmt_metric(spread.std)}"
+    commit = f" of commit `{spread.commit[:10]}`" if spread.commit else ""
+    where = f" on {record['machine']}" if record.get("machine") else ""
+    return [
+        f"**Over seeds**: test accuracy {fmt_metric(spread.mean)}{std} (mean ± sample "
+        f"standard deviation, n = {spread.n}; {each}): the DVC experiments "
+        f"`{info.name}-seed<k>`{commit}{where} (`{inputs.seeds_dir}/{info.name}.json`). "
+        "The same seed repeats a run exactly only on the same machine (two machines of "
+        "one kind gave this baseline 0.7161 and 0.7251), so the spread, not one run, is the "
+        "error bar.",
+        "",
+    ]
 
 
 def task3d_section(inputs: ReportInputs, figures: dict) -> list[str]:

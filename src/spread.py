@@ -1,0 +1,122 @@
+"""A stage's runs over seeds: their spread, and its git-tracked record.
+
+`python -m src.seeds` runs a stage over seeds (DVC experiments) and writes
+`reports/seeds/<stage>.json`; the report reads it. A run repeats exactly only on the same
+machine, so the record names the machine and the commit the runs came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.config.layout import Layout, repo_root
+
+METRIC = "test_accuracy"
+SEEDS_DIR = "seeds"  # reports/seeds/<stage>.json: git-tracked records the report reads
+
+
+@dataclass
+class SeedRun:
+    name: str
+    seed: int
+    value: float | None  # test accuracy; None while queued or running, or when it failed
+    state: str  # DVC's executor state ("success", "failed", "queued", "running", ...)
+
+
+@dataclass
+class Spread:
+    stage: str
+    runs: list[SeedRun] = field(default_factory=list)
+    commit: str = ""  # the commit the experiments derive from (full sha)
+
+    @property
+    def values(self) -> list[float]:
+        return [r.value for r in self.runs if r.value is not None]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """The sample standard deviation (n - 1); None below two runs."""
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+
+# --------------------------------------------------------------------------- records
+
+
+def machine() -> str:
+    """This machine in words: its CPU model and core count (Linux), else the platform."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def record_path(stage: str, root: Path | None = None) -> Path:
+    return Layout(root or repo_root()).reports / SEEDS_DIR / f"{stage}.json"
+
+
+def write_record(spread: Spread, root: Path | None = None) -> Path:
+    """`reports/seeds/<stage>.json`: the finished runs of `spread`, where they ran."""
+    path = record_path(spread.stage, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": spread.stage,
+        "metric": METRIC,
+        "commit": spread.commit,
+        "machine": machine(),
+        "runs": [
+            {"name": r.name, "seed": r.seed, METRIC: r.value}
+            for r in spread.runs
+            if r.value is not None
+        ],
+        "n": spread.n,
+        "mean": spread.mean,
+        "std": spread.std,
+    }
+    temp = path.with_suffix(".json.tmp")
+    temp.write_text(json.dumps(record, indent=2) + "\n")
+    temp.replace(path)
+    return path
+
+
+def read_record(path: Path) -> tuple[Spread, dict]:
+    """A record `write_record` wrote, as a Spread (mean and std recomputed from its runs)
+    and the record itself; ValueError naming what is wrong."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        raise ValueError(f"{path}: not a seed record (no list of runs)")
+    if record.get("stage") != path.stem:
+        raise ValueError(f"{path}: holds stage {record.get('stage')!r}, not {path.stem!r}")
+    spread = Spread(path.stem, commit=str(record.get("commit", "")))
+    for run in record["runs"]:
+        value = run.get(METRIC) if isinstance(run, dict) else None
+        seed = run.get("seed") if isinstance(run, dict) else None
+        if (
+            not isinstance(seed, int)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{path}: a run without an integer seed and a finite {METRIC}")
+        spread.runs.append(SeedRun(str(run.get("name", "")), seed, float(value), "success"))
+    return spread, record
