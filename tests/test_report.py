@@ -424,6 +424,8 @@ def test_report_stage_end_to_end(prepared):
 
     for heading in HEADINGS:
         assert f"\n{heading}\n" in f"\n{text}", heading
+    # the data source as the manifest names it: kind, file name, sha256
+    assert "source kind `official-archive`, `cifar-10-python.tar.gz` (sha256 `" in text
     for info in TRAINING_STAGES:
         if info.name in stages:
             for sub in STAGE_SUBSECTIONS:

@@ -339,9 +339,9 @@ def seeds_paragraph(info: Stage, inputs: ReportInputs) -> list[str]:
         f"**Over seeds**: test accuracy {fmt_metric(spread.mean)}{std} (mean ± sample "
         f"standard deviation, n = {spread.n}; {each}): the DVC experiments "
         f"`{info.name}-seed<k>`{commit}{where} (`{inputs.seeds_dir}/{info.name}.json`). "
-        "The same seed repeats a run exactly only on the same machine (two machines of "
-        "one kind gave this baseline 0.7161 and 0.7251), so the spread, not one run, is the "
-        "error bar.",
+        "The same seed repeats a run exactly only on the same machine (machines of one "
+        "kind gave the baseline 0.7161 and 0.7251 with one seed), so the spread, not one "
+        "run, is the error bar.",
         "",
     ]
 
