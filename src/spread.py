@@ -34,6 +34,7 @@ class Spread:
     stage: str
     runs: list[SeedRun] = field(default_factory=list)
     commit: str = ""  # the commit the experiments derive from (full sha)
+    machine: str = ""  # where they ran, as a record names it (`machine()`)
 
     @property
     def values(self) -> list[float]:
@@ -81,7 +82,7 @@ def write_record(spread: Spread, root: Path | None = None) -> Path:
         "stage": spread.stage,
         "metric": METRIC,
         "commit": spread.commit,
-        "machine": machine(),
+        "machine": spread.machine or machine(),
         "runs": [
             {"name": r.name, "seed": r.seed, METRIC: r.value}
             for r in spread.runs
@@ -97,9 +98,9 @@ def write_record(spread: Spread, root: Path | None = None) -> Path:
     return path
 
 
-def read_record(path: Path) -> tuple[Spread, dict]:
-    """A record `write_record` wrote, as a Spread (mean and std recomputed from its runs)
-    and the record itself; ValueError naming what is wrong."""
+def read_record(path: Path) -> Spread:
+    """A record `write_record` wrote, as a Spread (mean and std recomputed from its runs);
+    ValueError naming what is wrong."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -108,7 +109,9 @@ def read_record(path: Path) -> tuple[Spread, dict]:
         raise ValueError(f"{path}: not a seed record (no list of runs)")
     if record.get("stage") != path.stem:
         raise ValueError(f"{path}: holds stage {record.get('stage')!r}, not {path.stem!r}")
-    spread = Spread(path.stem, commit=str(record.get("commit", "")))
+    spread = Spread(
+        path.stem, commit=str(record.get("commit", "")), machine=str(record.get("machine", ""))
+    )
     for run in record["runs"]:
         value = run.get(METRIC) if isinstance(run, dict) else None
         seed = run.get("seed") if isinstance(run, dict) else None
@@ -119,4 +122,4 @@ def read_record(path: Path) -> tuple[Spread, dict]:
         ):
             raise ValueError(f"{path}: a run without an integer seed and a finite {METRIC}")
         spread.runs.append(SeedRun(str(run.get("name", "")), seed, float(value), "success"))
-    return spread, record
+    return spread

@@ -125,9 +125,9 @@ def test_the_command_queues_runs_then_summarises(monkeypatch, capsys, tmp_path):
     assert record["commit"] == "2098bc17d963a21ed15c775d8536a41da7f4ef50"
     assert [(r["seed"], r["test_accuracy"]) for r in record["runs"]] == [(0, 0.7161), (1, 0.7251)]
     assert record["machine"] and record["n"] == 2
-    spread, _ = spread_record.read_record(path)
+    spread = spread_record.read_record(path)
     assert spread.n == 2 and spread.mean == pytest.approx(0.7206)
-    assert spread.commit == record["commit"]
+    assert spread.commit == record["commit"] and spread.machine == record["machine"]
 
 
 def test_a_bad_record_is_refused_by_name(tmp_path):

@@ -83,8 +83,8 @@ class ReportInputs:
     discussion_file: str = f"reports/{DISCUSSION_FILE}"
     # params.yaml's section per training stage: what running a missing stage would train
     planned: dict[str, dict] = field(default_factory=dict)
-    # stage -> its runs over seeds (reports/seeds/<stage>.json) and the record itself
-    seeds: dict[str, tuple[Spread, dict]] = field(default_factory=dict)
+    # stage -> its runs over seeds (reports/seeds/<stage>.json)
+    seeds: dict[str, Spread] = field(default_factory=dict)
     seeds_dir: str = f"reports/{SEEDS_DIR}"
 
 
@@ -190,7 +190,7 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
     )
 
 
-def load_seeds(folder: Path) -> dict[str, tuple[Spread, dict]]:
+def load_seeds(folder: Path) -> dict[str, Spread]:
     """Each training stage's seed record in `folder` (`python -m src.seeds` writes them);
     a file of another name is not read, an unreadable record is a ReportInputError."""
     found = {}

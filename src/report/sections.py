@@ -24,6 +24,7 @@ from src.report.blocks import (
     signed,
 )
 from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
+from src.spread import Spread
 from src.stages import Stage
 from src.tracking.provenance import smoke_reasons
 
@@ -311,11 +312,10 @@ def _results_sections(
     return lines
 
 
-def seeds_cell(found: tuple | None) -> str:
+def seeds_cell(spread: Spread | None) -> str:
     """The summary's "mean ± std (n=k)" of a stage's seed record; "—" without one."""
-    if found is None or not found[0].n:
+    if spread is None or not spread.n:
         return "—"
-    spread = found[0]
     if spread.n == 1:
         return f"{spread.mean:.4f} (n=1)"
     return f"{spread.mean:.4f} ± {spread.std:.4f} (n={spread.n})"
@@ -323,18 +323,17 @@ def seeds_cell(found: tuple | None) -> str:
 
 def seeds_paragraph(info: Stage, inputs: ReportInputs) -> list[str]:
     """The stage's runs over seeds, where `python -m src.seeds` recorded them."""
-    found = inputs.seeds.get(info.name)
-    if found is None or not found[0].n:
+    spread = inputs.seeds.get(info.name)
+    if spread is None or not spread.n:
         return [
             f"One run (seed `common.seed`). Its spread over seeds: `python -m src.seeds "
             f"{info.name} --seeds 0 1 2`, then commit `{inputs.seeds_dir}/{info.name}.json`.",
             "",
         ]
-    spread, record = found
     each = ", ".join(f"seed {r.seed}: {fmt_metric(r.value)}" for r in spread.runs)
     std = "" if spread.std is None else f" ± {fmt_metric(spread.std)}"
     commit = f" of commit `{spread.commit[:10]}`" if spread.commit else ""
-    where = f" on {record['machine']}" if record.get("machine") else ""
+    where = f" on {spread.machine}" if spread.machine else ""
     return [
         f"**Over seeds**: test accuracy {fmt_metric(spread.mean)}{std} (mean ± sample "
         f"standard deviation, n = {spread.n}; {each}): the DVC experiments "
