@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from src.config.layout import Layout
 from src.config.typed import config_hash, to_dict
-from src.errors import WeightsError
+from src.runtime.errors import WeightsError
 
 if TYPE_CHECKING:
     import pandas as pd

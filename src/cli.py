@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from src.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, ProjectError
+from src.runtime.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, ProjectError
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "guarded"]
 

@@ -24,7 +24,7 @@ from src.cifar import CIFAR10_CLASSES, IMAGE_SIZE
 from src.cli import guarded
 from src.config.layout import Layout, resolve_path
 from src.config.load import load_params
-from src.errors import DataError
+from src.runtime.errors import DataError
 
 
 class ImageError(DataError):

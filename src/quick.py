@@ -35,7 +35,7 @@ from src.cli import guarded
 from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
 from src.config.overrides import exp_run_command
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 
 PROFILE = "quick"
 EXPERIMENT = "quick"

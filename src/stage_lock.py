@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from src.config.layout import Layout
-from src.errors import StageBusyError
+from src.runtime.errors import StageBusyError
 from src.workers import worker_id
 
 

@@ -13,7 +13,7 @@ from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params, load_raw
 from src.config.schema import check_required, required_keys
 from src.config.typed import flatten, to_dict
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.stages import TRAINING_STAGES
 
 

@@ -27,7 +27,7 @@ from src.data.prepare import (
     prepare_dataset,
 )
 from src.data.sources import BatchUnpickler
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from tests.conftest import (
     N_TEST_PER_CLASS,
     N_TRAIN_PER_CLASS,

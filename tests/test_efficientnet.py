@@ -20,7 +20,7 @@ from src.artifacts import load_state_strict, read_model_file, read_weights
 from src.config.backbones import BACKBONES, LITE0_BLOCKS, LITE_MEAN, LITE_STD
 from src.config.load import load_params
 from src.config.schema import TrainConfig, TransferConfig
-from src.errors import ConfigError, WeightsError
+from src.runtime.errors import ConfigError, WeightsError
 from src.training import efficientnet
 from src.training.augment import InputPipeline
 from src.training.device import Placement

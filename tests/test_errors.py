@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from src import errors
+from src.runtime import errors
 from src.cli import guarded
 from src.config.layout import PROJECT_ROOT
 
@@ -55,7 +55,7 @@ def test_guarded_ends_each_project_error_in_one_line_and_its_code(cls, code, cap
 
 
 def test_the_modules_errors_are_the_one_set():
-    """Each module's error is the class from src.errors (so `guarded` knows it)."""
+    """Each module's error is the class from src.runtime.errors (so `guarded` knows it)."""
     from src.config import schema as config
     from src.data import prepare as data
     from src.report import inputs as report
@@ -102,7 +102,7 @@ def test_every_entry_point_is_guarded(module):
 def test_errors_and_cli_import_no_torch():
     """A config error must exit before torch is imported: the error classes are light."""
     code = (
-        "import sys, src.cli, src.errors, src.config.load, src.config.overrides; "
+        "import sys, src.cli, src.runtime.errors, src.config.load, src.config.overrides; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(

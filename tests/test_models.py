@@ -8,7 +8,7 @@ import torch
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.schema import ModelConfig
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.training.models import build_cnn, count_parameters
 
 PARAMS = load_params(PROJECT_ROOT / "params.yaml")

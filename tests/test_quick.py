@@ -18,7 +18,7 @@ from src import quick
 from src.config.layout import PROJECT_ROOT, project_root, repo_root
 from src.config.load import load_params, load_raw
 from src.config.overrides import exp_run_command
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.stages import TRAINING_STAGES
 
 DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())

@@ -9,7 +9,7 @@ import torch
 
 from src.config.load import load_params
 from src.config.typed import to_dict
-from src.errors import ConfigError, DataError
+from src.runtime.errors import ConfigError, DataError
 from src.stages import TRAINING_STAGES, get_stage
 from src.training.device import Placement
 from src.training.models import count_parameters, network_from_config

@@ -311,7 +311,7 @@ def test_a_second_download_refuses_while_one_runs(prepared: Path):
 
 
 def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
-    from src.errors import StageBusyError
+    from src.runtime.errors import StageBusyError
     from src.stage_lock import stage_lock
 
     code = (

@@ -10,7 +10,7 @@ import yaml
 
 from src.config.layout import PROJECT_ROOT
 from src.config.schema import CNNStageConfig, Params, TransferConfig
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.stages import STAGES, TRAINING_STAGES, get_stage
 from src.tune.space import TuneConfig
 

@@ -154,7 +154,7 @@ def test_augmentation_only_touches_training_batches():
 
 
 def test_train_config_rejects_nesterov_without_momentum():
-    from src.errors import ConfigError
+    from src.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="nesterov"):
         dataclasses.replace(_cfg(), nesterov=True)
@@ -197,7 +197,7 @@ def test_course_schedule_at_batch_64():
 
 
 def test_training_set_smaller_than_a_batch_is_a_config_error():
-    from src.errors import ConfigError
+    from src.runtime.errors import ConfigError
     from src.training.splits import check_train_size
 
     with pytest.raises(ConfigError, match=r"'baseline\.train\.subset'.*fewer than one batch"):

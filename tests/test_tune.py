@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.typed import flatten, to_dict
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.tracking import runs as tracking
 from src.training.loop import FitResult, NonFiniteLossError
 from src.tune import search, summary

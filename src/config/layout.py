@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.config.schema import SOURCE_ENV_VAR, Params
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from typing import Any
 from src.config.layout import Layout, check_source, project_root
 from src.config.schema import SOURCE_ENV_VAR, Params, TrainConfig, check_required
 from src.config.typed import build
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.backbones import BACKBONES, normalisation_matches
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES
 
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.

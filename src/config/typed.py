@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 
 __all__ = ["build", "config_hash", "flatten", "to_dict"]
 

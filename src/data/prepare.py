@@ -36,7 +36,7 @@ from src.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
 from src.config.layout import temp_dir_pattern
 from src.config.schema import DataConfig
 from src.data.sources import Split, file_digest, read_source
-from src.errors import ConfigError, DataError
+from src.runtime.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

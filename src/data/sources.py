@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.cifar import CIFAR10_CLASSES, IMAGE_SIZE
 from src.config.schema import SOURCE_ENV_VAR, DataConfig
-from src.errors import DataError
+from src.runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OFFICIAL_DIR = "cifar-10-batches-py"

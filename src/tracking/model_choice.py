@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from src.artifacts import read_model_file
-from src.errors import ProjectError, WeightsError
+from src.runtime.errors import ProjectError, WeightsError
 from src.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config.layout import repo_root
-from src.errors import EXIT_CONFIG, ProjectError
+from src.runtime.errors import EXIT_CONFIG, ProjectError
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from src.artifacts import load_torch, save_torch
-from src.errors import CheckpointError, WeightsError
+from src.runtime.errors import CheckpointError, WeightsError
 
 CHECKPOINT_VERSION = 2  # 2: full batches only, early-stop decision, weights_only
 

@@ -22,7 +22,7 @@ from src.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, LITE0_BLOCKS
 from src.config.layout import resolve_path
 from src.config.schema import TransferConfig
-from src.errors import WeightsError
+from src.runtime.errors import WeightsError
 
 ORDER = BACKBONES["efficientnet_lite0"].order
 MODEL_NAME = "efficientnet-lite0"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from src.config.schema import TrainConfig
-from src.errors import NonFiniteLossError
+from src.runtime.errors import NonFiniteLossError
 from src.progress import Progress
 from src.training.augment import Pipeline
 from src.training.checkpoint import TrainState, load_checkpoint, state_to_cpu

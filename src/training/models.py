@@ -23,7 +23,7 @@ from src.config.backbones import BACKBONES, get_backbone
 from src.config.layout import resolve_path
 from src.config.schema import CNNStageConfig, ModelConfig, TransferConfig
 from src.config.typed import build
-from src.errors import WeightsError
+from src.runtime.errors import WeightsError
 from src.stages import get_stage
 from src.training import efficientnet
 

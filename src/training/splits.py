@@ -15,7 +15,7 @@ import torch
 from src.config.layout import Layout, project_root
 from src.config.schema import TrainConfig
 from src.data.prepare import MANIFEST, Dataset, load_dataset
-from src.errors import ConfigError, DataError
+from src.runtime.errors import ConfigError, DataError
 
 DRY_RUN_TRAIN_BATCHES = 4
 DRY_RUN_EVAL_IMAGES = 256

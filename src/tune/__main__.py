@@ -32,7 +32,7 @@ import yaml
 
 from src.cli import guarded
 from src.config.load import check_device, load_params
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.tune.apply import apply_best
 from src.tune.search import run_search
 from src.tune.space import load_tune_config

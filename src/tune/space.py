@@ -14,7 +14,7 @@ import optuna
 
 from src.config.schema import CNNStageConfig, Params
 from src.config.typed import build, config_hash, flatten, to_dict
-from src.errors import ConfigError
+from src.runtime.errors import ConfigError
 from src.stages import CNN_STAGES
 
 # Knobs that set one field of the base stage's config (its dotted path there).

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from src.config.layout import resolve_path
-from src.errors import ConfigError, TuneError
+from src.runtime.errors import ConfigError, TuneError
 
 CONNECT_TIMEOUT_S = 10  # an unreachable database fails fast
 
