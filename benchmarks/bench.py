@@ -59,7 +59,7 @@ from benchmarks.paths import (
     time_reference,
 )
 from benchmarks.summary import format_summary, machine_info
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import PARAMS_FILE, load_params
 from src.config.typed import config_hash, to_dict

@@ -8,7 +8,7 @@ The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
 from __future__ import annotations
 
 from src.artifacts import StagePaths, atomic_write_json
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import Layout
 from src.config.load import load_params
 from src.config.schema import Params

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from src.artifacts import atomic_write_bytes
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import load_params
 from src.report import build as report

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
 from src.stage import run_training_stage
 from src.stage_lock import stage_lock

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
 from src.config.overrides import exp_run_command

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.artifacts import StagePaths
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import repo_root
 from src.config.overrides import exp_run_command
 from src.spread import METRIC, SeedRun, Spread, write_record

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from src.runtime import errors
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.layout import PROJECT_ROOT
 
 PROJECT_ERRORS = {
@@ -102,7 +102,7 @@ def test_every_entry_point_is_guarded(module):
 def test_errors_and_cli_import_no_torch():
     """A config error must exit before torch is imported: the error classes are light."""
     code = (
-        "import sys, src.cli, src.runtime.errors, src.config.load, src.config.overrides; "
+        "import sys, src.runtime.entry, src.runtime.errors, src.config.load, src.config.overrides; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -1,6 +1,6 @@
 """Every failure a user can cause, and the exit code its entry point ends with.
 
-Each class derives from `ProjectError`, which carries its exit code; `src.cli.guarded`
+Each class derives from `ProjectError`, which carries its exit code; `src.runtime.entry.guarded`
 turns any of them into one line on stderr and that code. Nothing here imports torch
 (or any other heavy library), so a config error exits before torch is ever loaded.
 """

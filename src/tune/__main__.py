@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from src.cli import guarded
+from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
 from src.runtime.errors import ConfigError
 from src.tune.apply import apply_best
