@@ -19,7 +19,7 @@ from pathlib import Path
 
 from src.config.layout import Layout
 from src.runtime.errors import StageBusyError
-from src.workers import worker_id
+from src.runtime.workers import worker_id
 
 
 def lock_file(stage: str, root: Path | None = None) -> Path:

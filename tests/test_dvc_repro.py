@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from src.config.layout import PROJECT_ROOT
-from src.workers import worker_alive
+from src.runtime.workers import worker_alive
 from tests.conftest import archive_folder, tiny_params, write_image_folder
 
 COPIED = ("dvc.yaml", "src", "pipelines")

@@ -215,7 +215,7 @@ def _dead_worker() -> str:
 
 def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
     from src.tracking import runs as tracking
-    from src.workers import worker_id
+    from src.runtime.workers import worker_id
 
     exp = tracking.set_experiment("cifar10")
     client = mlflow.MlflowClient()
@@ -346,7 +346,7 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
 def test_resuming_never_marks_a_live_run_killed(project: Path):
     from src.tracking import dead_runs
     from src.tracking import runs as tracking
-    from src.workers import worker_id
+    from src.runtime.workers import worker_id
 
     exp = tracking.set_experiment("cifar10")
     client = mlflow.MlflowClient()

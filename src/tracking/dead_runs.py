@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from src.config.layout import project_root
 from src.tracking import store
-from src.workers import worker_alive, worker_id
+from src.runtime.workers import worker_alive, worker_id
 
 
 def identity_tags(stage: str) -> dict[str, str]:

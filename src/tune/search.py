@@ -52,7 +52,7 @@ from src.tune.trials import (
     retry,
     trials_done,
 )
-from src.workers import worker_id
+from src.runtime.workers import worker_id
 
 # The objective's name: each trial's best validation accuracy (its MLflow metric too).
 # optuna-dashboard and Optuna's figures show it instead of "Objective 0".

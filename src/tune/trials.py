@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from src.tracking import dead_runs, store
 from src.tracking import runs as tracking
 from src.tune.storage import StudyStorage
-from src.workers import worker_alive
+from src.runtime.workers import worker_alive
 
 MAX_RETRIES = 2  # reruns of a configuration whose worker stopped; then it stays failed
 
