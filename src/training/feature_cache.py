@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from src.config.schema import TrainConfig, TransferConfig
-from src.progress import Progress
+from src.runtime.progress import Progress
 from src.training.augment import Pipeline
 from src.training.device import Placement
 from src.training.models import backbone_part, split_backbone, weights_file

@@ -31,7 +31,7 @@ from torch import nn
 
 from src.config.schema import TrainConfig
 from src.runtime.errors import NonFiniteLossError
-from src.progress import Progress
+from src.runtime.progress import Progress
 from src.training.augment import Pipeline
 from src.training.checkpoint import TrainState, load_checkpoint, state_to_cpu
 from src.training.device import Placement, synchronize

@@ -21,7 +21,7 @@ from src.config.layout import Layout
 from src.config.schema import CNNStageConfig, Params
 from src.config.typed import to_dict
 from src.runtime.errors import ConfigError, NonFiniteLossError
-from src.progress import Progress
+from src.runtime.progress import Progress
 from src.stages import get_stage
 from src.tracking import runs as tracking
 from src.tracking import store
