@@ -63,7 +63,7 @@ from src.runtime.entry import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import PARAMS_FILE, load_params
 from src.config.typed import config_hash, to_dict
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 from src.tracking import store
 from src.training.device import resolve_device
 from src.training.models import count_parameters

@@ -23,7 +23,7 @@ from torch import nn
 from torchvision import transforms
 
 from src.config.schema import Params, TrainConfig
-from src.stages import get_stage
+from src.config.stages import get_stage
 from src.tracking import runs as tracking
 from src.tracking import store
 from src.training.device import Placement, synchronize

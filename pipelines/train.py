@@ -1,4 +1,4 @@
-"""The training stages (the catalog's `src.stages.TRAINING_STAGES`): one entry point.
+"""The training stages (the catalog's `src.config.stages.TRAINING_STAGES`): one entry point.
 
 python -m pipelines.train baseline      (dvc repro baseline: task 2)
 python -m pipelines.train improved      (dvc repro improved: task 3)
@@ -16,7 +16,7 @@ from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
 from src.stage import run_training_stage
 from src.stage_lock import stage_lock
-from src.stages import TRAINING_STAGES, get_stage
+from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.device import prepare_device
 from src.training.recipe import stage_recipe
 

@@ -14,7 +14,7 @@ from src.config.load import load_params, load_raw
 from src.config.schema import check_required, required_keys
 from src.config.typed import flatten, to_dict
 from src.runtime.errors import ConfigError
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 
 
 def torch_has_cuda() -> bool:

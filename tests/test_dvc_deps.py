@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from src.config.layout import PROJECT_ROOT
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 
 PACKAGES = ("src", "pipelines", "benchmarks")  # top-level packages: empty __init__.py
 

@@ -19,7 +19,7 @@ from src.config.layout import PROJECT_ROOT, project_root, repo_root
 from src.config.load import load_params, load_raw
 from src.config.overrides import exp_run_command
 from src.runtime.errors import ConfigError
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 
 DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
 TRAINING = tuple(s.name for s in TRAINING_STAGES)

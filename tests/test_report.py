@@ -23,7 +23,7 @@ from src.report import html as report_html
 from src.report import inputs as report_inputs
 from src.report.blocks import REFERENCE
 from src.report.sections import stage_cost
-from src.stages import TRAINING_STAGES, get_stage
+from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.models import build_cnn
 from tests.conftest import update_params
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.backbones import BACKBONES, normalisation_matches
 from src.runtime.errors import ConfigError
-from src.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES
+from src.config.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES
 
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.
 SOURCE_ENV_VAR = "CIFAR10_SOURCE"
@@ -261,7 +261,7 @@ class Params:
 
     common: CommonConfig = field(default_factory=CommonConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    # One section per training stage of the catalog (src.stages.TRAINING_STAGES), in its
+    # One section per training stage of the catalog (src.config.stages.TRAINING_STAGES), in its
     # order: typed loading needs the fields spelled out; tests/test_stages_catalog.py
     # checks they agree.
     baseline: CNNStageConfig = field(default_factory=CNNStageConfig)

@@ -43,7 +43,7 @@ from src.report.sections import (
     stage_section,
     task3d_section,
 )
-from src.stages import TRAINING_STAGES, TRANSFER_STAGES
+from src.config.stages import TRAINING_STAGES, TRANSFER_STAGES
 
 REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
 HTML_FILE = "report.html"  # the same report, self-contained (src.report.html)

@@ -27,7 +27,7 @@ from src.config.typed import flatten, to_dict
 from src.data.prepare import MANIFEST
 from src.runtime.errors import ReportInputError, WeightsError
 from src.spread import SEEDS_DIR, Spread, read_record
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with

@@ -25,7 +25,7 @@ from src.report.blocks import (
 )
 from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
 from src.spread import Spread
-from src.stages import Stage
+from src.config.stages import Stage
 from src.tracking.provenance import smoke_reasons
 
 SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}

@@ -19,7 +19,7 @@ from typing import Any
 
 from src.artifacts import read_model_file
 from src.runtime.errors import ProjectError, WeightsError
-from src.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION
 

@@ -5,7 +5,7 @@ tuning trial from a :class:`ModelConfig`; `build_transfer` makes the task 4a
 transfer-learning network from its params' backbone (`build_resnet`: ResNet18, the
 course's; `src.training.efficientnet`: EfficientNet-Lite0), and `split_backbone` /
 `backbone_part` cut it into a frozen prefix and a trainable tail. `build_stage_network`
-picks by the stage's kind (`src.stages`): what trains goes through
+picks by the stage's kind (`src.config.stages`): what trains goes through
 `src.training.recipe`, what serving and the report rebuild from a saved config
 through `network_from_config`.
 """
@@ -24,7 +24,7 @@ from src.config.layout import resolve_path
 from src.config.schema import CNNStageConfig, ModelConfig, TransferConfig
 from src.config.typed import build
 from src.runtime.errors import WeightsError
-from src.stages import get_stage
+from src.config.stages import get_stage
 from src.training import efficientnet
 
 _ACTIVATIONS = {

@@ -1,6 +1,6 @@
 """The stage recipe: what a training stage builds before `fit`, in one place.
 
-From a stage's catalog entry (`src.stages`, kind "cnn" or "transfer"), its typed params
+From a stage's catalog entry (`src.config.stages`, kind "cnn" or "transfer"), its typed params
 section and a `Placement`: the network (`models.build_stage_network`, seeded, on the
 device), its input pipeline (`augment.input_pipeline`, resized to the network's image
 size), the data (`splits.load_splits`, unless the caller brings it) and, for the
@@ -19,7 +19,7 @@ from torch import nn
 
 from src.config.schema import CNNStageConfig, TrainConfig, TransferConfig
 from src.data.prepare import Dataset
-from src.stages import Stage
+from src.config.stages import Stage
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
 from src.training.device import Placement
 from src.training.feature_cache import describe_weights, prepare_resnet_training

@@ -22,7 +22,7 @@ from src.config.schema import CNNStageConfig, Params
 from src.config.typed import to_dict
 from src.runtime.errors import ConfigError, NonFiniteLossError
 from src.runtime.progress import Progress
-from src.stages import get_stage
+from src.config.stages import get_stage
 from src.tracking import runs as tracking
 from src.tracking import store
 from src.training.device import Placement, prepare_device

@@ -15,7 +15,7 @@ import optuna
 from src.config.schema import CNNStageConfig, Params
 from src.config.typed import build, config_hash, flatten, to_dict
 from src.runtime.errors import ConfigError
-from src.stages import CNN_STAGES
+from src.config.stages import CNN_STAGES
 
 # Knobs that set one field of the base stage's config (its dotted path there).
 FIELD_KNOBS = {
@@ -129,7 +129,7 @@ class TuneConfig:
     study: str = "cifar10-improved"
     storage: str = "optuna/journal.log"  # journal file (project-relative) or an RDB URL
     n_trials: int = 40  # the study's total, shared by all workers
-    base: str = "improved"  # a CNN stage of the catalog (src.stages.CNN_STAGES)
+    base: str = "improved"  # a CNN stage of the catalog (src.config.stages.CNN_STAGES)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
