@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SHAPE  # noqa: E402
+from src.config.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SHAPE  # noqa: E402
 from src.training.augment import to_float_nchw  # noqa: E402
 
 MEAN = torch.tensor(COURSE_MEAN).view(1, 3, 1, 1)

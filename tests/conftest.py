@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
+from src.config.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
 from src.config.layout import PROJECT_ROOT
 
 N_TRAIN_PER_CLASS = 20

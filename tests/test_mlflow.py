@@ -23,7 +23,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from src.cifar import CIFAR10_CLASSES
+from src.config.cifar import CIFAR10_CLASSES
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.data.prepare import load_dataset

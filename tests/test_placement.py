@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src import artifacts
-from src.cifar import IMAGENET_MEAN, IMAGENET_STD
+from src.config.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.schema import ModelConfig, TrainConfig, TransferConfig
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint

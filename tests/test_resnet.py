@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from src.artifacts import load_state_strict, read_model_file
-from src.cifar import IMAGENET_MEAN, IMAGENET_STD
+from src.config.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.schema import AugmentConfig, TrainConfig, TransferConfig

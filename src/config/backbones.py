@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from src.cifar import IMAGENET_MEAN, IMAGENET_STD
+from src.config.cifar import IMAGENET_MEAN, IMAGENET_STD
 
 # EfficientNet-Lite's own input scaling, (x - 127) / 128 on 0..255 pixels
 # (tensorflow/tpu efficientnet/lite: MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3),

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from src.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from src.config.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.backbones import BACKBONES, normalisation_matches
 from src.runtime.errors import ConfigError
 from src.config.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json
-from src.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
+from src.config.cifar import CIFAR10_CLASSES, IMAGE_SHAPE
 from src.config.layout import temp_dir_pattern
 from src.config.schema import DataConfig
 from src.data.sources import Split, file_digest, read_source

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.cifar import CIFAR10_CLASSES, IMAGE_SIZE
+from src.config.cifar import CIFAR10_CLASSES, IMAGE_SIZE
 from src.config.schema import SOURCE_ENV_VAR, DataConfig
 from src.runtime.errors import DataError
 

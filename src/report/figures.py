@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from src.cifar import CIFAR10_CLASSES
+from src.config.cifar import CIFAR10_CLASSES
 
 
 def _plt():

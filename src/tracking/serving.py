@@ -25,7 +25,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from torch import nn
 
 from src.artifacts import load_state_strict, read_model_file
-from src.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHAPE
+from src.config.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHAPE
 from src.training.augment import resize, to_float_nchw
 from src.training.models import network_from_config
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from src.artifacts import load_pretrained, read_weights
-from src.cifar import NUM_CLASSES
+from src.config.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, get_backbone
 from src.config.layout import resolve_path
 from src.config.schema import CNNStageConfig, ModelConfig, TransferConfig
