@@ -14,7 +14,7 @@ from src.config.load import load_params
 from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
-from src.stage_lock import stage_lock
+from src.runner.lock import stage_lock
 from src.tracking import runs as tracking
 from src.tracking import store
 from src.tracking.datasets import log_datasets

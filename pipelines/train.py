@@ -15,7 +15,7 @@ import argparse
 from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
 from src.stage import run_training_stage
-from src.stage_lock import stage_lock
+from src.runner.lock import stage_lock
 from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.device import prepare_device
 from src.training.recipe import stage_recipe

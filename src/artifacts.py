@@ -16,7 +16,7 @@ the same files), in the order the stage writes them:
     checkpoints/<name>.pt            resumable training state while it runs (not a DVC
                                      out: DVC deletes outs before a stage runs)
 Every one of them but the checkpoint is written after training ends: a `dvc repro` that
-deletes the outs while an earlier run of the stage still trains (see `src.stage_lock`)
+deletes the outs while an earlier run of the stage still trains (see `src.runner.lock`)
 takes nothing that run needs.
 A kill between two writes leaves files of two runs side by side; the links (run id
 and final figures shared with metrics.json, the history digest) let the report

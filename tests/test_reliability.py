@@ -312,11 +312,11 @@ def test_a_second_download_refuses_while_one_runs(prepared: Path):
 
 def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
     from src.runtime.errors import StageBusyError
-    from src.stage_lock import stage_lock
+    from src.runner.lock import stage_lock
 
     code = (
         "import sys, time\n"
-        "from src.stage_lock import stage_lock\n"
+        "from src.runner.lock import stage_lock\n"
         "with stage_lock('improved'):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
