@@ -5,7 +5,7 @@ python -m pipelines.train improved      (dvc repro improved: task 3)
 python -m pipelines.train resnet        (dvc repro resnet: task 4a)
 
 What a stage builds comes from `src.training.recipe`; what it does around `fit`
-(tracking, resume, outputs) from `src.stage`.
+(tracking, resume, outputs) from `src.runner.training_stage`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 
 from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
-from src.stage import run_training_stage
+from src.runner.training_stage import run_training_stage
 from src.runner.lock import stage_lock
 from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.device import prepare_device

@@ -23,7 +23,7 @@ LIGHT_MODULES = (
     "src.training.augment",
     "src.data.prepare",
     "src.training.models",
-    "src.stage",
+    "src.runner.training_stage",
     "src.training.feature_cache",
     "src.training.recipe",
     "benchmarks.bench",

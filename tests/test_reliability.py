@@ -152,7 +152,7 @@ def _statuses(root: Path, name: str) -> dict[str, str]:
 def test_stage_killed_before_its_first_checkpoint_leaves_no_running_run(prepared: Path):
     from pipelines import train
 
-    _kill_at(prepared, "src.stage", "fit", "train", ["baseline", "--no-progress"])
+    _kill_at(prepared, "src.runner.training_stage", "fit", "train", ["baseline", "--no-progress"])
     assert not (prepared / "checkpoints/baseline.pt").exists()
     (dead,) = _statuses(prepared, "baseline").items()
     assert dead[1] == "RUNNING", "the SIGKILLed process could not end its run"
@@ -267,7 +267,7 @@ def test_a_second_run_of_a_live_stage_refuses_and_touches_nothing(prepared: Path
     naming that process; it neither resumes its checkpoint nor marks its run KILLED."""
     ckpt = prepared / "checkpoints/baseline.pt"
     # held after training, before its outputs: the checkpoint and the live run exist
-    holder = _hold_at(prepared, "src.stage", "write_outputs", "train", ["baseline"])
+    holder = _hold_at(prepared, "src.runner.training_stage", "write_outputs", "train", ["baseline"])
     try:
         (live,) = _statuses(prepared, "baseline").items()
         assert live[1] == "RUNNING" and ckpt.exists()

@@ -125,7 +125,7 @@ def test_two_runs_with_one_seed_give_identical_metrics(prepared):
 
 def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
     from pipelines import train
-    from src import stage as stage_module
+    from src.runner import training_stage as stage_module
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
