@@ -29,7 +29,7 @@ ENTRY_POINTS = (
     "benchmarks.bench",
     "src.predict",
     "src.quick",
-    "src.seeds",
+    "src.seeds.experiments",
 )
 
 

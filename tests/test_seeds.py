@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from src import seeds
+from src.seeds import experiments as seeds
 from src import spread as spread_record
 
 
