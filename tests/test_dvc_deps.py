@@ -110,7 +110,7 @@ def _code_layout() -> dict:
     from src.report import build as report
     from src.report.blocks import FIGURE_DIR
     from src.report.inputs import DISCUSSION_FILE, TUNE_DIR
-    from src.spread import SEEDS_DIR
+    from src.seeds.spread import SEEDS_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 

@@ -225,7 +225,7 @@ def test_the_spread_over_seeds_is_in_the_summary_and_the_stage(project, monkeypa
     """reports/seeds/<stage>.json (python -m src.seeds): mean ± sample std, each seed, the
     commit and machine; a stage without a record says how to get one."""
     from pipelines import report as stage
-    from src import spread
+    from src.seeds import spread
 
     monkeypatch.setenv("CIFAR_MLOPS_TRACKING", "off")
     _commit_baseline_results(project)

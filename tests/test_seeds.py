@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from src.seeds import experiments as seeds
-from src import spread as spread_record
+from src.seeds import spread as spread_record
 
 
 def test_one_queued_experiment_per_seed():

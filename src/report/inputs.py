@@ -26,7 +26,7 @@ from src.config.schema import Params
 from src.config.typed import flatten, to_dict
 from src.data.prepare import MANIFEST
 from src.runtime.errors import ReportInputError, WeightsError
-from src.spread import SEEDS_DIR, Spread, read_record
+from src.seeds.spread import SEEDS_DIR, Spread, read_record
 from src.config.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 

@@ -24,7 +24,7 @@ from src.report.blocks import (
     signed,
 )
 from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
-from src.spread import Spread
+from src.seeds.spread import Spread
 from src.config.stages import Stage
 from src.tracking.provenance import smoke_reasons
 

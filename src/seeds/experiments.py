@@ -45,7 +45,7 @@ from src.artifacts import StagePaths
 from src.runtime.entry import guarded
 from src.config.layout import repo_root
 from src.config.overrides import exp_run_command
-from src.spread import METRIC, SeedRun, Spread, write_record
+from src.seeds.spread import METRIC, SeedRun, Spread, write_record
 from src.config.stages import TRAINING_STAGES
 
 RUN_ALL = ["dvc", "exp", "run", "--run-all"]  # follows the logs until the queue is empty
