@@ -59,11 +59,11 @@ from benchmarks.paths import (
     time_reference,
 )
 from benchmarks.summary import format_summary, machine_info
-from src.runtime.entry import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import PARAMS_FILE, load_params
-from src.config.typed import config_hash, to_dict
 from src.config.stages import TRAINING_STAGES
+from src.config.typed import config_hash, to_dict
+from src.runtime.entry import guarded
 from src.tracking import store
 from src.training.device import resolve_device
 from src.training.models import count_parameters

@@ -8,13 +8,13 @@ The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
 from __future__ import annotations
 
 from src.artifacts import StagePaths, atomic_write_json
-from src.runtime.entry import guarded
 from src.config.layout import Layout
 from src.config.load import load_params
 from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
 from src.runner.lock import stage_lock
+from src.runtime.entry import guarded
 from src.tracking import runs as tracking
 from src.tracking import store
 from src.tracking.datasets import log_datasets

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from src.artifacts import atomic_write_bytes
-from src.runtime.entry import guarded
 from src.config.layout import Layout, project_root
 from src.config.load import load_params
 from src.report import build as report
 from src.report import html as report_html
 from src.report.blocks import FIGURE_DIR
 from src.report.inputs import load_inputs
+from src.runtime.entry import guarded
 from src.tracking import runs as tracking
 
 STAGE = "report"

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
-from src.runner.training_stage import run_training_stage
-from src.runner.lock import stage_lock
 from src.config.stages import TRAINING_STAGES, get_stage
+from src.runner.lock import stage_lock
+from src.runner.training_stage import run_training_stage
+from src.runtime.entry import guarded
 from src.training.device import prepare_device
 from src.training.recipe import stage_recipe
 

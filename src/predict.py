@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from src.config.cifar import CIFAR10_CLASSES, IMAGE_SIZE
-from src.runtime.entry import guarded
 from src.config.layout import Layout, resolve_path
 from src.config.load import load_params
+from src.runtime.entry import guarded
 from src.runtime.errors import DataError
 
 

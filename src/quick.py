@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.runtime.entry import guarded
 from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
 from src.config.overrides import exp_run_command
+from src.runtime.entry import guarded
 from src.runtime.errors import ConfigError
 
 PROFILE = "quick"

@@ -12,9 +12,9 @@ import yaml
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params, load_raw
 from src.config.schema import check_required, required_keys
+from src.config.stages import TRAINING_STAGES
 from src.config.typed import flatten, to_dict
 from src.runtime.errors import ConfigError
-from src.config.stages import TRAINING_STAGES
 
 
 def torch_has_cuda() -> bool:

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from src.config.layout import PROJECT_ROOT
 from src.runtime import errors
 from src.runtime.entry import guarded
-from src.config.layout import PROJECT_ROOT
 
 PROJECT_ERRORS = {
     errors.ConfigError: 2,

@@ -18,8 +18,8 @@ from src import quick
 from src.config.layout import PROJECT_ROOT, project_root, repo_root
 from src.config.load import load_params, load_raw
 from src.config.overrides import exp_run_command
-from src.runtime.errors import ConfigError
 from src.config.stages import TRAINING_STAGES
+from src.runtime.errors import ConfigError
 
 DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
 TRAINING = tuple(s.name for s in TRAINING_STAGES)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from src.config.load import load_params
+from src.config.stages import TRAINING_STAGES, get_stage
 from src.config.typed import to_dict
 from src.runtime.errors import ConfigError, DataError
-from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.device import Placement
 from src.training.models import count_parameters, network_from_config
 from src.training.recipe import build_stage, stage_recipe

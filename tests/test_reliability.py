@@ -214,8 +214,8 @@ def _dead_worker() -> str:
 
 
 def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
-    from src.tracking import runs as tracking
     from src.runtime.workers import worker_id
+    from src.tracking import runs as tracking
 
     exp = tracking.set_experiment("cifar10")
     client = mlflow.MlflowClient()
@@ -311,8 +311,8 @@ def test_a_second_download_refuses_while_one_runs(prepared: Path):
 
 
 def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
-    from src.runtime.errors import StageBusyError
     from src.runner.lock import stage_lock
+    from src.runtime.errors import StageBusyError
 
     code = (
         "import sys, time\n"
@@ -344,9 +344,9 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
 
 
 def test_resuming_never_marks_a_live_run_killed(project: Path):
+    from src.runtime.workers import worker_id
     from src.tracking import dead_runs
     from src.tracking import runs as tracking
-    from src.runtime.workers import worker_id
 
     exp = tracking.set_experiment("cifar10")
     client = mlflow.MlflowClient()

@@ -17,13 +17,13 @@ import yaml
 
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
+from src.config.stages import TRAINING_STAGES, get_stage
 from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
 from src.report.blocks import REFERENCE
 from src.report.sections import stage_cost
-from src.config.stages import TRAINING_STAGES, get_stage
 from src.training.models import build_cnn
 from tests.conftest import update_params
 

@@ -10,8 +10,8 @@ import yaml
 
 from src.config.layout import PROJECT_ROOT
 from src.config.schema import CNNStageConfig, Params, TransferConfig
-from src.runtime.errors import ConfigError
 from src.config.stages import STAGES, TRAINING_STAGES, get_stage
+from src.runtime.errors import ConfigError
 from src.tune.space import TuneConfig
 
 

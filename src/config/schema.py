@@ -14,10 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from src.config.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.backbones import BACKBONES, normalisation_matches
-from src.runtime.errors import ConfigError
+from src.config.cifar import COURSE_MEAN, COURSE_STD, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from src.config.stages import CNN_STAGES, TRAINING_STAGES, TRANSFER_STAGES
+from src.runtime.errors import ConfigError
 
 # Overrides `data.source` so an offline user can point the pipeline at a local copy.
 SOURCE_ENV_VAR = "CIFAR10_SOURCE"

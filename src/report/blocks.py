@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from src.config.schema import CNNStageConfig, TransferConfig
+from src.config.stages import get_stage
 from src.config.typed import build
 from src.report import theory
-from src.config.stages import get_stage
 
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
 

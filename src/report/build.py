@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from src.config.stages import TRAINING_STAGES, TRANSFER_STAGES
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.blocks import (
@@ -43,7 +44,6 @@ from src.report.sections import (
     stage_section,
     task3d_section,
 )
-from src.config.stages import TRAINING_STAGES, TRANSFER_STAGES
 
 REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
 HTML_FILE = "report.html"  # the same report, self-contained (src.report.html)

@@ -23,11 +23,11 @@ import pandas as pd
 from src import artifacts
 from src.config.layout import Layout
 from src.config.schema import Params
+from src.config.stages import TRAINING_STAGES
 from src.config.typed import flatten, to_dict
 from src.data.prepare import MANIFEST
 from src.runtime.errors import ReportInputError, WeightsError
 from src.seeds.spread import SEEDS_DIR, Spread, read_record
-from src.config.stages import TRAINING_STAGES
 from src.tracking.provenance import smoke_reasons
 
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from src.config.stages import Stage
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.blocks import (
@@ -25,7 +26,6 @@ from src.report.blocks import (
 )
 from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
 from src.seeds.spread import Spread
-from src.config.stages import Stage
 from src.tracking.provenance import smoke_reasons
 
 SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}

@@ -42,11 +42,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.artifacts import StagePaths
-from src.runtime.entry import guarded
 from src.config.layout import repo_root
 from src.config.overrides import exp_run_command
-from src.seeds.spread import METRIC, SeedRun, Spread, write_record
 from src.config.stages import TRAINING_STAGES
+from src.runtime.entry import guarded
+from src.seeds.spread import METRIC, SeedRun, Spread, write_record
 
 RUN_ALL = ["dvc", "exp", "run", "--run-all"]  # follows the logs until the queue is empty
 EXP_SHOW = ["dvc", "exp", "show", "--json"]

@@ -5,8 +5,8 @@ RUNNING runs of that stage whose process is gone from this host (any store)."""
 from __future__ import annotations
 
 from src.config.layout import project_root
-from src.tracking import store
 from src.runtime.workers import worker_alive, worker_id
+from src.tracking import store
 
 
 def identity_tags(stage: str) -> dict[str, str]:

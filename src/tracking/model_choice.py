@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from src.artifacts import read_model_file
-from src.runtime.errors import ProjectError, WeightsError
 from src.config.stages import TRAINING_STAGES
+from src.runtime.errors import ProjectError, WeightsError
 from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION
 

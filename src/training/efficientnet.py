@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from src.artifacts import load_pretrained, read_weights
-from src.config.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, LITE0_BLOCKS
+from src.config.cifar import NUM_CLASSES
 from src.config.layout import resolve_path
 from src.config.schema import TransferConfig
 from src.runtime.errors import WeightsError

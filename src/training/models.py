@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from src.artifacts import load_pretrained, read_weights
-from src.config.cifar import NUM_CLASSES
 from src.config.backbones import BACKBONES, get_backbone
+from src.config.cifar import NUM_CLASSES
 from src.config.layout import resolve_path
 from src.config.schema import CNNStageConfig, ModelConfig, TransferConfig
+from src.config.stages import get_stage
 from src.config.typed import build
 from src.runtime.errors import WeightsError
-from src.config.stages import get_stage
 from src.training import efficientnet
 
 _ACTIVATIONS = {

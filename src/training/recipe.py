@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from src.config.schema import CNNStageConfig, TrainConfig, TransferConfig
-from src.data.prepare import Dataset
 from src.config.stages import Stage
+from src.data.prepare import Dataset
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
 from src.training.device import Placement
 from src.training.feature_cache import describe_weights, prepare_resnet_training

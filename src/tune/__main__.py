@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from src.runtime.entry import guarded
 from src.config.load import check_device, load_params
+from src.runtime.entry import guarded
 from src.runtime.errors import ConfigError
 from src.tune.apply import apply_best
 from src.tune.search import run_search

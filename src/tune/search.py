@@ -19,10 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.config.layout import Layout
 from src.config.schema import CNNStageConfig, Params
+from src.config.stages import get_stage
 from src.config.typed import to_dict
 from src.runtime.errors import ConfigError, NonFiniteLossError
 from src.runtime.progress import Progress
-from src.config.stages import get_stage
+from src.runtime.workers import worker_id
 from src.tracking import runs as tracking
 from src.tracking import store
 from src.training.device import Placement, prepare_device
@@ -52,7 +53,6 @@ from src.tune.trials import (
     retry,
     trials_done,
 )
-from src.runtime.workers import worker_id
 
 # The objective's name: each trial's best validation accuracy (its MLflow metric too).
 # optuna-dashboard and Optuna's figures show it instead of "Objective 0".

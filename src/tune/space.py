@@ -13,9 +13,9 @@ from typing import Any, Literal
 import optuna
 
 from src.config.schema import CNNStageConfig, Params
+from src.config.stages import CNN_STAGES
 from src.config.typed import build, config_hash, flatten, to_dict
 from src.runtime.errors import ConfigError
-from src.config.stages import CNN_STAGES
 
 # Knobs that set one field of the base stage's config (its dotted path there).
 FIELD_KNOBS = {

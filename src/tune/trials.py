@@ -10,10 +10,10 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from src.runtime.workers import worker_alive
 from src.tracking import dead_runs, store
 from src.tracking import runs as tracking
 from src.tune.storage import StudyStorage
-from src.runtime.workers import worker_alive
 
 MAX_RETRIES = 2  # reruns of a configuration whose worker stopped; then it stays failed
 
