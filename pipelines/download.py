@@ -2,7 +2,8 @@
 
     python -m pipelines.download        (dvc repro download)
 
-The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE.
+The source comes from params.yaml `data.source`, or $CIFAR10_SOURCE. Its sample grid is
+drawn downstream (`python -m pipelines.figures download`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from src.config.layout import Layout
 from src.config.load import load_params
 from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
-from src.report.figures import sample_grid
 from src.runner.lock import stage_lock
 from src.runtime.entry import guarded
 from src.tracking import runs as tracking
@@ -20,7 +20,6 @@ from src.tracking import store
 from src.tracking.datasets import log_datasets
 
 STAGE = "download"
-SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 
 
 @guarded
@@ -41,11 +40,6 @@ def _prepare(params: Params, layout: Layout) -> dict:
     manifest = prepare_dataset(params.data, out_dir, layout.raw)
     with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
         dataset = load_dataset(out_dir)
-        tracking.write_figure(
-            sample_grid(dataset.train.images, dataset.train.labels),
-            paths.reports / SAMPLES_FILE,
-            run,
-        )
         counts = {f"n_{split}": n for split, n in manifest["counts"].items()}
         run.log_metrics(counts)
         run.log_dict(manifest, "manifest.json")

@@ -9,7 +9,7 @@ of torch's message.
 Outputs of training stage <name> (folders: `src.config.layout.Layout`, fixed; dvc.yaml names
 the same files), in the order the stage writes them:
     reports/<name>/history.csv       one row per validation (DVC plots)
-    reports/<name>/learning_curves.png, confusion_matrix.png
+    reports/<name>/predictions.csv   the test set: actual,predicted class name per image
     models/<name>.pt                 the model file: weights + resolved config + final
                                      metrics + MLflow run id + sha256 of history.csv
     reports/<name>/metrics.json      final figures, timings, MLflow run id (DVC metrics)
@@ -17,7 +17,8 @@ the same files), in the order the stage writes them:
                                      out: DVC deletes outs before a stage runs)
 Every one of them but the checkpoint is written after training ends: a `dvc repro` that
 deletes the outs while an earlier run of the stage still trains (see `src.runner.lock`)
-takes nothing that run needs.
+takes nothing that run needs. The stage's figures (learning_curves.png,
+confusion_matrix.png) are drawn from these files by its figures stage (`pipelines.figures`).
 A kill between two writes leaves files of two runs side by side; the links (run id
 and final figures shared with metrics.json, the history digest) let the report
 refuse such a mix (`src.report.inputs.load_inputs`).
@@ -34,11 +35,12 @@ import os
 import pickletools
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from src.config.cifar import CIFAR10_CLASSES
 from src.config.layout import Layout
 from src.config.typed import config_hash, to_dict
 from src.runtime.errors import WeightsError
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 FIGURE_DPI = 120
 
@@ -264,6 +267,10 @@ class StagePaths:
         return self.reports / METRICS_FILE
 
     @property
+    def predictions(self) -> Path:
+        return self.reports / PREDICTIONS_FILE
+
+    @property
     def learning_curves(self) -> Path:
         return self.reports / "learning_curves.png"
 
@@ -286,6 +293,27 @@ def write_history(path: Path, rows: list[dict]) -> str:
     payload = buffer.getvalue().encode()
     atomic_write_bytes(path, payload)
     return hashlib.sha256(payload).hexdigest()
+
+
+def write_predictions(path: Path, actual: Sequence[int], predicted: Sequence[int]) -> None:
+    """predictions.csv: one row per test image, its class and the predicted one, by name
+    (the columns DVC's `confusion` plot template reads)."""
+    names = CIFAR10_CLASSES
+    pairs = zip(actual, predicted, strict=True)
+    rows = "".join(f"{names[int(a)]},{names[int(p)]}\n" for a, p in pairs)
+    atomic_write_bytes(path, ("actual,predicted\n" + rows).encode())
+
+
+def read_predictions(path: Path) -> tuple[list[int], list[int]]:
+    """(actual, predicted) class indices from predictions.csv (OSError, or ValueError
+    for a row that names no CIFAR-10 class)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        index = {name: i for i, name in enumerate(CIFAR10_CLASSES)}
+        return [index[r["actual"]] for r in rows], [index[r["predicted"]] for r in rows]
+    except KeyError as exc:
+        raise ValueError(f"{path}: {exc} is no CIFAR-10 class") from None
 
 
 def read_history(path: Path) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """Each dvc.yaml stage depends on exactly the project code it runs: its entry module
-and every project module that imports, transitively (lazy imports too)."""
+and every project module that imports, transitively (lazy imports too), as
+`python -m tools.dvc_deps --write` writes them."""
 
 from __future__ import annotations
 
-import ast
 import shlex
 from pathlib import Path
 
@@ -12,46 +12,7 @@ import yaml
 
 from src.config.layout import PROJECT_ROOT
 from src.config.stages import TRAINING_STAGES
-
-PACKAGES = ("src", "pipelines", "benchmarks")  # top-level packages: empty __init__.py
-
-
-def module_file(module: str) -> Path | None:
-    base = PROJECT_ROOT / module.replace(".", "/")
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The project modules `path` imports anywhere in its body, with their packages."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] in PACKAGES and module_file(name) is not None:
-                found.add(name)
-    for name in list(found):  # importing a.b.c runs the __init__ of a.b
-        parts = name.split(".")
-        found.update(".".join(parts[:i]) for i in range(2, len(parts)))
-    return {m for m in found if m not in PACKAGES}
-
-
-def code_closure(entry: str) -> set[str]:
-    seen, todo = set(), [entry]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo += imported_modules(module_file(module))
-    return {module_file(m).relative_to(PROJECT_ROOT).as_posix() for m in seen}
-
+from tools.dvc_deps import code_closure, generate, imported_modules, module_file
 
 STAGES = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -65,6 +26,32 @@ def test_stage_code_deps_are_exactly_its_imports(name):
     declared = {d for d in stage["deps"] if d.endswith(".py")}
     assert sorted(declared - expected) == [], f"{name}: deps it does not import"
     assert sorted(expected - declared) == [], f"{name}: imports missing from its deps"
+
+
+def test_dvc_yaml_is_what_the_generator_writes():
+    """`python -m tools.dvc_deps --check` passes: no hand edit has drifted from the imports."""
+    text = (PROJECT_ROOT / "dvc.yaml").read_text()
+    assert generate(text) == text, "run: python -m tools.dvc_deps --write"
+
+
+def test_generator_rewrites_code_deps_and_keeps_the_rest():
+    stale = (
+        "stages:\n  download:\n    cmd: python -m pipelines.download\n    deps:\n"
+        "      - src/gone.py\n      - data/raw  # kept\n    outs:\n      - data/x\n"
+    )
+    written = generate(stale)
+    assert "src/gone.py" not in written
+    assert "      - pipelines/download.py\n" in written
+    assert written.endswith("      - data/raw  # kept\n    outs:\n      - data/x\n")
+    assert generate(written) == written
+
+
+def test_no_training_or_data_stage_draws_figures():
+    """Figures are drawn downstream (`pipelines.figures`): a figure or report edit reruns
+    no training and no download."""
+    for entry in ("pipelines.train", "pipelines.download"):
+        closure = code_closure(entry)
+        assert not [f for f in closure if f.startswith("src/report/")], entry
 
 
 def test_closure_follows_lazy_imports_and_packages():
@@ -103,7 +90,7 @@ def _names(entries: list) -> set[str]:
 
 def _code_layout() -> dict:
     """Every out, metric and data dep of each stage, as the code writes and reads them."""
-    from pipelines.download import SAMPLES_FILE
+    from pipelines.figures import SAMPLES_FILE
     from src.artifacts import StagePaths
     from src.config.layout import Layout
     from src.data.prepare import MANIFEST
@@ -120,7 +107,7 @@ def _code_layout() -> dict:
     training = {
         stage: {
             "deps": {layout.data},
-            "outs": {p.model, p.learning_curves, p.confusion_matrix, p.history},
+            "outs": {p.model, p.history, p.predictions},
             "metrics": {p.metrics},
         }
         for stage, p in ((s.name, paths(s.name)) for s in TRAINING_STAGES)
@@ -130,13 +117,27 @@ def _code_layout() -> dict:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
     report_deps |= {layout.reports / TUNE_DIR, layout.reports / DISCUSSION_FILE}
     report_deps |= {layout.reports / SEEDS_DIR}
+    figures = {
+        f"figures-{stage}": {
+            "deps": {p.metrics, p.history, p.predictions},
+            "outs": {p.learning_curves, p.confusion_matrix},
+            "metrics": set(),
+        }
+        for stage, p in ((s, paths(s)) for s in training)
+    }
     return {
         "download": {
             "deps": set(),
-            "outs": {layout.data, paths("download").reports / SAMPLES_FILE},
+            "outs": {layout.data},
             "metrics": {paths("download").metrics},
         },
         **training,
+        "figures-download": {
+            "deps": {layout.data, paths("download").metrics},
+            "outs": {paths("download").reports / SAMPLES_FILE},
+            "metrics": set(),
+        },
+        **figures,
         "report": {
             "deps": report_deps,
             "outs": {

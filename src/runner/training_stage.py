@@ -126,18 +126,11 @@ def write_outputs(
     dataset: Dataset,
     run,
 ) -> None:
-    """Everything but metrics.json (written last, by the caller), model file last."""
-    from src.report import figures as plots
-
+    """Everything but metrics.json (written last, by the caller), model file last. Numbers
+    only: the stage's figures are drawn from these files downstream (`pipelines.figures`)."""
     history_sha256 = artifacts.write_history(paths.history, result.history)
-    curves = plots.learning_curves(result.history, stage)
-    tracking.write_figure(curves, paths.learning_curves, run)
     labels = dataset.test.labels[: len(result.test_predictions)]
-    matrix = plots.confusion_matrix(labels, result.test_predictions.numpy())
-    confusion = plots.confusion_figure(
-        matrix, f"{stage}: test accuracy {result.final['test_accuracy']:.3f}"
-    )
-    tracking.write_figure(confusion, paths.confusion_matrix, run)
+    artifacts.write_predictions(paths.predictions, labels, result.test_predictions.tolist())
     artifacts.write_model_file(
         paths.model,
         model,
@@ -148,5 +141,6 @@ def write_outputs(
         history_sha256=history_sha256,
     )
     run.log_artifact(paths.history)
+    run.log_artifact(paths.predictions)
     run.log_dict(to_dict(section), "config.json")
     run.log_dict(metrics, "metrics.json")

@@ -1,0 +1,1 @@
+"""Developer commands that keep generated project files in step with the code."""
