@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from src.artifacts import load_state_strict, read_model_file
+from src.config.cifar import CIFAR10_CLASSES
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.training.models import WeightsError, build_cnn
@@ -32,7 +33,12 @@ def _declared_outs(stage: str, root) -> list:
 
 
 def test_download_stage_outputs_and_run(prepared):
+    from pipelines import figures
+
     for path in _declared_outs("download", prepared):
+        assert path.exists(), path
+    figures.main(["download"])
+    for path in _declared_outs("figures-download", prepared):
         assert path.exists(), path
     metrics = json.loads((prepared / "reports/download/metrics.json").read_text())
     run = _client(prepared).get_run(metrics["mlflow_run_id"])
@@ -53,6 +59,15 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
 
     train.main([stage, "--no-progress"])
     for path in _declared_outs(stage, prepared):
+        assert path.exists(), path
+    assert not list((prepared / f"reports/{stage}").glob("*.png")), "figures come downstream"
+    predictions = (prepared / f"reports/{stage}/predictions.csv").read_text().splitlines()
+    assert predictions[0] == "actual,predicted" and len(predictions) > 1
+    assert all(c in CIFAR10_CLASSES for row in predictions[1:] for c in row.split(","))
+    from pipelines import figures
+
+    figures.main([stage])
+    for path in _declared_outs(f"figures-{stage}", prepared):
         assert path.exists(), path
     metrics = json.loads((prepared / f"reports/{stage}/metrics.json").read_text())
     for key in (
@@ -82,7 +97,7 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     step_losses = client.get_metric_history(run.info.run_id, "curves/train_step_loss")
     assert len(step_losses) > len(val_history)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"history.csv", "config.json", "metrics.json", "figures"} <= artifacts
+    assert {"history.csv", "predictions.csv", "config.json", "metrics.json", "figures"} <= artifacts
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/confusion_matrix.png"} <= figures
     assert run.inputs.dataset_inputs, "prepared data set logged as the run's input"
@@ -97,6 +112,19 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     payload = read_model_file(prepared / f"models/{stage}.pt")
     load_state_strict(model, payload["model"], stage)
     assert payload["config"]["model"]["filters"] == list(getattr(params, stage).model.filters)
+
+
+def test_figures_of_a_run_missing_from_the_store_are_drawn_and_say_so(prepared, capsys):
+    from pipelines import figures, train
+
+    train.main(["baseline", "--no-progress"])
+    metrics_file = prepared / "reports/baseline/metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "mlflow_run_id": "0" * 32}))
+    figures.main(["baseline"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith(f"MLflow run {'0' * 32} is not in this store: not logged")
+    assert (prepared / "reports/baseline/confusion_matrix.png").stat().st_size > 0
 
 
 def test_model_file_for_another_architecture_is_refused(prepared):
