@@ -344,6 +344,9 @@ def test_resnet_stage_end_to_end_random_init(prepared):
         assert name in run.data.metrics, name
     (version,) = client.search_model_versions("name = 'cifar10-resnet'")
     assert version.tags["servable"] == "false" and "random-init" in version.tags["smoke"]
+    from pipelines import figures as figures_stage
+
+    figures_stage.main(["resnet"])  # drawn downstream, logged to the stage's run
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/confusion_matrix.png"} <= figures
     models = mlflow.search_logged_models(

@@ -89,7 +89,7 @@ def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path
     mlflow.set_tracking_uri(url)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl"))
     downloaded = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
-    assert {"history.csv", "metrics.json", "figures/learning_curves.png"} <= downloaded
+    assert {"history.csv", "predictions.csv", "metrics.json"} <= downloaded
     # the artifacts live in the server's store, not in the project
-    assert any((store / "artifacts").rglob("learning_curves.png"))
-    assert not any((prepared / "mlruns").rglob("learning_curves.png"))
+    assert any((store / "artifacts").rglob("predictions.csv"))
+    assert not any((prepared / "mlruns").rglob("predictions.csv"))
