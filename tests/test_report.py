@@ -23,6 +23,7 @@ from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
 from src.report.blocks import REFERENCE
+from src.report.inputs import BENCHMARK_FILE, load_benchmark
 from src.report.sections import stage_cost
 from src.training.models import build_cnn
 from tests.conftest import update_params
@@ -213,8 +214,11 @@ def _bare_numbers(markdown: str) -> set[str]:
 
 def _commit_baseline_results(root) -> dict:
     """What a fresh clone holds of the committed baseline run: dvc.lock, metrics.json and
-    history.csv are in git; models/baseline.pt and data/ are only in DVC's cache."""
+    history.csv are in git (the benchmark's rates too); models/baseline.pt and data/ are
+    only in DVC's cache."""
     shutil.copy(PROJECT_ROOT / "dvc.lock", root / "dvc.lock")
+    (root / BENCHMARK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / BENCHMARK_FILE, root / BENCHMARK_FILE)
     (root / "reports/baseline").mkdir(parents=True)
     for name in ("metrics.json", "history.csv"):
         shutil.copy(PROJECT_ROOT / "reports/baseline" / name, root / "reports/baseline" / name)
@@ -320,11 +324,27 @@ def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
 
 def test_what_a_missing_stage_costs_comes_from_measured_figures():
     params = load_params(PROJECT_ROOT / "params.yaml")
-    improved = stage_cost("improved", to_dict(params.improved), 45_000)
+    bench = load_benchmark(PROJECT_ROOT / BENCHMARK_FILE, PROJECT_ROOT)
+    improved = stage_cost("improved", to_dict(params.improved), 45_000, bench)
     assert improved.startswith("10 epochs of 45,000 images: 2.4 h of training at the 52.3 ")
-    resnet = stage_cost("resnet", to_dict(params.resnet), 45_000)
+    assert "measured on a 2-core AMD EPYC CPU (`benchmarks/cpu.json`)" in improved
+    resnet = stage_cost("resnet", to_dict(params.resnet), 45_000, bench)
     assert "no training rate has been measured at 224 px, only 122.7 images/s at 64 px" in resnet
     assert "resnet18-f37072fd.pth" in resnet and "README's ResNet section" in resnet
+    assert "measured" not in stage_cost("improved", to_dict(params.improved), 45_000, None)
+
+
+def test_the_cost_rates_are_the_benchmark_files_rows(tmp_path):
+    """Every row of the benchmark's JSON, a lite row too, and no rate typed into the code."""
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    lite = to_dict(params.lite)
+    size = lite.get("image_size", lite.get("model", {}).get("image_size"))
+    data = json.loads((PROJECT_ROOT / BENCHMARK_FILE).read_text())
+    data["models"]["lite"] = {"image_size": size, "project": {"images_per_s": 123.44}}
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    bench = load_benchmark(tmp_path / "cpu.json", tmp_path)
+    assert bench.rates["lite"] == (123.4, size)
+    assert "at the 123.4 training images/s measured on" in stage_cost("lite", lite, 45_000, bench)
 
 
 def test_a_quick_profile_run_is_a_smoke_run(project):
@@ -407,6 +427,9 @@ def test_report_stage_end_to_end(prepared):
         "# Best trial of Optuna study 'cifar10-improved': trial 7, val_accuracy 0.6123\n"
         "improved.train.lr: 0.02\nimproved.model.dropout: 0.1\n"
     )
+    from pipelines import figures
+
+    figures.main(["baseline"])  # any PNG will do
     shutil.copy(
         prepared / "reports/baseline/learning_curves.png", tune / "optimization_history.png"
     )

@@ -28,18 +28,6 @@ REFERENCE: dict[str, dict[str, float | int]] = {
 }
 
 
-# What running a stage costs, from measured figures only: the project path's training
-# images/s (median) of BENCHMARKS.md's CPU section (benchmarks/cpu.json), each stage's own
-# model, optimizer and batch size; ResNet at 64 px only, training layer4 + fc on cached
-# features. No GPU has been measured.
-BENCHMARK_MACHINE = "a 2-core AMD EPYC CPU in a quiet spell (BENCHMARKS.md)"
-BENCHMARK_RATES: dict[str, dict[str, float | int | None]] = {
-    "baseline": {"images_per_s": 545.1, "image_size": None},
-    "improved": {"images_per_s": 52.3, "image_size": None},
-    "resnet": {"images_per_s": 122.7, "image_size": 64},
-}
-
-
 # --------------------------------------------------------------------------- formatting
 
 

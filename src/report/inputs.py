@@ -37,6 +37,7 @@ PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
 # Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
 TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
 TUNE_PARAMS = "best_params.yaml"
+BENCHMARK_FILE = "benchmarks/cpu.json"  # python -m benchmarks.bench --json: measured rates
 DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
 # The course report's places for discussion: id -> heading.
 DISCUSSION = {
@@ -70,6 +71,15 @@ class StageOutputs:
 
 
 @dataclass(frozen=True)
+class Benchmark:
+    """The measured training rates a missing stage's cost is estimated from."""
+
+    machine: str  # "a 2-core AMD EPYC CPU"
+    rates: dict[str, tuple[float, int]]  # stage -> (training images/s, image size in px)
+    file: str  # relative to the root
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     stages: dict[str, StageOutputs | None]  # None: missing (only with allow_missing)
     missing: dict[str, list[str]]  # stage -> missing files, relative to the root
@@ -86,6 +96,7 @@ class ReportInputs:
     # stage -> its runs over seeds (reports/seeds/<stage>.json)
     seeds: dict[str, Spread] = field(default_factory=dict)
     seeds_dir: str = f"reports/{SEEDS_DIR}"
+    benchmark: Benchmark | None = None  # None: no benchmark file
 
 
 # --------------------------------------------------------------------------- reading
@@ -187,7 +198,25 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         planned={info.name: to_dict(getattr(params, info.name)) for info in TRAINING_STAGES},
         seeds=load_seeds(reports / SEEDS_DIR),
         seeds_dir=_relative(reports / SEEDS_DIR, root),
+        benchmark=load_benchmark(root / BENCHMARK_FILE, root),
     )
+
+
+def load_benchmark(path: Path, root: Path) -> Benchmark | None:
+    """The project path's median training images/s per model (1 decimal, as BENCHMARKS.md
+    gives them) and the machine, from the benchmark's JSON; None without the file."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    machine = data.get("machine", {})
+    rates = {
+        name: (round(model["project"]["images_per_s"], 1), int(model["image_size"]))
+        for name, model in data.get("models", {}).items()
+    }
+    described = f"a {machine.get('cpu_cores', '?')}-core {machine.get('cpu', '?')} CPU"
+    if machine.get("device", "cpu") != "cpu":
+        described = str(machine.get("gpu") or machine["device"])
+    return Benchmark(machine=described, rates=rates, file=_relative(path, root))
 
 
 def load_seeds(folder: Path) -> dict[str, Spread]:

@@ -8,12 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from src.config.cifar import IMAGE_SIZE
 from src.config.stages import Stage
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.blocks import (
-    BENCHMARK_MACHINE,
-    BENCHMARK_RATES,
     REFERENCE,
     architecture_table,
     figure_link,
@@ -24,7 +23,7 @@ from src.report.blocks import (
     markdown_table,
     signed,
 )
-from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
+from src.report.inputs import SPLIT_METRICS, Benchmark, ReportInputs, StageOutputs
 from src.seeds.spread import Spread
 from src.tracking.provenance import smoke_reasons
 
@@ -76,28 +75,28 @@ def agreement(outputs: StageOutputs, run: dict | None) -> str:
     return "; ".join(problems) if problems else status
 
 
-def stage_cost(stage: str, planned: dict, n_train: int) -> str:
+def stage_cost(stage: str, planned: dict, n_train: int, benchmark: Benchmark | None) -> str:
     """What `dvc repro <stage>` costs with params.yaml's section `planned`, from measured
-    figures only (`blocks.BENCHMARK_RATES`), and what else it needs."""
+    figures only (`benchmark`: benchmarks/cpu.json), and what else it needs."""
     train = planned.get("train", {})
     images = min(train.get("subset") or n_train, n_train)
     epochs = train.get("epochs")
-    rate = BENCHMARK_RATES.get(stage, {})
-    size = planned.get("image_size", planned.get("model", {}).get("image_size"))
+    rate, rate_size = benchmark.rates.get(stage, (None, None)) if benchmark else (None, None)
+    size = planned.get("image_size", planned.get("model", {}).get("image_size")) or IMAGE_SIZE
+    where = f"{benchmark.machine} (`{benchmark.file}`)" if benchmark else ""
     parts = []
-    if epochs and rate and rate["image_size"] in (None, size):
-        seconds = epochs * images / rate["images_per_s"]
+    if epochs and rate and rate_size == size:
+        seconds = epochs * images / rate
         parts.append(
             f"{epochs} epoch{'s' if epochs != 1 else ''} of {images:,} images: "
             f"{fmt_duration(seconds)} of training at "
-            f"the {fmt_value(rate['images_per_s'])} training images/s measured on "
-            f"{BENCHMARK_MACHINE}, less if early stopping ends it, plus evaluation"
+            f"the {fmt_value(rate)} training images/s measured on "
+            f"{where}, less if early stopping ends it, plus evaluation"
         )
     elif rate:
         parts.append(
             f"no training rate has been measured at {size} px, only "
-            f"{fmt_value(rate['images_per_s'])} images/s at {rate['image_size']} px "
-            f"(layer4 and fc on cached features) on {BENCHMARK_MACHINE}"
+            f"{fmt_value(rate)} images/s at {rate_size} px on {where}"
         )
     weights = planned.get("weights")
     if weights == "imagenet" and planned.get("backbone") == "efficientnet_lite0":
@@ -146,7 +145,7 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
     lines = [f"## {t}: {info.title}", ""]
     outputs = inputs.stages.get(info.name)
     n_train = (inputs.manifest or {}).get("counts", {}).get("train") or CIFAR10_TRAIN
-    cost = stage_cost(info.name, inputs.planned.get(info.name, {}), n_train)
+    cost = stage_cost(info.name, inputs.planned.get(info.name, {}), n_train, inputs.benchmark)
     if outputs is None:
         missing = ", ".join(f"`{f}`" for f in inputs.missing.get(info.name, []))
         return lines + [
