@@ -329,7 +329,10 @@ def test_what_a_missing_stage_costs_comes_from_measured_figures():
     assert improved.startswith("10 epochs of 45,000 images: 2.4 h of training at the 52.3 ")
     assert "measured on a 2-core AMD EPYC CPU (`benchmarks/cpu.json`)" in improved
     resnet = stage_cost("resnet", to_dict(params.resnet), 45_000, bench)
-    assert "no training rate has been measured at 224 px, only 122.7 images/s at 64 px" in resnet
+    assert (
+        "no training rate has been measured at 224 px, only 122.7 images/s at 64 px "
+        "(layer4 and fc on cached features) on a 2-core AMD EPYC CPU" in resnet
+    )
     assert "resnet18-f37072fd.pth" in resnet and "README's ResNet section" in resnet
     assert "measured" not in stage_cost("improved", to_dict(params.improved), 45_000, None)
 

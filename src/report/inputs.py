@@ -77,6 +77,9 @@ class Benchmark:
     machine: str  # "a 2-core AMD EPYC CPU"
     rates: dict[str, tuple[float, int]]  # stage -> (training images/s, image size in px)
     file: str  # relative to the root
+    # stage -> what trained, where only part of the network did: "layer4 and fc on cached
+    # features"
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,10 +216,16 @@ def load_benchmark(path: Path, root: Path) -> Benchmark | None:
         name: (round(model["project"]["images_per_s"], 1), int(model["image_size"]))
         for name, model in data.get("models", {}).items()
     }
+    parts = {
+        name: " and ".join(model["trainable"])
+        + (" on cached features" if model.get("cache_features") else "")
+        for name, model in data.get("models", {}).items()
+        if model.get("trainable")
+    }
     described = f"a {machine.get('cpu_cores', '?')}-core {machine.get('cpu', '?')} CPU"
     if machine.get("device", "cpu") != "cpu":
         described = str(machine.get("gpu") or machine["device"])
-    return Benchmark(machine=described, rates=rates, file=_relative(path, root))
+    return Benchmark(machine=described, rates=rates, file=_relative(path, root), parts=parts)
 
 
 def load_seeds(folder: Path) -> dict[str, Spread]:

@@ -94,9 +94,10 @@ def stage_cost(stage: str, planned: dict, n_train: int, benchmark: Benchmark | N
             f"{where}, less if early stopping ends it, plus evaluation"
         )
     elif rate:
+        trained = f" ({benchmark.parts[stage]})" if stage in benchmark.parts else ""
         parts.append(
             f"no training rate has been measured at {size} px, only "
-            f"{fmt_value(rate)} images/s at {rate_size} px on {where}"
+            f"{fmt_value(rate)} images/s at {rate_size} px{trained} on {where}"
         )
     weights = planned.get("weights")
     if weights == "imagenet" and planned.get("backbone") == "efficientnet_lite0":
