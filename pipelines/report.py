@@ -20,7 +20,7 @@ from src.config.layout import Layout, project_root
 from src.config.load import load_params
 from src.report import build as report
 from src.report import html as report_html
-from src.report.blocks import FIGURE_DIR
+from src.report.formats import FIGURE_DIR
 from src.report.inputs import load_inputs
 from src.runtime.entry import guarded
 from src.tracking import runs as tracking

@@ -57,7 +57,7 @@ def test_no_training_or_data_stage_draws_figures():
 def test_closure_follows_lazy_imports_and_packages():
     closure = code_closure("src.tune.__main__")
     assert {"src/tune/__init__.py", "src/tune/search.py", "src/training/loop.py"} <= closure
-    # src.report.blocks imports src.training.models inside a function only
+    # src.report.formats imports src.training.models inside a function only
     assert "src/training/models.py" in code_closure("src.report.build")
 
 
@@ -95,7 +95,7 @@ def _code_layout() -> dict:
     from src.config.layout import Layout
     from src.data.prepare import MANIFEST
     from src.report import build as report
-    from src.report.blocks import FIGURE_DIR
+    from src.report.formats import FIGURE_DIR
     from src.report.inputs import BENCHMARK_FILE, DISCUSSION_FILE, TUNE_DIR
     from src.seeds.spread import SEEDS_DIR
 

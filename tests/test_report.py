@@ -22,7 +22,7 @@ from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
-from src.report.blocks import REFERENCE
+from src.report.formats import REFERENCE
 from src.report.inputs import BENCHMARK_FILE, load_benchmark
 from src.report.sections import stage_cost
 from src.training.models import build_cnn

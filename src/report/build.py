@@ -7,7 +7,7 @@ reads them).
 
 `render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller
 through `src.tracking.runs`, and nothing is written here. Its parts: `src.report.sections`
-(one training stage's sections) and `src.report.blocks` (formatting, architectures, task 1
+(one training stage's sections) and `src.report.formats` (formatting, architectures, task 1
 via `src.report.theory`, the course values `REFERENCE`); `src.report.html` turns the
 markdown into the self-contained reports/report.html. Imports run one way: build ->
 sections -> blocks -> inputs.
@@ -25,7 +25,7 @@ import pandas as pd
 from src.config.stages import TRAINING_STAGES, TRANSFER_STAGES
 from src.config.typed import flatten
 from src.report import figures as plots
-from src.report.blocks import (
+from src.report.formats import (
     REFERENCE,
     REFERENCE_SOURCE,
     figure_link,
@@ -184,7 +184,7 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
     lines += [markdown_table(pd.DataFrame(rows, columns=columns)), ""]
     for study in inputs.tune:
         lines.append(f"Tuning: `{study['file']}` (see the tuning study section).")
-    lines.append(f"Course values: {REFERENCE_SOURCE} (`src/report/blocks.py`, `REFERENCE`).")
+    lines.append(f"Course values: {REFERENCE_SOURCE} (`src/report/formats.py`, `REFERENCE`).")
     return lines + [""]
 
 

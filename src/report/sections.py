@@ -12,7 +12,7 @@ from src.config.cifar import IMAGE_SIZE
 from src.config.stages import Stage
 from src.config.typed import flatten
 from src.report import figures as plots
-from src.report.blocks import (
+from src.report.formats import (
     REFERENCE,
     architecture_table,
     figure_link,
