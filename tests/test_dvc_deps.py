@@ -57,7 +57,7 @@ def test_no_training_or_data_stage_draws_figures():
 def test_closure_follows_lazy_imports_and_packages():
     closure = code_closure("src.tune.__main__")
     assert {"src/tune/__init__.py", "src/tune/search.py", "src/training/loop.py"} <= closure
-    # src.report.formats imports src.training.models inside a function only
+    # src.report.network imports src.training.models inside a function only
     assert "src/training/models.py" in code_closure("src.report.build")
 
 

@@ -22,9 +22,10 @@ from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
-from src.report.formats import REFERENCE
-from src.report.inputs import BENCHMARK_FILE, load_benchmark
+from src.report.inputs import BENCHMARK_FILE, REFERENCE, load_benchmark
+from src.report.network import n_parameters, stage_network
 from src.report.sections import stage_cost
+from src.report.theory import task1_section
 from src.training.models import build_cnn
 from tests.conftest import update_params
 
@@ -139,7 +140,8 @@ def test_discussion_sections_are_read_by_id(tmp_path):
 
 def test_task1_renders_the_theory_values():
     baseline = to_dict(load_params(PROJECT_ROOT / "params.yaml").baseline)
-    text = "\n".join(report.task1_section(baseline, "params.yaml's baseline"))
+    model, _ = stage_network(baseline, "baseline")
+    text = "\n".join(task1_section(model, "params.yaml's baseline"))
     result = _section(text, "### Task 1a: convolution with the Sobel-x kernel")
     for row in ([-11, 2, 4, -1, 7], [-24, 8, 12, -5, 12], [-19, 10, 4, -3, 15]):
         assert "  ".join(f"{v:4d}" for v in row) in result
@@ -699,3 +701,11 @@ def test_report_html_opens_offline_in_chromium(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / "report.png").convert("L"), dtype=float)
     assert pixels.std() > 5  # not a blank page: text and the plotted curve
     assert (pixels < 128).mean() > 0.002
+
+
+def test_the_network_is_rebuilt_once_per_config():
+    """The summary, the stage's architecture and task 1g count one rebuilt network."""
+    baseline = to_dict(load_params(PROJECT_ROOT / "params.yaml").baseline)
+    model, size = stage_network(baseline, "baseline")
+    assert stage_network(dict(baseline), "baseline")[0] is model and size == 32
+    assert n_parameters(model) == REFERENCE["baseline"]["n_parameters"]

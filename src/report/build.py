@@ -6,11 +6,12 @@ reads them).
                                    MLflow tags
 
 `render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller
-through `src.tracking.runs`, and nothing is written here. Its parts: `src.report.sections`
-(one training stage's sections) and `src.report.formats` (formatting, architectures, task 1
-via `src.report.theory`, the course values `REFERENCE`); `src.report.html` turns the
-markdown into the self-contained reports/report.html. Imports run one way: build ->
-sections -> blocks -> inputs.
+by the caller, and nothing is written here. Its parts: `src.report.sections` (one training
+stage's sections), `src.report.theory` (task 1, computed), `src.report.network` (the
+network rebuilt from a stage's config), `src.report.formats` (every number and table
+format); `src.report.inputs` holds what they read, the course values `REFERENCE` among it;
+`src.report.html` turns the markdown into the self-contained reports/report.html. Imports
+run one way: build -> sections -> theory, network -> formats, inputs.
 """
 
 from __future__ import annotations
@@ -26,17 +27,15 @@ from src.config.stages import TRAINING_STAGES, TRANSFER_STAGES
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.formats import (
-    REFERENCE,
-    REFERENCE_SOURCE,
     figure_link,
     fmt_metric,
     fmt_value,
     format_frame,
     markdown_table,
     signed,
-    task1_section,
 )
-from src.report.inputs import DISCUSSION, TUNE_PARAMS, ReportInputs
+from src.report.inputs import DISCUSSION, REFERENCE, REFERENCE_SOURCE, TUNE_PARAMS, ReportInputs
+from src.report.network import n_parameters, stage_network
 from src.report.sections import (
     agreement,
     pretrained_info,
@@ -44,6 +43,7 @@ from src.report.sections import (
     stage_section,
     task3d_section,
 )
+from src.report.theory import task1_section
 
 REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
 HTML_FILE = "report.html"  # the same report, self-contained (src.report.html)
@@ -62,24 +62,20 @@ class Report:
 
 def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
     """The summary table's numbers: one row per stage that ran (pandas, unformatted)."""
-    from src.training.models import network_from_config
-
     rows = []
     for info in TRAINING_STAGES:
         outputs = inputs.stages.get(info.name)
         if outputs is None:
             continue
         m = outputs.metrics
-        model = network_from_config(outputs.config, info.name)[0] if outputs.config else None
+        model = stage_network(outputs.config, info.name)[0] if outputs.config else None
         reference = REFERENCE.get(info.name, {}).get("test_accuracy")
         rows.append(
             {
                 "Stage": info.name,
                 "Task": info.task,
-                "Parameters": sum(p.numel() for p in model.parameters()) if model else None,
-                "Trainable": (
-                    sum(p.numel() for p in model.parameters() if p.requires_grad) if model else None
-                ),
+                "Parameters": n_parameters(model) if model else None,
+                "Trainable": (n_parameters(model, trainable_only=True) if model else None),
                 "Training accuracy": m.get("final_train_accuracy"),
                 "Validation accuracy": m.get("final_val_accuracy"),
                 "Test accuracy": m.get("test_accuracy"),
@@ -184,7 +180,7 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
     lines += [markdown_table(pd.DataFrame(rows, columns=columns)), ""]
     for study in inputs.tune:
         lines.append(f"Tuning: `{study['file']}` (see the tuning study section).")
-    lines.append(f"Course values: {REFERENCE_SOURCE} (`src/report/formats.py`, `REFERENCE`).")
+    lines.append(f"Course values: {REFERENCE_SOURCE} (`src/report/inputs.py`, `REFERENCE`).")
     return lines + [""]
 
 
@@ -333,11 +329,11 @@ def render_report(
     lines += _summary_section(inputs, runs, figures)
     if baseline is not None and baseline.config is not None:
         source = f"the network the `baseline` stage trained, config from {baseline.config_source}"
-        lines += task1_section(baseline.config, source)
+        lines += task1_section(stage_network(baseline.config, "baseline")[0], source)
     else:
         why = "has not run" if baseline is None else "left no record of its config here"
         source = f"params.yaml's `baseline` network (the stage {why})"
-        lines += task1_section(inputs.baseline_params, source)
+        lines += task1_section(stage_network(inputs.baseline_params, "baseline")[0], source)
     copies: dict[str, Path] = {}
     for info in TRAINING_STAGES:
         lines += stage_section(info, inputs, runs, figures)

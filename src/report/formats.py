@@ -1,6 +1,5 @@
-"""Building blocks of the report (`src.report.build`): the course's values and measured
-training rates, number and markdown-table formatting, architecture tables rebuilt from a
-stage's resolved config, and task 1 (computed by `src.report.theory`)."""
+"""How the report writes numbers and tables: every formatter of a metric, count, duration
+or params.yaml value, markdown tables and figure links."""
 
 from __future__ import annotations
 
@@ -11,22 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src.config.schema import CNNStageConfig, TransferConfig
-from src.config.stages import get_stage
-from src.config.typed import build
-from src.report import theory
-
 FIGURE_DIR = "report"  # figures, beside report.md (links in it are relative)
-
-# The course report these stages reproduce: the values a reviewer compares against.
-REFERENCE_SOURCE = "the TDT4265 assignment 3 course report (tasks 2, 3 and 4a)"
-REFERENCE: dict[str, dict[str, float | int]] = {
-    "baseline": {"test_accuracy": 0.756, "n_parameters": 390_410},
-    "improved": {"test_accuracy": 0.811},
-    "resnet": {"test_accuracy": 0.889},
-    "lite": {"test_accuracy": 0.889},  # task 4a's figure: the course fine-tuned ResNet18
-}
-
 
 # --------------------------------------------------------------------------- formatting
 
@@ -100,165 +84,15 @@ def signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.4f}"
 
 
-# --------------------------------------------------------------------------- models
+def fmt_seconds(seconds: float | None) -> str:
+    """A measured time as the summary table gives it: 508 s, 1,234 s."""
+    return "—" if seconds is None else f"{seconds:,.0f} s"
 
 
-def typed_section(stage: str, config: dict) -> CNNStageConfig | TransferConfig:
-    """The stage's params section as its typed config (keys and values checked)."""
-    kind = CNNStageConfig if get_stage(stage).kind == "cnn" else TransferConfig
-    return build(kind, config, prefix=stage)
-
-
-def describe_module(module) -> str:
-    from torch import nn
-
-    def pair(v) -> str:
-        v = v if isinstance(v, tuple) else (v, v)
-        return f"{v[0]}×{v[1]}"
-
-    if isinstance(module, nn.Conv2d):
-        return (
-            f"Conv2d {module.in_channels:,}→{module.out_channels:,}, {pair(module.kernel_size)}, "
-            f"stride {module.stride[0]}, padding {module.padding[0]}"
-        )
-    if isinstance(module, nn.MaxPool2d):
-        return f"MaxPool2d {pair(module.kernel_size)}, stride {pair(module.stride)[0]}"
-    if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features:,}→{module.out_features:,}"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return f"{type(module).__name__}({module.num_features:,})"
-    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
-        return f"{type(module).__name__}(p={module.p:g})"
-    if isinstance(module, nn.LeakyReLU):
-        return f"LeakyReLU(slope {module.negative_slope:g})"
-    if isinstance(module, nn.Sequential) and len(module):
-        return f"{len(module)} × {type(module[0]).__name__}"
-    return type(module).__name__
-
-
-def architecture_table(model, image_size: int) -> pd.DataFrame:
-    """One row per top-level layer: what it is, its output shape (C×H×W for one
-    image of `image_size`), its parameters (from `theory.layer_parameter_table`)
-    and whether they train."""
-    import torch
-
-    counts = theory.layer_parameter_table(model)
-    shapes: dict[str, tuple] = {}
-    hooks = [
-        child.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))
-        )
-        for name, child in model.named_children()
-    ]
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(training)
-    rows = []
-    for name, child in model.named_children():
-        n = sum(r["total"] for r in counts if r["name"] == name or r["name"].startswith(f"{name}."))
-        trains = any(p.requires_grad for p in child.parameters())
-        rows.append(
-            {
-                "Layer": name,
-                "Module": describe_module(child),
-                "Output shape": "×".join(f"{d:,}" for d in shapes.get(name, ())) or "—",
-                "Parameters": n,
-                "Trainable": ("yes" if trains else "frozen") if n else "—",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def task1_section(baseline_config: dict, config_source: str) -> list[str]:
-    """Task 1a-1g, numbered as the course numbers them; 1g counts the network
-    `baseline_config` (a resolved `baseline` section) describes, `config_source` saying
-    where that config comes from."""
-    from scipy import ndimage
-
-    result = theory.convolve2d_same(theory.TASK1_IMAGE, theory.SOBEL_X)
-    check = ndimage.convolve(theory.TASK1_IMAGE, theory.SOBEL_X, mode="constant", cval=0)
-    agrees = np.array_equal(result, check)
-
-    def matrix(a: np.ndarray) -> str:
-        return "\n".join(["```", *("  ".join(f"{v:4d}" for v in row) for row in a), "```"])
-
-    lines = [
-        "## Task 1: theory",
-        "",
-        "Computed by `src/report/theory.py` when this report is rendered.",
-        "",
-        "### Task 1a: convolution with the Sobel-x kernel",
-        "",
-        "True convolution (the kernel flipped in both axes), zero padding, output the size "
-        'of the input ("same"). Image:',
-        "",
-        matrix(theory.TASK1_IMAGE),
-        "",
-        "Kernel:",
-        "",
-        matrix(theory.SOBEL_X),
-        "",
-        "Result:",
-        "",
-        matrix(result),
-        "",
-        'Checked against `scipy.ndimage.convolve(image, kernel, mode="constant", cval=0)`: '
-        + ("**identical**." if agrees else "**DIFFERENT** (a bug in `src/report/theory.py`)."),
-        "",
-    ]
-    answers = theory.task1_answers()
-    layer = answers.pop("1b")
-    lines += [
-        "### Task 1b: the layer that reduces sensitivity to translation",
-        "",
-        f"**{layer['answer'].capitalize()}.** {layer['working']}",
-        "",
-        "### Task 1c–1f: padding, kernel and output sizes",
-        "",
-        "W_out = (W − K + 2P) / S + 1, for width and height alike.",
-        "",
-    ]
-    sizes = pd.DataFrame(answers.values())[["task", "question", "working", "answer"]]
-    sizes.columns = ["Task", "Question", "Formula", "Answer"]
-    sizes["Formula"] = [f"`{f}`" for f in sizes["Formula"]]
-    lines += [markdown_table(sizes, right=["Answer"]), ""]
-
-    lines += ["### Task 1g: parameters of the baseline network", ""]
-    from src.training.models import network_from_config
-
-    model, _ = network_from_config(baseline_config, "baseline")
-    table = pd.DataFrame(theory.layer_parameter_table(model))
-    total = int(table["total"].sum())
-    table["weight_shape"] = [
-        "×".join(f"{d:,}" for d in s) if s else "—" for s in table["weight_shape"]
-    ]
-    table = table.rename(
-        columns={
-            "name": "Layer",
-            "type": "Type",
-            "weight_shape": "Weight shape",
-            "weights": "Weights",
-            "biases": "Biases",
-            "total": "Parameters",
-        }
-    )
-    table = format_frame(table, {c: fmt_value for c in ("Weights", "Biases", "Parameters")})
-    total_row = {"Layer": "**total**", "Parameters": f"**{total:,}**"}
-    table = pd.concat([table, pd.DataFrame([total_row])], ignore_index=True).fillna("")
-    reference = REFERENCE["baseline"]["n_parameters"]
-    verdict = "equal" if total == reference else "**different**: another network than the course's"
-    lines += [
-        f"Counted layer by layer (`theory.layer_parameter_table`) on {config_source}:",
-        "",
-        markdown_table(table, right=["Weights", "Biases", "Parameters"]),
-        "",
-        f"Total **{total:,}** parameters; course report: {reference:,} ({verdict}).",
-        "",
-    ]
-    return lines
+def fmt_duration(seconds: float) -> str:
+    """14 min · 2.4 h: the precision a cost estimate has."""
+    if seconds < 90:
+        return f"{seconds:,.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"

@@ -13,17 +13,18 @@ from src.config.stages import Stage
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.formats import (
-    REFERENCE,
-    architecture_table,
     figure_link,
+    fmt_duration,
     fmt_literal,
     fmt_metric,
+    fmt_seconds,
     fmt_value,
     format_frame,
     markdown_table,
     signed,
 )
-from src.report.inputs import SPLIT_METRICS, Benchmark, ReportInputs, StageOutputs
+from src.report.inputs import REFERENCE, SPLIT_METRICS, Benchmark, ReportInputs, StageOutputs
+from src.report.network import architecture_table, n_parameters, stage_network
 from src.seeds.spread import Spread
 from src.tracking.provenance import smoke_reasons
 
@@ -121,20 +122,6 @@ def stage_cost(stage: str, planned: dict, n_train: int, benchmark: Benchmark | N
     return "; ".join(parts) + "." if parts else ""
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    """A measured time as the summary table gives it: 508 s, 1,234 s."""
-    return "—" if seconds is None else f"{seconds:,.0f} s"
-
-
-def fmt_duration(seconds: float) -> str:
-    """14 min · 2.4 h: the precision a cost estimate has."""
-    if seconds < 90:
-        return f"{seconds:,.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:,.0f} min"
-    return f"{seconds / 3600:,.1f} h"
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -217,12 +204,10 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
 def _config_sections(info: Stage, outputs: StageOutputs, reference: dict) -> list[str]:
     """Architecture (rebuilt from the stage's config) and hyperparameters."""
     t = info.heading
-    from src.training.models import network_from_config
-
-    model, image_size = network_from_config(outputs.config, info.name)
+    model, image_size = stage_network(outputs.config, info.name)
     arch = architecture_table(model, image_size)
     total = int(arch["Parameters"].sum())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = n_parameters(model, trainable_only=True)
     lines = [
         f"### {t}: architecture",
         "",
