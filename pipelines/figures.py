@@ -25,7 +25,7 @@ from src.data.prepare import load_dataset
 from src.report import figures as plots
 from src.runtime.entry import guarded
 from src.runtime.errors import ReportInputError
-from src.tracking import runs as tracking
+from src.tracking.runs import Run, run_summary, write_figure
 
 SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 STAGES = ("download", *(s.name for s in TRAINING_STAGES))
@@ -76,16 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         figures = stage_figures(args.stage, paths, metrics)
     run_id = metrics.get("mlflow_run_id")
-    run = tracking.Run(run_id) if tracking.run_summary(run_id) is not None else None
+    run = Run(run_id) if run_summary(run_id) is not None else None
     for path, figure in figures.items():
-        tracking.write_figure(figure, path, run)
+        write_figure(figure, path, run)
     names = ", ".join(p.name for p in figures)
     if run is not None:
         print(f"[figures] {args.stage}: {names}, logged to MLflow run {run_id}")
-    else:
+    elif run_id:
         print(
             f"[figures] {args.stage}: {names}; MLflow run {run_id} is not in this store: not logged"
         )
+    else:
+        print(f"[figures] {args.stage}: {names}; metrics.json names no MLflow run: not logged")
 
 
 if __name__ == "__main__":
