@@ -6,7 +6,7 @@ reads them).
                                    MLflow tags
 
 `render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller
-by the caller, and nothing is written here. Its parts: `src.report.sections` (one training
+by the caller, and nothing is written here. Its parts: `src.report.sections.stage` (one training
 stage's sections), `src.report.theory` (task 1, computed), `src.report.network` (the
 network rebuilt from a stage's config), `src.report.formats` (every number and table
 format); `src.report.inputs` holds what they read, the course values `REFERENCE` among it;
@@ -36,7 +36,7 @@ from src.report.formats import (
 )
 from src.report.inputs import DISCUSSION, REFERENCE, REFERENCE_SOURCE, TUNE_PARAMS, ReportInputs
 from src.report.network import n_parameters, stage_network
-from src.report.sections import (
+from src.report.sections.stage import (
     agreement,
     pretrained_info,
     seeds_cell,

@@ -6,7 +6,7 @@ declared deps of the `report` stage in dvc.yaml.
 
     load_inputs(root, params)      -> ReportInputs (one StageOutputs per training stage)
 
-`src.report.formats`, `src.report.sections` and `src.report.build` render them.
+`src.report.formats`, `src.report.sections.stage` and `src.report.build` render them.
 """
 
 from __future__ import annotations
