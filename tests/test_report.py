@@ -25,7 +25,7 @@ from src.report import inputs as report_inputs
 from src.report.inputs import BENCHMARK_FILE, REFERENCE, load_benchmark
 from src.report.network import n_parameters, stage_network
 from src.report.sections.stage import stage_cost
-from src.report.theory import task1_section
+from src.report.sections.task1 import task1_section
 from src.training.models import build_cnn
 from tests.conftest import update_params
 
