@@ -85,7 +85,7 @@ def prepare_fit(
     check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
     model, device = net.model, net.placement.device
     n_params = count_parameters(model)
-    tags = {"n_parameters": n_params, "device": str(device)}
+    tags = {"n_parameters": n_params, "device": str(device), **net.placement.describe()}
     if net.stage.kind != "transfer":
         note = f"{n_params:,} parameters on {device}"
         return StageRecipe(
