@@ -101,7 +101,8 @@ def format_numerics(n: dict | None) -> list[str]:
     lines += [header + "   (images/s [share of peak])", "-" * len(header)]
     for name, e in entries.items():
         cells = "".join(
-            f"{e['variants'][v]['images_per_s']:>10,.1f} [{e['variants'][v]['share_of_peak']:>4.0%}]"
+            f"{e['variants'][v]['images_per_s']:>10,.1f} "
+            f"[{e['variants'][v]['share_of_peak']:>4.0%}]"
             for v in names
         )
         mark = "ok" if e["target_met"] else "LOW"
