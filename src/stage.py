@@ -78,7 +78,7 @@ def run_training_stage(
             {
                 k: v
                 for k, v in metrics.items()
-                if isinstance(v, (int, float)) and k not in result.final
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in result.final
             },
             step=result.steps,
         )
@@ -139,7 +139,8 @@ def time_shares(
     to the first training step, less the feature caching within it), `training`
     (steps), `evaluation` (validations and final figures), `feature_caching`,
     `tracking` (MLflow logging, figures and model files) and `other` (checkpoints, best
-    state copies, whatever is left), summing to 1."""
+    state copies, whatever is left), summing to 1. A resumed run's training and
+    evaluation times include the killed process's, so its `other` comes out negative."""
     started = process_started_at()
     now = time.time() if now is None else now
     wall = now - started if started is not None else math.nan

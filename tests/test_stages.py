@@ -93,6 +93,7 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     assert run.data.params["train.lr"] == "0.05"
     assert run.data.params["precision"] == "auto"
     assert run.data.tags["numerics"] == "fp32" and run.data.tags["channels_last"] == "False"
+    assert "channels_last" not in run.data.metrics  # a tag, not a figure
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     val_history = client.get_metric_history(run.info.run_id, "curves/val_loss")
     assert len(val_history) == len(history) - 1
