@@ -24,11 +24,20 @@ augmentation), on one device and in one process:
   floor      the project's training step on one resident, prepared batch: forward,
              backward, optimizer step, no data work.
 
+Then the numerics (`benchmarks.numerics`, off with `--numerics off`): the CPU's
+native-bf16 flags; per model the floor step in float32 and bf16 autocast, each
+contiguous and channels_last (`--compile`: through torch.compile too), the variant
+`common.precision` chooses against the fastest (target >= 0.90) and the project path
+against it; the lite stage's frozen prefix forward at `--prefix-size` px; achieved
+GFLOP/s against a `--matmul-size` matmul's in each dtype; each stage's evaluation
+share of its wall time from reports/<stage>/metrics.json (target <= 0.10).
+`--quick` shrinks every count for a smoke run.
+
 A warm-up round of every path is run and discarded; then `--repeats` rounds run the
 three interleaved, in a rotating order. Figures are medians over repeats; ratios are
 medians of the per-round ratios, so a change of machine load between rounds
-cancels. CUDA runs synchronise around every timing and use bf16 autocast and
-channels_last, as the project does. Needs only torch, torchvision, numpy, pillow
+cancels. CUDA runs synchronise around every timing. The three paths run the
+numerics `common.precision` chooses, as the stages do. Needs only torch, torchvision, numpy, pillow
 and PyYAML (params.yaml); mlflow is used when importable.
 """
 
@@ -48,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import numerics
 from benchmarks.paths import (
     BenchData,
     ModelBench,
@@ -208,6 +218,46 @@ def bench_model(
     }
 
 
+def bench_numerics(
+    params, args: argparse.Namespace, data: BenchData, device: torch.device, steps, warmup
+) -> dict:
+    """The numerics section: CPU flags, matmul peaks, step and prefix variants, eval share."""
+    print(f"[bench] numerics: {args.matmul_size}-square matmul peak ...", flush=True)
+    peaks = numerics.matmul_peak(device, args.matmul_size, max(args.repeats, 1))
+    cache = {"on": True, "off": False}.get(args.resnet_cache)
+    out: dict = {
+        "cpu": numerics.cpu_numerics(device, params.common.precision),
+        "matmul_size": args.matmul_size,
+        "matmul_peak_gflop_per_s": peaks,
+        "models": {},
+    }
+    for name in args.models:
+        out["models"][name] = numerics.bench_step_variants(
+            params,
+            name,
+            data,
+            device,
+            resnet_size=args.resnet_size,
+            cache=cache,
+            steps=steps[name],
+            warmup=warmup,
+            repeats=args.repeats,
+            peaks=peaks,
+            compiled=args.compile,
+        )
+    out["lite_prefix"] = numerics.bench_prefix_variants(
+        params,
+        data,
+        device,
+        image_size=args.prefix_size,
+        images=args.prefix_images,
+        repeats=args.repeats,
+        peaks=peaks,
+    )
+    out["eval_share"] = numerics.eval_share_targets(Layout().reports, list(args.models))
+    return out
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -275,12 +325,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", type=int, default=0, help="N random images instead")
     parser.add_argument("--params", type=Path, help="params file (default: params.yaml)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--numerics",
+        choices=("on", "off", "only"),
+        default="on",
+        help="fp32/bf16 x channels_last step variants, matmul peak, eval share "
+        "(only: without the three paths)",
+    )
+    parser.add_argument("--compile", action="store_true", help="numerics: torch.compile too")
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="numerics: peak matmul size (default 2048)"
+    )
+    parser.add_argument(
+        "--prefix-size", type=int, default=160, help="numerics: lite prefix input px (160)"
+    )
+    parser.add_argument(
+        "--prefix-images", type=int, default=128, help="numerics: lite prefix images per timing"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke sizes: 2 steps, 1 repeat, 256 matmul, 64 px prefix on 32 images",
+    )
     return parser
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    """--quick: every count at its smallest (figures only for a smoke run)."""
+    if args.quick:
+        args.steps = args.steps or ["2"]
+        args.repeats, args.warmup = 1, 1 if args.warmup is None else args.warmup
+        args.matmul_size = min(args.matmul_size, 256)
+        args.prefix_size, args.prefix_images = min(args.prefix_size, 64), 32
+        args.eval_images = min(args.eval_images, 32)
 
 
 @guarded
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    apply_quick(args)
     load_start = list(os.getloadavg())
     started = datetime.now(UTC)
     params = load_params(args.params)
@@ -326,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
             bench = make(args.eval_epoch)
             print(f"[bench] one full epoch of {args.eval_epoch} on {device} ...", flush=True)
             result["eval_epoch"] = measure_eval_epoch(bench, data, Path(tmp))
-        else:
+        elif args.numerics != "only":
             result["tracking"] = track
             result["models"] = {}
             for name in args.models:
@@ -341,6 +424,16 @@ def main(argv: list[str] | None = None) -> dict:
                     track=track,
                     workers=args.workers,
                 )
+    if args.numerics != "off" and not args.eval_epoch:
+        result["numerics"] = bench_numerics(params, args, data, device, steps, warmup)
+        for name, entry in result["numerics"]["models"].items():
+            project = result.get("models", {}).get(name, {}).get("project", {})
+            best = entry["variants"].get(entry["best"] or "", {}).get("images_per_s", math.nan)
+            ratio = project.get("images_per_s", math.nan) / best if best > 0 else math.nan
+            entry["project_over_best"] = ratio
+            entry["project_target_met"] = (
+                bool(ratio >= numerics.TARGET_CHOSEN_OVER_BEST) if math.isfinite(ratio) else None
+            )
     result["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = (datetime.now(UTC) - started).total_seconds()
     print(format_summary(result))

@@ -91,11 +91,17 @@ def course_transform(cfg: TrainConfig, image_size: int) -> Callable:
 
 
 def make_bench(
-    params: Params, name: str, device: torch.device, resnet_size: int, cache: bool | None
+    params: Params,
+    name: str,
+    device: torch.device,
+    resnet_size: int,
+    cache: bool | None,
+    placement: Placement | None = None,
 ) -> ModelBench:
-    """The stage's network as its recipe builds it, placed as the stages decide. The
-    ResNet at `resnet_size` px with random weights (the speed of pretrained weights is
-    the same; no download), its feature caching as params.yaml says or `cache` forces."""
+    """The stage's network as its recipe builds it, placed as the stages decide
+    (`common.precision`) unless `placement` says otherwise. The ResNet at `resnet_size`
+    px with random weights (the speed of pretrained weights is the same; no download),
+    its feature caching as params.yaml says or `cache` forces."""
     stage, section, info = get_stage(name), getattr(params, name), {}
     if stage.kind == "transfer":
         section = dataclasses.replace(section, weights="none", image_size=resnet_size)
@@ -108,7 +114,8 @@ def make_bench(
             "cache_features": section.cache_features,
         }
     seed = params.common.seed
-    net = build_stage(stage, section, Placement.for_device(device), seed)
+    placement = placement or Placement.for_device(device, precision=params.common.precision)
+    net = build_stage(stage, section, placement, seed)
     size = net.pipeline.image_size
     transform = course_transform(section.train, size)
     return ModelBench(net, transform, seed, {"image_size": size, **info})
@@ -131,24 +138,28 @@ def load_bench_data(
     return BenchData(train.images, train.labels, splits.cut_eval(eval_images), str(data_dir))
 
 
-def time_floor(bench: ModelBench, data: BenchData, steps: int, warmup: int) -> dict:
-    """Forward, backward and step on one resident, prepared batch."""
+def time_floor(
+    bench: ModelBench, data: BenchData, steps: int, warmup: int, compiled: bool = False
+) -> dict:
+    """Forward, backward and step on one resident, prepared batch, in the bench's
+    placement (`compiled`: the network through torch.compile)."""
     device = data.splits.train_x.device
     bs = bench.cfg.batch_size
     prepared, _ = bench.prepare(data.splits, dataclasses.replace(bench.cfg, subset=bs, epochs=1))
     with torch.no_grad():
         x = prepared.pipeline(prepared.data.train_x[:bs], train=False)
     y = prepared.data.train_y[:bs]
-    model = prepared.fit_model
+    model, placement = prepared.fit_model, prepared.placement
     optimizer = build_optimizer(model.parameters(), prepared.train_cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=prepared.train_cfg.label_smoothing)
     set_train_mode(model)
+    step_model = torch.compile(model) if compiled else model
     for _ in range(warmup):
-        train_step(model, optimizer, loss_fn, x, y)
+        train_step(step_model, optimizer, loss_fn, x, y, placement)
     synchronize(device)
     tic = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, loss_fn, x, y)
+        train_step(step_model, optimizer, loss_fn, x, y, placement)
     synchronize(device)
     elapsed = time.perf_counter() - tic
     return {"images_per_s": steps * len(y) / elapsed, "time_s": elapsed, "steps": steps}
@@ -189,7 +200,7 @@ def time_reference(
     optimizer = build_optimizer(model.parameters(), bench.cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=bench.cfg.label_smoothing)
     set_train_mode(model)
-    placement = Placement.for_device(device)  # as the project runs
+    placement = bench.net.placement  # as the project runs
     batches = iter(loader)  # workers start here; their start-up falls in the warm-up
     tic = None
     for i in range(warmup + steps):
@@ -198,7 +209,7 @@ def time_reference(
             tic = time.perf_counter()
         x, y = next(batches)
         x = placement.memory_format(x.to(device))
-        train_step(model, optimizer, loss_fn, x, y.to(device))[1].item()
+        train_step(model, optimizer, loss_fn, x, y.to(device), placement)[1].item()
     synchronize(device)
     elapsed = time.perf_counter() - tic
     del batches  # stops the workers
@@ -255,6 +266,7 @@ def time_project(
             config_key=f"bench-{ckpt}",
             progress=False,
             name=f"bench-{bench.name}",
+            placement=prepared.placement,
         )
         fitted = time.perf_counter()
     closed = time.perf_counter()

@@ -57,6 +57,8 @@ def format_summary(result: dict) -> str:
             f"eval share {e['eval_share_one_epoch']:.1%} of the epoch"
         )
         return "\n".join(lines)
+    if "models" not in result:
+        return "\n".join(lines + format_numerics(result.get("numerics")))
     header = (
         f"{'model':<9}{'batch':>6}{'floor':>11}{'project':>11}{'reference':>11}"
         f"{'proj/floor':>11}{'proj/ref':>9}{'tracking':>10}"
@@ -77,4 +79,47 @@ def format_summary(result: dict) -> str:
             f"{r['ratios']['best_project_over_floor']:>11.3f}"
             f"{r['ratios']['best_project_over_reference']:>9.3f}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + format_numerics(result.get("numerics")))
+
+
+def format_numerics(n: dict | None) -> list[str]:
+    """The numerics section: variants per model (images/s, share of the dtype's peak)."""
+    if not n:
+        return []
+    cpu, peak = n["cpu"], n["matmul_peak_gflop_per_s"]
+    lines = [
+        "",
+        f"numerics: common.precision {cpu['precision']} -> {cpu['numerics']}"
+        f"{' + channels_last' if cpu['channels_last'] else ''} ({cpu['numerics_reason']}); "
+        f"native bf16 flags: {', '.join(cpu['native_bf16_flags']) or 'none'}; "
+        f"{n['matmul_size']}-square matmul peak fp32 {peak['fp32']:,.1f}, "
+        f"bf16 {peak['bf16']:,.1f} GFLOP/s",
+    ]
+    entries = {**n["models"], "lite prefix": n["lite_prefix"]}
+    names = list(next(iter(entries.values()))["variants"])
+    header = f"{'model':<12}" + "".join(f"{v:>17}" for v in names) + f"{'chosen/best':>13}"
+    lines += [header + "   (images/s [share of peak])", "-" * len(header)]
+    for name, e in entries.items():
+        cells = "".join(
+            f"{e['variants'][v]['images_per_s']:>10,.1f} "
+            f"[{e['variants'][v]['share_of_peak']:>4.0%}]"
+            for v in names
+        )
+        mark = "ok" if e["target_met"] else "LOW"
+        lines.append(
+            f"{name:<12}{cells}{e['chosen_over_best']:>9.3f} {mark:<3}"
+            f"  ({e['chosen']} vs {e['best']}"
+            + (
+                f"; project path {e['project_over_best']:.3f}"
+                if math.isfinite(e.get("project_over_best", math.nan))
+                else ""
+            )
+            + ")"
+        )
+    for stage, e in n.get("eval_share", {}).items():
+        lines.append(
+            f"{stage}: evaluation {e['eval_share']:.1%} of its {e['of']} "
+            f"(target <= {e['target']:.0%}: {'met' if e['target_met'] else 'missed'}; "
+            f"{e['numerics']})"
+        )
+    return lines

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     check_device(section.train, f"{stage.name}.train")  # exit 2 before any work
     # before any work (weights, data, feature cache): one writer per stage
     with stage_lock(stage.name):
-        placement = prepare_device(section.train)  # the device, and how it runs
+        # the device, and how it runs there
+        placement = prepare_device(section.train, params.common.precision)
         recipe = stage_recipe(
             stage, section, placement, seed=params.common.seed, progress=not args.no_progress
         )

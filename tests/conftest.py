@@ -174,6 +174,15 @@ def _no_network_fetch(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_without_native_bf16(monkeypatch):
+    """`common.precision: auto` resolves as on a CPU without native bf16, so in-process
+    tests compute the same on every machine; tests of the bf16 path force it."""
+    from src.training import device
+
+    monkeypatch.setattr(device, "cpu_bf16_flags", lambda: ())
+
+
 @pytest.fixture(scope="module")
 def tune_project(tmp_path_factory, tiny_cifar):
     """One prepared tiny project for a whole module (preparing one, MLflow's database

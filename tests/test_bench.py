@@ -81,6 +81,12 @@ def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, 
             "16",
             "--tracking",
             "on",
+            "--matmul-size",
+            "64",
+            "--prefix-size",
+            "32",
+            "--prefix-images",
+            "8",
             "--json",
             str(out),
         ]
@@ -103,6 +109,19 @@ def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, 
     assert len(written["loadavg_start"]) == len(written["loadavg_end"]) == 3
     assert written["machine"]["cpu_cores"] >= 1
     assert result["models"]["baseline"]["batch_size"] == 16
+    numerics = written["numerics"]
+    assert numerics["cpu"]["numerics"] == "fp32"  # conftest: a CPU without native bf16
+    assert set(numerics["matmul_peak_gflop_per_s"]) == {"fp32", "bf16"}
+    assert numerics["models"].keys() == set(bench.MODELS)
+    for name, entry in {**numerics["models"], "prefix": numerics["lite_prefix"]}.items():
+        assert set(entry["variants"]) == {"fp32", "fp32+cl", "bf16", "bf16+cl"}, name
+        for variant in entry["variants"].values():
+            assert variant["images_per_s"] > 0 and variant["gflop_per_s"] > 0, name
+            assert variant["share_of_peak"] > 0, name
+        assert entry["chosen"] == "fp32" and entry["best"] in entry["variants"]
+        assert entry["chosen_over_best"] > 0 and entry["target_chosen_over_best"] == 0.9
+    assert numerics["models"]["improved"]["project_over_best"] > 0
+    assert numerics["lite_prefix"]["image_size"] == 32
     assert not (tmp_path / "mlruns").exists()
     # tracked into its own temporary store, named explicitly: what once redirected it
     # is as it was, and so is the store the project tracks into
@@ -150,3 +169,50 @@ def test_training_path_imports_only_torch_and_friends():
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", f"imported at module level: {out.stdout.strip()}"
+
+
+def test_quick_numerics_follow_the_cpu_flags(tiny_params_file, tmp_path, monkeypatch, one_thread):
+    """--quick --numerics only: no three paths; a CPU with native bf16 chooses bf16 +
+    channels_last; a stage's metrics.json gives its evaluation share against 10 %."""
+    from src.training import device
+
+    monkeypatch.setattr(device, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.chdir(tmp_path)
+    reports = tmp_path / "reports"
+    (reports / "baseline").mkdir(parents=True)
+    shares = {"training": 0.8, "evaluation": 0.12, "startup": 0.05, "other": 0.03}
+    metrics = {"time_shares": shares, "numerics": "bf16"}
+    (reports / "baseline/metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr(bench.Layout, "reports", reports)
+    result = bench.main(
+        [
+            "--params",
+            str(tiny_params_file),
+            "--synthetic",
+            "64",
+            "--device",
+            "cpu",
+            "--models",
+            "baseline",
+            "--numerics",
+            "only",
+            "--quick",
+            "--prefix-size",
+            "32",
+        ]
+    )
+    assert "models" not in result
+    numerics = result["numerics"]
+    assert numerics["cpu"]["native_bf16_flags"] == ["avx512_bf16"]
+    assert numerics["cpu"]["numerics_reason"] == "cpu avx512_bf16"
+    assert numerics["matmul_size"] == 256
+    baseline = numerics["models"]["baseline"]
+    assert baseline["chosen"] == "bf16+cl" and len(baseline["rounds"]) == 1
+    assert numerics["lite_prefix"]["chosen"] == "bf16+cl"
+    assert numerics["eval_share"]["baseline"] == {
+        "eval_share": 0.12,
+        "of": "wall time",
+        "target": 0.1,
+        "target_met": False,
+        "numerics": "bf16",
+    }

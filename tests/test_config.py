@@ -64,6 +64,7 @@ def test_every_dvc_param_key_exists():
         ("resnet.trainable", ["layer9", "fc"], "resnet.trainable"),
         ("baseline.model.filters", [32, 64, 128, 256, 512, 1024], "baseline.model.filters"),
         ("common.seed", 1.5, "common.seed"),
+        ("common.precision", "fp16", "common.precision"),
     ],
 )
 def test_bad_values_name_their_key(key, value, expected):

@@ -10,6 +10,7 @@ import torch
 from src import artifacts
 from src.config.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.schema import ModelConfig, TrainConfig, TransferConfig
+from src.training import device
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement, to_device_async
@@ -17,7 +18,7 @@ from src.training.feature_cache import prepare_resnet_training
 from src.training.loop import fit
 from src.training.models import build_cnn, build_resnet
 from src.training.splits import TensorSplits
-from src.training.steps import evaluate
+from src.training.steps import evaluate, train_step
 from tests.conftest import make_images
 
 GPU_LIKE = Placement(torch.device("cpu"), bf16=True, channels_last=True)
@@ -47,12 +48,76 @@ def _assert_float32(tree, what: str) -> None:
     assert dtypes == {torch.float32}, f"{what}: {dtypes}"
 
 
+CPU = torch.device("cpu")
+
+
 def test_the_one_decision_follows_the_device():
-    assert Placement.for_device(torch.device("cpu")) == Placement(torch.device("cpu"))
-    cuda = Placement.for_device(torch.device("cuda"))  # a device object needs no GPU
-    assert cuda.bf16 and cuda.channels_last and cuda.feature_dtype == torch.bfloat16
-    forced = Placement.for_device(torch.device("cpu"), bf16=True, channels_last=True)
+    # conftest: this CPU has no native bf16
+    assert Placement.for_device(CPU) == Placement(CPU)
+    assert Placement.for_device(CPU).reason == "cpu without native bf16"
+    if not torch.cuda.is_available():  # a device object needs no GPU
+        cuda = Placement.for_device(torch.device("cuda"))
+        assert cuda.bf16 and cuda.channels_last and cuda.feature_dtype == torch.bfloat16
+    forced = Placement.for_device(CPU, bf16=True, channels_last=True)
     assert forced == GPU_LIKE
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected", "reason"),
+    [
+        (("avx512_bf16",), GPU_LIKE, "cpu avx512_bf16"),
+        (("avx512_bf16", "amx_bf16"), GPU_LIKE, "cpu avx512_bf16 amx_bf16"),
+        ((), Placement(CPU), "cpu without native bf16"),
+    ],
+    ids=["avx512-bf16", "amx", "no-bf16"],
+)
+def test_auto_runs_bf16_where_the_cpu_has_it_natively(monkeypatch, flags, expected, reason):
+    monkeypatch.setattr(device, "cpu_bf16_flags", lambda: flags)
+    placement = Placement.for_device(CPU, precision="auto")
+    assert placement == expected and placement.reason == reason
+    assert placement.describe() == {
+        "numerics": "bf16" if flags else "fp32",
+        "numerics_reason": reason,
+        "channels_last": bool(flags),
+    }
+
+
+@pytest.mark.parametrize("flags", [("amx_bf16",), ()], ids=["bf16-cpu", "no-bf16"])
+def test_precision_key_overrides_the_detection(monkeypatch, flags):
+    monkeypatch.setattr(device, "cpu_bf16_flags", lambda: flags)
+    assert Placement.for_device(CPU, precision="fp32") == Placement(CPU)
+    assert Placement.for_device(CPU, precision="bf16") == GPU_LIKE
+    assert Placement.for_device(CPU, precision="fp32").reason == "common.precision fp32"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.undo()  # the real function, on a written cpuinfo
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device, "CPUINFO", cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx2\n")
+    assert device.cpu_bf16_flags() == ("avx512_bf16",)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx2\n")
+    assert device.cpu_bf16_flags() == ()
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: amx_tile amx_bf16 avx512_bf16\n")
+    assert device.cpu_bf16_flags() == ("avx512_bf16", "amx_bf16")
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "missing")
+    assert device.cpu_bf16_flags() == ()
+
+
+def test_a_bf16_step_keeps_float32_weights_grads_and_loss():
+    torch.manual_seed(0)
+    model = GPU_LIKE.place_model(build_cnn(TINY_MODEL))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = _splits().train_x[:8], _splits().train_y[:8]
+    pipeline = input_pipeline(TrainConfig(device="cpu"), GPU_LIKE)
+    logits, loss = train_step(
+        model, optimizer, torch.nn.CrossEntropyLoss(), pipeline(x, train=True), y, GPU_LIKE
+    )
+    assert logits.dtype == torch.bfloat16  # the forward pass ran under autocast
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    for p in model.parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+    _assert_float32(optimizer.state_dict()["state"], "optimizer state")
 
 
 def test_non_blocking_copy_runs_on_the_cpu():

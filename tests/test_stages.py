@@ -84,6 +84,21 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
         "mlflow_run_id",
     ):
         assert key in metrics
+    # conftest: a CPU without native bf16, so `auto` resolves to float32
+    assert metrics["numerics"] == "fp32" and metrics["numerics_reason"] == "cpu without native bf16"
+    shares = metrics["time_shares"]
+    assert set(shares) == {
+        "startup",
+        "training",
+        "evaluation",
+        "feature_caching",
+        "tracking",
+        "other",
+    }
+    assert all(shares[k] >= 0 for k in shares if k != "other")
+    assert shares["training"] > 0 and shares["evaluation"] > 0 and shares["startup"] > 0
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert abs(shares["other"]) < 0.5 and metrics["wall_time_s"] > 0
     history = (prepared / f"reports/{stage}/history.csv").read_text().splitlines()
     assert history[0].startswith("step,epoch,train_loss") and len(history) >= 2
 
@@ -91,6 +106,9 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == stage
     assert run.data.params["train.lr"] == "0.05"
+    assert run.data.params["precision"] == "auto"
+    assert run.data.tags["numerics"] == "fp32" and run.data.tags["channels_last"] == "False"
+    assert "channels_last" not in run.data.metrics  # a tag, not a figure
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     val_history = client.get_metric_history(run.info.run_id, "curves/val_loss")
     assert len(val_history) == len(history) - 1

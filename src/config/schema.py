@@ -35,11 +35,18 @@ def _require(ok: bool, key: str, message: str) -> None:
 # --------------------------------------------------------------------------- sections
 
 
+# auto: bf16 autocast + channels_last where the processor computes bf16 natively (CUDA,
+# CPUs with AVX512_BF16 or AMX), float32 elsewhere; fp32 | bf16 force one
+# (src.training.device).
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     seed: int = 0
     # One MLflow experiment for every stage, so the UI compares them side by side.
     experiment: str = "cifar10"
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")

@@ -5,6 +5,7 @@ outputs DVC tracks (their layout: `src.artifacts`). What it trains comes from
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -43,7 +44,7 @@ def run_training_stage(
     if resume_id:
         dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
 
-    run_params = tracking.run_params(params, section)
+    run_params = tracking.run_params(params, section, precision=params.common.precision)
     with tracking.stage_run(
         stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
     ) as run:
@@ -67,13 +68,17 @@ def run_training_stage(
             placement=recipe.placement,
         )
         tic = time.perf_counter()
-        metrics = {**stage_metrics(result, run.run_id), **recipe.metrics}
+        metrics = {
+            **stage_metrics(result, run.run_id),
+            **recipe.metrics,
+            **recipe.placement.describe(),
+        }
         write_outputs(stage, paths, recipe.model, section, result, metrics, dataset, run)
         run.log_metrics(
             {
                 k: v
                 for k, v in metrics.items()
-                if isinstance(v, (int, float)) and k not in result.final
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in result.final
             },
             step=result.steps,
         )
@@ -94,6 +99,7 @@ def run_training_stage(
         total = result.train_time_s + result.eval_time_s
         metrics["tracking_time_s"] = round(tracking_time, 3)
         metrics["tracking_share"] = round(tracking_time / total, 4) if total else 0.0
+        metrics.update(time_shares(result, recipe.metrics, tracking_time))
         artifacts.atomic_write_json(paths.metrics, metrics)
     paths.checkpoint.unlink(missing_ok=True)
     return metrics
@@ -114,6 +120,43 @@ def stage_metrics(result: FitResult, run_id: str | None) -> dict:
         "resumed_from_step": result.resumed_from_step,
         "mlflow_run_id": run_id,
     }
+
+
+def process_started_at() -> float | None:
+    """time.time() when this process started, or None where that cannot be had."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # no psutil, or a platform it cannot read
+        return None
+
+
+def time_shares(
+    result: FitResult, recipe_metrics: dict, tracking_s: float, now: float | None = None
+) -> dict:
+    """Where this process's wall time went, as shares of it: `startup` (process start
+    to the first training step, less the feature caching within it), `training`
+    (steps), `evaluation` (validations and final figures), `feature_caching`,
+    `tracking` (MLflow logging, figures and model files) and `other` (checkpoints, best
+    state copies, whatever is left), summing to 1. A resumed run's training and
+    evaluation times include the killed process's, so its `other` comes out negative."""
+    started = process_started_at()
+    now = time.time() if now is None else now
+    wall = now - started if started is not None else math.nan
+    if not wall > 0:
+        return {"wall_time_s": None, "time_shares": None}
+    caching = float(recipe_metrics.get("feature_cache_time_s", 0.0))
+    seconds = {
+        "startup": max(result.started_at - started - caching, 0.0),
+        "training": result.train_time_s,
+        "evaluation": result.eval_time_s,
+        "feature_caching": caching,
+        "tracking": tracking_s,
+    }
+    shares = {k: round(v / wall, 4) for k, v in seconds.items()}
+    shares["other"] = round(1.0 - sum(shares.values()), 4)
+    return {"wall_time_s": round(wall, 2), "time_shares": shares}
 
 
 def write_outputs(

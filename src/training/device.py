@@ -1,21 +1,61 @@
 """Where and how the numbers run: the device, bf16 autocast and channels_last.
 
-`Placement.for_device` is the one place that decides: CUDA runs bf16 autocast and
-channels_last, the CPU neither. Tests override both on the CPU
-(`Placement(torch.device("cpu"), bf16=True, channels_last=True)`), so the code the
-GPU runs (autocast, the memory format, bf16 cached features, non-blocking copies)
-runs, and fails, on the CPU too.
+`Placement.for_device` is the one place that decides, from `common.precision`:
+`auto` runs bf16 autocast with channels_last where the processor computes bf16
+natively (CUDA; a CPU with AVX512_BF16 or AMX-BF16, `cpu_bf16_flags`) and float32 in
+the default memory format elsewhere (emulated bf16 costs more than it saves); `fp32`
+and `bf16` force one or the other. Weights, optimizer state and losses stay float32
+either way. The choice and its reason (`Placement.precision`, `Placement.reason`) are
+logged with every run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from src.config.schema import TrainConfig
+from src.config.schema import Precision, TrainConfig
+
+# /proc/cpuinfo flags of x86 CPUs that compute bf16 natively (oneDNN's bf16 kernels);
+# without them PyTorch emulates bf16 in float32 and autocast only adds conversions.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 flags this CPU reports (`NATIVE_BF16_FLAGS`); () when it has none
+    or does not say (no /proc/cpuinfo: not Linux)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> tuple[bool, str]:
+    """(bf16, why): what `precision` means on `device`."""
+    if precision != "auto":
+        return precision == "bf16", f"common.precision {precision}"
+    if device.type == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(
+            including_emulation=False
+        ):
+            return False, "cuda without native bf16"
+        return True, "cuda"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        if flags:
+            return True, "cpu " + " ".join(flags)
+        return False, "cpu without native bf16"
+    return False, f"{device.type}: float32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,17 +69,40 @@ class Placement:
     device: torch.device
     bf16: bool = False  # forward passes under bf16 autocast; weights and losses stay float32
     channels_last: bool = False  # 4-D activations in NHWC memory format
+    reason: str = field(default="", compare=False)  # why this precision: logged with the run
 
     @classmethod
     def for_device(
-        cls, device: torch.device, *, bf16: bool | None = None, channels_last: bool | None = None
+        cls,
+        device: torch.device,
+        *,
+        precision: Precision = "auto",
+        bf16: bool | None = None,
+        channels_last: bool | None = None,
     ) -> Placement:
-        cuda = device.type == "cuda"
+        """What `precision` (`common.precision`) runs on `device`: bf16 autocast and
+        channels_last together, or neither; `bf16`/`channels_last` override one."""
+        fast, reason = resolve_precision(precision, device)
         return cls(
             device,
-            bf16=cuda if bf16 is None else bf16,
-            channels_last=cuda if channels_last is None else channels_last,
+            bf16=fast if bf16 is None else bf16,
+            channels_last=fast if channels_last is None else channels_last,
+            reason=reason,
         )
+
+    @property
+    def precision(self) -> str:
+        """What the forward passes compute in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.bf16 else "fp32"
+
+    def describe(self) -> dict[str, str | bool]:
+        """What `common.precision` resolved to, and why: the run's tags and metrics.json's
+        (`numerics`: bf16 | fp32)."""
+        return {
+            "numerics": self.precision,
+            "numerics_reason": self.reason,
+            "channels_last": self.channels_last,
+        }
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
@@ -68,11 +131,11 @@ class Placement:
         synchronize(self.device)
 
 
-def prepare_device(cfg: TrainConfig) -> Placement:
-    """The training config's device (and CPU threads), and how it runs."""
+def prepare_device(cfg: TrainConfig, precision: Precision = "auto") -> Placement:
+    """The training config's device (and CPU threads), and how it runs there."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    return Placement.for_device(resolve_device(cfg.device))
+    return Placement.for_device(resolve_device(cfg.device), precision=precision)
 
 
 def synchronize(device: torch.device) -> None:

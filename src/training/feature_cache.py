@@ -11,7 +11,7 @@ and logged. Otherwise `fit` trains the full model on uint8 images through the
 InputPipeline, which resizes on the batch tensor.
 
 Memory: cached features take N x C x H x W elements (layer3 at 224 px: 256x14x14
-per image, 6 GB for CIFAR-10's 60,000 images in bf16 under bf16 autocast (CUDA), 12 GB in
+per image, 6 GB for CIFAR-10's 60,000 images in bf16 under bf16 autocast, 12 GB in
 float32 otherwise). They are written batch by batch into one preallocated tensor; when they
 would need more than half the free memory the stage trains uncached instead.
 """

@@ -53,6 +53,7 @@ class FitResult:
     test_predictions: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
     resumed_from_step: int = 0
     final_eval_time_s: float = 0.0  # the part of eval_time_s spent on the final figures
+    started_at: float = 0.0  # time.time() when the first training step began
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -317,6 +318,7 @@ def fit(
     resumed_from = state.step
 
     set_train_mode(model)
+    started_at = time.time()
     interval = _Interval(device)
     epochs = 1 if cfg.dry_run else cfg.epochs
     while state.epoch < epochs and state.early_stop_step is None:
@@ -349,4 +351,5 @@ def fit(
         test_predictions=test_predictions,
         resumed_from_step=resumed_from,
         final_eval_time_s=final_eval_time,
+        started_at=started_at,
     )

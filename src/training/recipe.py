@@ -85,9 +85,11 @@ def prepare_fit(
     check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
     model, device = net.model, net.placement.device
     n_params = count_parameters(model)
-    tags = {"n_parameters": n_params, "device": str(device)}
+    tags = {"n_parameters": n_params, "device": str(device), **net.placement.describe()}
+    numerics = net.placement.precision + (" channels_last" if net.placement.channels_last else "")
+    where = f"{device} in {numerics} ({net.placement.reason or 'set by the caller'})"
     if net.stage.kind != "transfer":
-        note = f"{n_params:,} parameters on {device}"
+        note = f"{n_params:,} parameters on {where}"
         return StageRecipe(
             model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
         )
@@ -121,7 +123,7 @@ def prepare_fit(
         note=(
             f"{section.backbone}, weights {section.weights}; {n_trainable:,} of "
             f"{n_params:,} parameters train "
-            f"on {device}; {'cached ' if training.cached else 'not cached: '}{training.note}"
+            f"on {where}; {'cached ' if training.cached else 'not cached: '}{training.note}"
         ),
     )
 

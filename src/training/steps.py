@@ -49,7 +49,8 @@ def evaluate(
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with placement.autocast():
             logits = model(pipeline(xb, train=False))
-        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
+        logits = logits.float()  # loss and argmax in float32, whatever autocast ran in
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == yb).sum()
         if keep_predictions:

@@ -110,6 +110,7 @@ def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
     knobs = suggest_knobs(trial, s.tcfg.space)
     tags = {"optuna.study_name": s.study.study_name, "optuna.trial_number": trial.number}
     tags.update({"optuna.worker": s.worker, **_retry_tag(trial)})
+    tags.update(Placement.for_device(s.device, precision=s.params.common.precision).describe())
     name = f"trial-{trial.number:03d}"
     state, value = TrialState.FAIL, None
     # The knobs under the param names the stages use (`train.lr`), the search-only ones
@@ -124,7 +125,9 @@ def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
         try:
             section = trial_section(s.base, knobs, s.tcfg.budget)
             trial.set_user_attr("config", to_dict(section))
-            run.log_params(tracking.run_params(s.params, section))
+            run.log_params(
+                tracking.run_params(s.params, section, precision=s.params.common.precision)
+            )
             result = train_trial(s, section, reporter, name)
             value = (
                 reporter.best if reporter.best is not None else result.final["final_val_accuracy"]
@@ -180,7 +183,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
 def train_trial(s: Search, section: CNNStageConfig, on_validation: Callable, name: str):
     """Exactly what the base stage does around `fit` (`src.training.recipe`), minus
     tracking and outputs, on the search's data."""
-    placement = Placement.for_device(s.device)
+    placement = Placement.for_device(s.device, precision=s.params.common.precision)
     seed = s.params.common.seed
     stage = get_stage(s.tcfg.base)
     recipe = stage_recipe(stage, section, placement, seed=seed, data=s.data, params_key="train")
