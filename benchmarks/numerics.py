@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from src.stages import get_stage
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.paths import BenchData, ModelBench, make_bench, time_floor
 from src.config.schema import Params
+from src.config.stages import get_stage
 from src.training.device import NATIVE_BF16_FLAGS, Placement, cpu_bf16_flags, synchronize
 from src.training.feature_cache import compute_features
 from src.training.loop import build_optimizer
