@@ -27,10 +27,10 @@ from src.cifar import CIFAR10_CLASSES
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.data.prepare import load_dataset
+from src.inference.classifier import Classifier
 from src.tracking import registry, store
 from src.tracking import runs as tracking
 from src.tracking.naming import chart_key, metric_split
-from src.tracking.serving import Classifier
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
 
 

@@ -1,5 +1,5 @@
 """The MLflow Model Registry side of a stage: its model logged as a pyfunc "model from
-code" (src/tracking/serving.py), linked to its final metrics, registered as a new version of
+code" (src/inference/classifier.py), linked to its final metrics, registered as a new version of
 ``<experiment>-<stage>``, and the `champion` alias moved when the version earns it.
 """
 
@@ -35,7 +35,7 @@ def log_model(
     One run registers one version: a rerun of a run whose version exists (killed after
     registering it) repairs that version's tags and alias instead of adding another.
 
-    The pyfunc is "models from code" (src/tracking/serving.py): the project's own model file
+    The pyfunc is "models from code" (src/inference/classifier.py): the project's own model file
     (weights + config, read with weights_only=True) is its artifact and `src` ships
     with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
     class names and probabilities; `input_example` is a few such images. `smoke`: why
@@ -44,7 +44,7 @@ def log_model(
         return None
     import mlflow
 
-    from src.tracking import serving
+    from src.inference import classifier as serving
 
     client = mlflow.MlflowClient()
     name = f"{run.experiment}-{stage}"
