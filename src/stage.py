@@ -6,6 +6,7 @@ outputs DVC tracks (their layout: `src.artifacts`). What it trains comes from
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -80,8 +81,7 @@ def run_training_stage(
         registered = registry.log_model(
             run,
             stage,
-            paths.model,
-            dataset.val.images[:2],
+            lambda: served_model(paths.model, dataset.val.images[:2]),
             final_metrics=result.final,
             step=result.steps,
             smoke=smoke_reasons(to_dict(section), params.profile),
@@ -97,6 +97,14 @@ def run_training_stage(
         artifacts.atomic_write_json(paths.metrics, metrics)
     paths.checkpoint.unlink(missing_ok=True)
     return metrics
+
+
+def served_model(model_file: Path, input_example: Any) -> dict[str, Any]:
+    """What `registry.log_model` logs: the model file as the project's pyfunc (MLflow is
+    imported only when a run is tracked)."""
+    from src.inference.pyfunc import pyfunc_model
+
+    return pyfunc_model(model_file, input_example)
 
 
 def stage_metrics(result: FitResult, run_id: str | None) -> dict:

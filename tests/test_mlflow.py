@@ -28,6 +28,7 @@ from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.data.prepare import load_dataset
 from src.inference.classifier import Classifier
+from src.inference.pyfunc import pyfunc_model
 from src.tracking import registry, store
 from src.tracking import runs as tracking
 from src.tracking.naming import chart_key, metric_split
@@ -378,8 +379,7 @@ def _register(run, model_file, images, smoke=()):
     return registry.log_model(
         run,
         "baseline",
-        model_file,
-        images,
+        lambda: pyfunc_model(model_file, images),
         final_metrics={"test_accuracy": 0.25},
         smoke=list(smoke),
     )
