@@ -14,13 +14,13 @@ from torch import nn
 from src import artifacts
 from src.artifacts import StagePaths
 from src.config.layout import Layout
+from src.config.profiles import smoke_reasons
 from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset
 from src.tracking import dead_runs, registry
 from src.tracking import runs as tracking
 from src.tracking.datasets import log_datasets
-from src.tracking.provenance import smoke_reasons
 from src.training.checkpoint import load_checkpoint
 from src.training.loop import FitResult, fit
 from src.training.recipe import StageRecipe

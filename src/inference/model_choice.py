@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from src.artifacts import read_model_file
+from src.config.profiles import smoke_reasons
 from src.errors import ProjectError, WeightsError
 from src.stages import TRAINING_STAGES
-from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION
 
 # What a CPU user can run to get a servable model (README: the baseline, ~10 min).

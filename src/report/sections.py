@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from src.config.profiles import smoke_reasons
 from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.blocks import (
@@ -26,7 +27,6 @@ from src.report.blocks import (
 from src.report.inputs import SPLIT_METRICS, ReportInputs, StageOutputs
 from src.spread import Spread
 from src.stages import Stage
-from src.tracking.provenance import smoke_reasons
 
 SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
 
