@@ -15,9 +15,9 @@ from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
 from src.stage_lock import stage_lock
-from src.tracking import runs as tracking
 from src.tracking import store
 from src.tracking.datasets import log_datasets
+from src.tracking.runs import run_params, stage_run, write_figure
 
 STAGE = "download"
 SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
@@ -35,13 +35,13 @@ def main() -> None:
 
 def _prepare(params: Params, layout: Layout) -> dict:
     out_dir, paths = layout.data, StagePaths.for_stage(STAGE, layout.root)
-    logged = tracking.run_params(params, params.data)
+    logged = run_params(params, params.data)
     # Before the tracking run: a bad source, a too-small split or a folder the stage
     # may not replace stops it (exit 1 or 2) with no run started.
     manifest = prepare_dataset(params.data, out_dir, layout.raw)
-    with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
+    with stage_run(STAGE, logged, experiment=params.common.experiment) as run:
         dataset = load_dataset(out_dir)
-        tracking.write_figure(
+        write_figure(
             sample_grid(dataset.train.images, dataset.train.labels),
             paths.reports / SAMPLES_FILE,
             run,

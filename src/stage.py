@@ -19,8 +19,8 @@ from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset
 from src.tracking import dead_runs, registry
-from src.tracking import runs as tracking
 from src.tracking.datasets import log_datasets
+from src.tracking.runs import ValidationLogger, run_params, stage_run, write_figure
 from src.training.checkpoint import load_checkpoint
 from src.training.loop import FitResult, fit
 from src.training.recipe import StageRecipe
@@ -44,14 +44,14 @@ def run_training_stage(
     if resume_id:
         dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
 
-    run_params = tracking.run_params(params, section)
-    with tracking.stage_run(
-        stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
+    tracked = run_params(params, section)
+    with stage_run(
+        stage, tracked, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
     ) as run:
         # on resume too: final metrics and the model link to the splits
         log_datasets(run, dataset, Layout().data)
 
-        log_validation = tracking.ValidationLogger(run)
+        log_validation = ValidationLogger(run)
         result = fit(
             recipe.fit_model,
             recipe.data,
@@ -139,13 +139,13 @@ def write_outputs(
 
     history_sha256 = artifacts.write_history(paths.history, result.history)
     curves = plots.learning_curves(result.history, stage)
-    tracking.write_figure(curves, paths.learning_curves, run)
+    write_figure(curves, paths.learning_curves, run)
     labels = dataset.test.labels[: len(result.test_predictions)]
     matrix = plots.confusion_matrix(labels, result.test_predictions.numpy())
     confusion = plots.confusion_figure(
         matrix, f"{stage}: test accuracy {result.final['test_accuracy']:.3f}"
     )
-    tracking.write_figure(confusion, paths.confusion_matrix, run)
+    write_figure(confusion, paths.confusion_matrix, run)
     artifacts.write_model_file(
         paths.model,
         model,

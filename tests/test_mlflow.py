@@ -30,8 +30,8 @@ from src.data.prepare import load_dataset
 from src.inference.classifier import Classifier
 from src.inference.pyfunc import pyfunc_model
 from src.tracking import registry, store
-from src.tracking import runs as tracking
 from src.tracking.naming import chart_key, metric_split
+from src.tracking.runs import Run, run_params
 from tests.conftest import _isolate, update_params, write_official_archive, write_project
 
 
@@ -307,7 +307,7 @@ def test_mlflow_search_runs_in_the_project_root_finds_the_runs(trained):
 
 def test_params_of_a_stage_run():
     params = load_params()
-    logged = tracking.run_params(params, params.improved)
+    logged = run_params(params, params.improved)
     assert logged["model.filters"] == list(params.improved.model.filters)
     assert logged["seed"] == params.common.seed
 
@@ -370,7 +370,7 @@ def registry_store(tmp_path, monkeypatch):
     run_id = client.create_run(store.create_experiment(client, uri, "cifar10")).info.run_id
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     try:
-        yield client, tracking.Run(run_id, "cifar10"), model_file, images
+        yield client, Run(run_id, "cifar10"), model_file, images
     finally:
         mlflow.set_tracking_uri(previous)
 

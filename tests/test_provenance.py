@@ -107,16 +107,16 @@ def test_a_quick_experiments_run_says_quick_and_is_clean(repo, monkeypatch):
     DVC_EXP_NAME and writes the -S values into the copy's params.yaml)."""
     import mlflow
 
-    from src.tracking import runs as tracking
+    from src.tracking.runs import run_params, stage_run
     from tests.conftest import _isolate
 
     _isolate(monkeypatch, repo)
     monkeypatch.setenv("DVC_EXP_NAME", "quick")
     _set(repo, **quick_overrides(load_raw(repo / "params.yaml")))
     params = load_params(repo / "params.yaml")
-    logged = tracking.run_params(params, params.baseline)
+    logged = run_params(params, params.baseline)
     assert logged["profile"] == "quick" and "model.image_size" not in logged
-    with tracking.stage_run("baseline", logged, system_metrics=False) as run:
+    with stage_run("baseline", logged, system_metrics=False) as run:
         pass
     got = mlflow.MlflowClient().get_run(run.run_id)
     assert got.info.run_name == "baseline (quick)"

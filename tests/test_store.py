@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from src.tracking import runs as tracking
 from src.tracking import store
+from src.tracking.runs import set_experiment
 from tests.conftest import _isolate
 
 
@@ -43,7 +43,7 @@ def test_the_default_store_is_mlflows_own_default(root, monkeypatch):
     assert store.tracking_uri() == f"sqlite:///{root}/mlflow.db"
     assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()  # nothing yet
     monkeypatch.chdir(root.parent)  # a stage may run elsewhere (a --temp copy): same layout
-    exp_id = tracking.set_experiment("cifar10")
+    exp_id = set_experiment("cifar10")
     exp = mlflow.MlflowClient().get_experiment(exp_id)
     assert exp.artifact_location == (root / "mlruns" / exp_id).as_uri()
     default = mlflow.MlflowClient().get_experiment("0")

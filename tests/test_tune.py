@@ -24,7 +24,7 @@ from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.typed import flatten, to_dict
 from src.errors import ConfigError
-from src.tracking import runs as tracking
+from src.tracking.runs import run_params
 from src.training.loop import FitResult, NonFiniteLossError
 from src.tune import search, summary
 from src.tune.__main__ import main as tune_main
@@ -180,7 +180,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
         assert run.info.status == MLFLOW_STATUS[trial.state.name]
         assert run.data.params["model.kernel_size"] == str(trial.params["kernel_size"])
         # the stages' param names, plus the search-only knobs under their own
-        assert set(tracking.run_params(params, params.improved)) <= set(run.data.params)
+        assert set(run_params(params, params.improved)) <= set(run.data.params)
         assert {"width", "blocks"} & set(trial.params) <= set(run.data.params)
         assert "curves/val_accuracy" in run.data.metrics
         assert not [m for m in run.data.metrics if m.startswith("test")]  # never looked at
