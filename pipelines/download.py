@@ -15,7 +15,6 @@ from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.report.figures import sample_grid
 from src.stage_lock import stage_lock
-from src.tracking import store
 from src.tracking.datasets import log_datasets
 from src.tracking.runs import run_params, stage_run, write_figure
 
@@ -27,7 +26,6 @@ SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 def main() -> None:
     params = load_params()
     layout = Layout()
-    store.check_store()  # a store at the old place stops it before the data is read
     with stage_lock(STAGE):  # before any work: one writer per stage
         manifest = _prepare(params, layout)
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {layout.data}")

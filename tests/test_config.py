@@ -206,8 +206,8 @@ def _drop(root, key):
     ],
 )
 def test_a_path_param_is_refused_and_deletes_nothing(project, key, value):
-    """The layout is fixed: `common.paths` is gone, and a params.yaml that still has it
-    stops the stage naming the key, whatever it points at."""
+    """The layout is fixed (not params): a params.yaml with a `common.paths` key stops the
+    stage naming the key, whatever it points at, before anything is deleted."""
     from tests.conftest import update_params
 
     victim = project.parent / "victim"
@@ -218,13 +218,13 @@ def test_a_path_param_is_refused_and_deletes_nothing(project, key, value):
         (project / folder / "keep.txt").write_text("keep me")
     (project / "link").symlink_to(victim)
     value = str(victim) if value == "VICTIM" else value
-    update_params(project, **{"common.paths": {key: value}})  # a key that no longer exists
+    update_params(project, **{"common.paths": {key: value}})  # not a params key
     before = _tree(project)
     proc = _run(project, "pipelines.download")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [lines[0]] and lines[0].startswith("error: params: 'common.paths': ")
-    assert "layout is fixed" in lines[0] and "Traceback" not in proc.stderr
+    assert "unknown key" in lines[0] and "Traceback" not in proc.stderr
     assert _tree(project) == before
     assert (victim / "precious.txt").read_text() == "keep me"
 

@@ -33,7 +33,7 @@ def log_model(
     Returns a line for the stage's log; None when tracking is off (`run` inactive).
 
     One run registers one version: a rerun of a run whose version exists (killed after
-    registering it) repairs that version's tags and alias instead of adding another.
+    registering it) sets that version's alias instead of adding another.
 
     `smoke`: why the model is not a real result (`src.config.profiles.smoke_reasons`)."""
     if not run.active:
@@ -68,7 +68,7 @@ def log_model(
         description=version_description(stage, test_accuracy, smoke),
         model_id=info.model_id,
     )
-    return register_version(name, str(created.version), stage, test_accuracy, smoke, tagged=True)
+    return register_version(name, str(created.version), stage, test_accuracy, smoke)
 
 
 def version_of_run(client: Any, name: str, run_id: str) -> Any | None:
@@ -113,25 +113,16 @@ def register_version(
     stage: str,
     test_accuracy: float | None,
     smoke: list[str],
-    tagged: bool = False,
 ) -> str:
-    """Tag and describe registry version `version` (unless `tagged`: it was created so;
-    tagging again repairs a version a kill left untagged), and point `champion` at it
-    when it is a full-budget model whose test accuracy beats the current champion's
-    (smoke runs never become champion: their versions carry `smoke` and
-    `servable=false`). Returns a line for the stage's log."""
+    """Point `champion` at registry version `version` (created with `version_tags`) when
+    it is a full-budget model whose test accuracy beats the current champion's (smoke
+    runs never become champion: their versions carry `smoke` and `servable=false`).
+    Returns a line for the stage's log."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
-    if not tagged:
-        for key, value in version_tags(stage, test_accuracy, smoke).items():
-            client.set_model_version_tag(name, version, key, value)
-        description = version_description(stage, test_accuracy, smoke)
-        client.update_model_version(name, version, description)
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, _registered_description(stage))
 
     where = f"registry: {name} version {version}, test accuracy {accuracy}"
     if smoke:
