@@ -23,8 +23,8 @@ from src.errors import ProjectError, WeightsError
 from src.stages import TRAINING_STAGES
 from src.tracking.registry import CHAMPION
 
-# What a CPU user can run to get a servable model (README: the baseline, ~10 min).
-GET_ONE = "`dvc repro baseline` (about 10 minutes on a 2-core CPU)"
+# What a user can run to get a servable model: the stage that trains fastest.
+GET_ONE = "`dvc repro baseline` (the quickest stage to train)"
 
 
 @dataclass(frozen=True)
