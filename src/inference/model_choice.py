@@ -144,7 +144,9 @@ def choose(experiment: str, models_dir: Path) -> Candidate:
         where = os.path.relpath(models_dir)
         lines.append(f"  nothing: no registered model, no model file in {where}/")
     print("\n".join(lines), file=sys.stderr)
-    example = next((c.model for c in registered + files), "models/baseline.pt")
+    example = next((c.model for c in registered + files), None) or os.path.relpath(
+        models_dir / "baseline.pt"
+    )
     raise WeightsError(
         f"no servable model to classify with; get one with {GET_ONE}, or name one with "
         f"--model (e.g. --model {example}, a smoke model: its answers are not results)"

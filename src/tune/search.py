@@ -243,7 +243,7 @@ def run_search(
     data = load_splits(device, test=False, user="tuning")[1]
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
-    report_dir = Layout().reports / "tune" / slug(study_name)
+    report_dir = Layout().tune_reports / slug(study_name)
     with contextlib.ExitStack() as stack:
         with ss.lock(study_name):
             study, index, parent_id = _join(ss, study_name, params, tcfg, me)
