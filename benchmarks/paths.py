@@ -27,8 +27,8 @@ from src.stages import get_stage
 from src.tracking import store
 from src.tracking.runs import Run, ValidationLogger, stage_run
 from src.training.device import Placement, synchronize
-from src.training.loop import FitResult, build_optimizer, fit
-from src.training.recipe import StageNetwork, StageRecipe, build_stage, prepare_fit
+from src.training.loop import FitResult, build_optimizer
+from src.training.recipe import StageNetwork, StageRecipe, build_stage, fit_recipe, prepare_fit
 from src.training.splits import TensorSplits, load_splits
 from src.training.steps import set_train_mode, train_step
 
@@ -244,11 +244,8 @@ def time_project(
     with _bench_run(bench.name, prepared.train_cfg, work_dir, track) as run:
         opened = time.perf_counter()
         log_validation = ValidationLogger(run)
-        result: FitResult = fit(
-            prepared.fit_model,
-            prepared.data,
-            prepared.train_cfg,
-            prepared.pipeline,
+        result: FitResult = fit_recipe(
+            prepared,
             seed=bench.seed,
             on_validation=log_validation,
             checkpoint_path=ckpt,

@@ -22,8 +22,8 @@ from src.tracking import dead_runs, registry
 from src.tracking.datasets import log_datasets
 from src.tracking.runs import ValidationLogger, run_params, stage_run, write_figure
 from src.training.checkpoint import load_checkpoint
-from src.training.loop import FitResult, fit
-from src.training.recipe import StageRecipe
+from src.training.loop import FitResult
+from src.training.recipe import StageRecipe, fit_recipe
 
 
 def run_training_stage(
@@ -52,11 +52,8 @@ def run_training_stage(
         log_datasets(run, dataset, Layout().data)
 
         log_validation = ValidationLogger(run)
-        result = fit(
-            recipe.fit_model,
-            recipe.data,
-            recipe.train_cfg,
-            recipe.pipeline,
+        result = fit_recipe(
+            recipe,
             seed=params.common.seed,
             on_validation=log_validation,
             checkpoint_path=paths.checkpoint,
@@ -65,7 +62,6 @@ def run_training_stage(
             progress=progress,
             name=stage,
             params_key=f"{stage}.train",
-            placement=recipe.placement,
         )
         tic = time.perf_counter()
         metrics = {**stage_metrics(result, run.run_id), **recipe.metrics}

@@ -24,9 +24,9 @@ from src.errors import ConfigError, WeightsError
 from src.training import efficientnet
 from src.training.augment import InputPipeline
 from src.training.device import Placement
-from src.training.feature_cache import cache_plan, prepare_resnet_training
+from src.training.feature_cache import cache_plan, prepare_transfer_training
 from src.training.loop import fit
-from src.training.models import backbone_part, build_transfer, network_from_config, split_backbone
+from src.training.models import BackbonePart, build_transfer, network_from_config, split_backbone
 from src.training.splits import TensorSplits
 from src.training.steps import set_train_mode
 from tests.conftest import make_images, update_params
@@ -134,11 +134,11 @@ def test_blocks_split_into_a_frozen_prefix_and_a_trainable_tail(trainable, prefi
     assert prefix[-1] == prefix_end and rest[0] == trainable[0] and rest[-1] == "fc"
     x = torch.randn(2, 3, 32, 32)
     model.eval()
-    head = backbone_part(model, LITE, prefix)(x)
+    head = BackbonePart(model, LITE, prefix)(x)
     assert tuple(head.shape[1:]) == features
     # the two parts share the model's modules and compose to its own forward
-    torch.testing.assert_close(backbone_part(model, LITE, rest)(head), model(x))
-    assert backbone_part(model, LITE, rest).blocks["fc"].fc is model._fc
+    torch.testing.assert_close(BackbonePart(model, LITE, rest)(head), model(x))
+    assert BackbonePart(model, LITE, rest).blocks["fc"].fc is model._fc
 
 
 def test_frozen_blocks_stay_in_eval_mode_while_the_tail_trains():
@@ -153,7 +153,7 @@ def test_a_training_step_moves_only_the_tail_and_its_statistics():
     torch.manual_seed(0)
     model = build_transfer(cfg)
     before = copy.deepcopy(model.state_dict())
-    training = prepare_resnet_training(model, cfg, _splits(), _pipeline(cfg), seed=0)
+    training = prepare_transfer_training(model, cfg, _splits(), _pipeline(cfg), seed=0)
     assert not training.cached and training.fit_model is model
     fit(training.fit_model, training.data, training.train_cfg, training.pipeline, progress=False)
     after = model.state_dict()
@@ -182,7 +182,7 @@ def test_cached_features_train_like_the_uncached_path():
         )
         torch.manual_seed(0)
         model = build_transfer(cfg)
-        training = prepare_resnet_training(model, cfg, _splits(), _pipeline(cfg), seed=0)
+        training = prepare_transfer_training(model, cfg, _splits(), _pipeline(cfg), seed=0)
         assert training.cached is cached
         result = fit(
             training.fit_model,

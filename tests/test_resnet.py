@@ -26,12 +26,12 @@ from src.training.device import Placement
 from src.training.feature_cache import (
     cache_plan,
     describe_weights,
-    prepare_resnet_training,
+    prepare_transfer_training,
     select_budget,
 )
 from src.training.loop import fit
 from src.training.models import (
-    ResNetPart,
+    BackbonePart,
     WeightsError,
     build_resnet,
     imagenet_weights_path,
@@ -216,8 +216,9 @@ def test_frozen_and_trainable_blocks(trainable, prefix_end):
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     # the two parts share the model's modules and compose to its forward
-    torch.testing.assert_close(ResNetPart(model, rest)(ResNetPart(model, prefix)(x)), model(x))
-    assert ResNetPart(model, rest).blocks["fc"] is model.fc
+    head = BackbonePart(model, "resnet18", prefix)(x)
+    torch.testing.assert_close(BackbonePart(model, "resnet18", rest)(head), model(x))
+    assert BackbonePart(model, "resnet18", rest).blocks["fc"] is model.fc
 
 
 def test_a_training_step_moves_only_trainable_blocks():
@@ -225,7 +226,7 @@ def test_a_training_step_moves_only_trainable_blocks():
     torch.manual_seed(0)
     model = build_resnet(cfg)
     before = copy.deepcopy(model.state_dict())
-    training = prepare_resnet_training(model, cfg, _splits(2, 1), _pipeline(cfg), seed=0)
+    training = prepare_transfer_training(model, cfg, _splits(2, 1), _pipeline(cfg), seed=0)
     assert not training.cached and training.fit_model is model
     fit(training.fit_model, training.data, training.train_cfg, training.pipeline, progress=False)
     after = model.state_dict()
@@ -257,7 +258,7 @@ def test_cached_features_train_like_the_uncached_path(trainable, image_size):
         torch.manual_seed(0)
         model = build_resnet(cfg)
         data = _splits(n_train=2, n_eval=1)  # 20 images: 3 full batches of 6, 3 validations
-        training = prepare_resnet_training(model, cfg, data, _pipeline(cfg), seed=0)
+        training = prepare_transfer_training(model, cfg, data, _pipeline(cfg), seed=0)
         assert training.cached is cached
         result = fit(
             training.fit_model,

@@ -4,8 +4,9 @@ From a stage's catalog entry (`src.stages`, kind "cnn" or "transfer"), its typed
 section and a `Placement`: the network (`models.build_stage_network`, seeded, on the
 device), its input pipeline (`augment.input_pipeline`, resized to the network's image
 size), the data (`splits.load_splits`, unless the caller brings it) and, for the
-ResNet, the feature cache (`feature_cache.prepare_resnet_training`). The pipelines'
-stages, tuning trials and the benchmark train what it returns. Serving and the report
+transfer network, the feature cache (`feature_cache.prepare_transfer_training`). The
+pipelines' stages, tuning trials and the benchmark train what it returns with
+`fit_recipe`. Serving and the report
 need only the network of a saved config: `models.network_from_config`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,8 @@ from src.data.prepare import Dataset
 from src.stages import Stage
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
 from src.training.device import Placement
-from src.training.feature_cache import describe_weights, prepare_resnet_training
+from src.training.feature_cache import describe_weights, prepare_transfer_training
+from src.training.loop import FitResult, fit
 from src.training.models import build_stage_network, count_parameters
 from src.training.splits import TensorSplits, check_train_size, load_splits
 
@@ -92,7 +95,7 @@ def prepare_fit(
             model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
         )
     section = dataclasses.replace(net.section, train=cfg)
-    training = prepare_resnet_training(
+    training = prepare_transfer_training(
         model,
         section,
         data,
@@ -147,3 +150,17 @@ def stage_recipe(
     recipe = prepare_fit(net, data, seed=seed, params_key=params_key, progress=progress)
     recipe.dataset = dataset
     return recipe
+
+
+def fit_recipe(recipe: StageRecipe, *, seed: int, **options: Any) -> FitResult:
+    """`fit` on what `recipe` trains, on its device; `options` are `fit`'s other keyword
+    arguments (validation callback, checkpoint, progress, name)."""
+    return fit(
+        recipe.fit_model,
+        recipe.data,
+        recipe.train_cfg,
+        recipe.pipeline,
+        seed=seed,
+        placement=recipe.placement,
+        **options,
+    )

@@ -26,8 +26,7 @@ from src.stages import get_stage
 from src.tracking import store
 from src.tracking.runs import Run, ValidationLogger, run_params, run_summary, stage_run
 from src.training.device import Placement, prepare_device
-from src.training.loop import fit
-from src.training.recipe import stage_recipe
+from src.training.recipe import fit_recipe, stage_recipe
 from src.training.splits import TensorSplits, load_splits
 from src.tune import summary
 from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug
@@ -184,16 +183,8 @@ def train_trial(s: Search, section: CNNStageConfig, on_validation: Callable, nam
     seed = s.params.common.seed
     stage = get_stage(s.tcfg.base)
     recipe = stage_recipe(stage, section, placement, seed=seed, data=s.data, params_key="train")
-    return fit(
-        recipe.fit_model,
-        recipe.data,
-        recipe.train_cfg,
-        recipe.pipeline,
-        seed=seed,
-        on_validation=on_validation,
-        progress=s.progress,
-        name=name,
-        placement=recipe.placement,
+    return fit_recipe(
+        recipe, seed=seed, on_validation=on_validation, progress=s.progress, name=name
     )
 
 
