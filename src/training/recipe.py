@@ -62,7 +62,7 @@ class StageRecipe:
 
 def build_stage(stage: Stage, section: Section, placement: Placement, seed: int) -> StageNetwork:
     """The network (seeded with `seed` first, so every caller starts from the same
-    weights) and its input pipeline. A ResNet whose weights cannot be had raises
+    weights) and its input pipeline. A backbone whose weights cannot be had raises
     WeightsError here, before any data is read."""
     torch.manual_seed(seed)
     network, image_size = build_stage_network(stage.kind, section)
@@ -82,7 +82,7 @@ def prepare_fit(
     """`fit`'s inputs for `net` on `data` (on the network's device), training with
     `train_cfg` (default: the section's). A training set smaller than one batch is a
     ConfigError naming `params_key` (default `<stage>.train`), raised before any
-    feature is cached. A ResNet trains its head on cached features when nothing
+    feature is cached. A transfer network trains its head on cached features when nothing
     augments (`src.training.feature_cache`)."""
     cfg = train_cfg or net.section.train
     check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
@@ -139,7 +139,7 @@ def stage_recipe(
     params_key: str | None = None,
     progress: bool = False,
 ) -> StageRecipe:
-    """Everything `fit` needs for `stage`: the network first (missing ResNet weights stop
+    """Everything `fit` needs for `stage`: the network first (missing backbone weights stop
     the stage before any data is read), then the prepared data set onto the device
     (unless `data` is given: a tuning search loads it once for all its trials), then
     the budget and the feature cache (a progress bar when `progress`)."""
