@@ -24,11 +24,11 @@ from torchvision import transforms
 
 from src.config.schema import Params, TrainConfig
 from src.config.stages import get_stage
-from src.tracking import runs as tracking
 from src.tracking import store
+from src.tracking.runs import Run, ValidationLogger, stage_run
 from src.training.device import Placement, synchronize
-from src.training.loop import FitResult, build_optimizer, fit
-from src.training.recipe import StageNetwork, StageRecipe, build_stage, prepare_fit
+from src.training.loop import FitResult, build_optimizer
+from src.training.recipe import StageNetwork, StageRecipe, build_stage, fit_recipe, prepare_fit
 from src.training.splits import TensorSplits, load_splits
 from src.training.steps import set_train_mode, train_step
 
@@ -217,17 +217,17 @@ def time_reference(
 
 
 @contextlib.contextmanager
-def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iterator[tracking.Run]:
+def _bench_run(name: str, cfg: TrainConfig, work_dir: Path, track: bool) -> Iterator[Run]:
     """A real MLflow run in a temporary SQLite store under `work_dir` (or, without
     `track`, the stand-in that logs nothing); the project's own store is never touched."""
     if not track:
-        yield tracking.Run(None)
+        yield Run(None)
         return
     db = work_dir / "mlflow.db"  # artifacts beside it in work_dir/mlruns/ (src.tracking.store)
     db.parent.mkdir(parents=True, exist_ok=True)
     with (
         store.use_store(f"sqlite:///{db}"),
-        tracking.stage_run(f"bench-{name}", {"train": cfg}, experiment="bench") as run,
+        stage_run(f"bench-{name}", {"train": cfg}, experiment="bench") as run,
     ):
         yield run
 
@@ -254,12 +254,9 @@ def time_project(
     tic = time.perf_counter()
     with _bench_run(bench.name, prepared.train_cfg, work_dir, track) as run:
         opened = time.perf_counter()
-        log_validation = tracking.ValidationLogger(run)
-        result: FitResult = fit(
-            prepared.fit_model,
-            prepared.data,
-            prepared.train_cfg,
-            prepared.pipeline,
+        log_validation = ValidationLogger(run)
+        result: FitResult = fit_recipe(
+            prepared,
             seed=bench.seed,
             on_validation=log_validation,
             checkpoint_path=ckpt,

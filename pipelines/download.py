@@ -15,9 +15,8 @@ from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
 from src.runner.lock import stage_lock
 from src.runtime.entry import guarded
-from src.tracking import runs as tracking
-from src.tracking import store
 from src.tracking.datasets import log_datasets
+from src.tracking.runs import run_params, stage_run
 
 STAGE = "download"
 
@@ -26,7 +25,6 @@ STAGE = "download"
 def main() -> None:
     params = load_params()
     layout = Layout()
-    store.check_store()  # a store at the old place stops it before the data is read
     with stage_lock(STAGE):  # before any work: one writer per stage
         manifest = _prepare(params, layout)
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {layout.data}")
@@ -34,11 +32,11 @@ def main() -> None:
 
 def _prepare(params: Params, layout: Layout) -> dict:
     out_dir, paths = layout.data, StagePaths.for_stage(STAGE, layout.root)
-    logged = tracking.run_params(params, params.data)
+    logged = run_params(params, params.data)
     # Before the tracking run: a bad source, a too-small split or a folder the stage
     # may not replace stops it (exit 1 or 2) with no run started.
     manifest = prepare_dataset(params.data, out_dir, layout.raw)
-    with tracking.stage_run(STAGE, logged, experiment=params.common.experiment) as run:
+    with stage_run(STAGE, logged, experiment=params.common.experiment) as run:
         dataset = load_dataset(out_dir)
         counts = {f"n_{split}": n for split, n in manifest["counts"].items()}
         run.log_metrics(counts)

@@ -23,7 +23,7 @@ from src.report import html as report_html
 from src.report.formats import FIGURE_DIR
 from src.report.inputs import load_inputs
 from src.runtime.entry import guarded
-from src.tracking import runs as tracking
+from src.tracking.runs import run_summary, stage_run, write_figure
 
 STAGE = "report"
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     inputs = load_inputs(project_root(), params, allow_missing=args.allow_missing)
     runs = {
-        stage: tracking.run_summary(outputs.metrics.get("mlflow_run_id"))
+        stage: run_summary(outputs.metrics.get("mlflow_run_id"))
         for stage, outputs in inputs.stages.items()
         if outputs is not None
     }
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     figure_dir = out.parent / FIGURE_DIR
     previous = linked_figures(out)  # only figures an earlier render wrote are ever removed
     logged = {"common": params.common}
-    with tracking.stage_run(
+    with stage_run(
         STAGE, logged, experiment=params.common.experiment, tags=rendered.tags
     ) as run:
         for name, figure in rendered.figures.items():
-            tracking.write_figure(figure, figure_dir / name, run, f"{FIGURE_DIR}/{name}")
+            write_figure(figure, figure_dir / name, run, f"{FIGURE_DIR}/{name}")
         for name, source in rendered.copies.items():
             atomic_write_bytes(figure_dir / name, (project_root() / source).read_bytes())
             run.log_artifact(figure_dir / name, FIGURE_DIR)

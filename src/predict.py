@@ -8,7 +8,7 @@ the ResNet, resizes as its stage did) gives the top-k classes with probabilities
 `--model` takes a stage's model file or any MLflow model URI (`models:/<name>@<alias>`,
 `models:/<name>/<version>`, `runs:/<run id>/<stage>`), read from the project's
 tracking store or $MLFLOW_TRACKING_URI. Without `--model` it uses the best servable model
-that exists (`src.tracking.model_choice`: the registry's champions, else the stages' model files
+that exists (`src.inference.model_choice`: the registry's champions, else the stages' model files
 that are not smoke runs) and says which on stderr; with none, it lists what exists.
 """
 
@@ -60,7 +60,7 @@ def load_predictor(model: str):
     from src.training.models import WeightsError
 
     if not is_mlflow_uri(model):
-        from src.tracking.serving import Classifier
+        from src.inference.classifier import Classifier
 
         return Classifier.from_file(resolve_path(model))
     import mlflow
@@ -76,8 +76,8 @@ def load_predictor(model: str):
 
 
 def default_model() -> str:
-    """The best servable model there is (`src.tracking.model_choice`), named on stderr."""
-    from src.tracking import model_choice
+    """The best servable model there is (`src.inference.model_choice`), named on stderr."""
+    from src.inference import model_choice
 
     params = load_params()
     chosen = model_choice.choose(params.common.experiment, Layout().models)

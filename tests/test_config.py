@@ -11,6 +11,7 @@ import yaml
 
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params, load_raw
+from src.config.profiles import matching_profile, smoke_reasons
 from src.config.schema import check_required, required_keys
 from src.config.stages import TRAINING_STAGES
 from src.config.typed import flatten, to_dict
@@ -206,8 +207,8 @@ def _drop(root, key):
     ],
 )
 def test_a_path_param_is_refused_and_deletes_nothing(project, key, value):
-    """The layout is fixed: `common.paths` is gone, and a params.yaml that still has it
-    stops the stage naming the key, whatever it points at."""
+    """The layout is fixed (not params): a params.yaml with a `common.paths` key stops the
+    stage naming the key, whatever it points at, before anything is deleted."""
     from tests.conftest import update_params
 
     victim = project.parent / "victim"
@@ -218,13 +219,13 @@ def test_a_path_param_is_refused_and_deletes_nothing(project, key, value):
         (project / folder / "keep.txt").write_text("keep me")
     (project / "link").symlink_to(victim)
     value = str(victim) if value == "VICTIM" else value
-    update_params(project, **{"common.paths": {key: value}})  # a key that no longer exists
+    update_params(project, **{"common.paths": {key: value}})  # not a params key
     before = _tree(project)
     proc = _run(project, "pipelines.download")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [lines[0]] and lines[0].startswith("error: params: 'common.paths': ")
-    assert "layout is fixed" in lines[0] and "Traceback" not in proc.stderr
+    assert "unknown key" in lines[0] and "Traceback" not in proc.stderr
     assert _tree(project) == before
     assert (victim / "precious.txt").read_text() == "keep me"
 
@@ -360,3 +361,29 @@ def test_cuda_without_cuda_is_a_config_error(project):
     update_params(project, **{"baseline.train.device": "cuda"})
     proc = _run(project, "pipelines.train", "baseline")
     _assert_config_error(proc, project, "'baseline.train.device'", "no CUDA device")
+
+
+def test_why_a_model_is_not_a_real_result():
+    """One list of reasons, in the same words for the registry, predict and the report."""
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    assert smoke_reasons(to_dict(params.improved), params.profile) == []
+    quick = load_params(PROJECT_ROOT / "params.yaml", overrides={"profile": "quick"})
+    assert smoke_reasons(to_dict(quick.resnet), quick.profile) == [
+        "profile quick",
+        f"trained on {quick.resnet.train.subset:,} images",
+        "random-init backbone",
+    ]
+    dry = {"train": {"dry_run": True, "subset": 12345}}
+    assert smoke_reasons(dry) == ["dry run", "trained on 12,345 images"]
+    assert smoke_reasons({}, "full") == []
+
+
+def test_the_profile_a_config_holds():
+    """Whole params match a profile by all its keys; a stage's section by its own keys."""
+    profiles = {"full": {}, "quick": {"a.epochs": 1, "b.epochs": 2}, "tiny": {"a.epochs": 3}}
+    assert matching_profile({"a": {"epochs": 1}, "b": {"epochs": 2}}, profiles) == "quick"
+    assert matching_profile({"a": {"epochs": 1}, "b": {"epochs": 9}}, profiles) is None
+    assert matching_profile({"a": {"epochs": 1}}, profiles, "a") == "quick"
+    assert matching_profile({"a": {"epochs": 3}}, profiles, "a") == "tiny"
+    assert matching_profile({"b": {"epochs": 2}}, profiles, "b") == "quick"
+    assert matching_profile({"c": {"epochs": 1}}, profiles, "c") is None  # no key for `c`

@@ -65,7 +65,7 @@ def test_the_data_stage_runs_no_training_serving_or_model_code():
     """Editing the networks, the training loop or the served model never reruns `download`."""
     closure = code_closure("pipelines.download")
     assert not [f for f in closure if f.startswith("src/training/")]
-    assert not closure & {"src/tracking/registry.py", "src/tracking/serving.py"}
+    assert not closure & {"src/tracking/registry.py", "src/inference/classifier.py"}
 
 
 @pytest.mark.parametrize("package", ["src.tracking", "src.report"])

@@ -14,7 +14,7 @@ from src.training import device
 from src.training.augment import InputPipeline, input_pipeline
 from src.training.checkpoint import load_checkpoint
 from src.training.device import Placement, to_device_async
-from src.training.feature_cache import prepare_resnet_training
+from src.training.feature_cache import prepare_transfer_training
 from src.training.loop import fit
 from src.training.models import build_cnn, build_resnet
 from src.training.splits import TensorSplits
@@ -189,7 +189,7 @@ def test_resnet_trains_in_bf16_and_channels_last_on_the_cpu(cached):
     )
     x = pipeline(_splits().val_x[:2], train=False)  # resized 32 -> 40 px, on the batch
     assert x.shape[-2:] == (40, 40) and x.is_contiguous(memory_format=torch.channels_last)
-    training = prepare_resnet_training(model, cfg, _splits(2, 1), pipeline, 0, GPU_LIKE)
+    training = prepare_transfer_training(model, cfg, _splits(2, 1), pipeline, 0, GPU_LIKE)
     assert training.cached is cached
     if cached:  # stored as autocast computes them, fed to the head as channels_last
         assert training.data.train_x.dtype == torch.bfloat16

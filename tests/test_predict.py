@@ -16,7 +16,7 @@ from src import predict
 from src.artifacts import write_model_file as save_model_file
 from src.config.cifar import CIFAR10_CLASSES
 from src.config.schema import ModelConfig, TrainConfig, TransferConfig
-from src.tracking.serving import Classifier
+from src.inference.classifier import Classifier
 from src.training.models import build_cnn, build_resnet
 from tests.conftest import _isolate, tiny_params
 

@@ -12,7 +12,6 @@ import yaml
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params, load_raw
 from src.config.overrides import set_param_args
-from src.config.typed import to_dict
 from src.quick import quick_overrides
 from src.tracking import naming as run_layout
 from src.tracking import provenance
@@ -108,17 +107,16 @@ def test_a_quick_experiments_run_says_quick_and_is_clean(repo, monkeypatch):
     DVC_EXP_NAME and writes the -S values into the copy's params.yaml)."""
     import mlflow
 
-    from src.config.load import load_params
-    from src.tracking import runs as tracking
+    from src.tracking.runs import run_params, stage_run
     from tests.conftest import _isolate
 
     _isolate(monkeypatch, repo)
     monkeypatch.setenv("DVC_EXP_NAME", "quick")
     _set(repo, **quick_overrides(load_raw(repo / "params.yaml")))
     params = load_params(repo / "params.yaml")
-    logged = tracking.run_params(params, params.baseline)
+    logged = run_params(params, params.baseline)
     assert logged["profile"] == "quick" and "model.image_size" not in logged
-    with tracking.stage_run("baseline", logged, system_metrics=False) as run:
+    with stage_run("baseline", logged, system_metrics=False) as run:
         pass
     got = mlflow.MlflowClient().get_run(run.run_id)
     assert got.info.run_name == "baseline (quick)"
@@ -128,18 +126,3 @@ def test_a_quick_experiments_run_says_quick_and_is_clean(repo, monkeypatch):
     quick = quick_overrides(load_raw(PROJECT_ROOT / "params.yaml"))
     assert tags["params_changed"].split(", ") == sorted(quick)
     assert (repo / "mlflow.db").is_file()  # MLflow's default place
-
-
-def test_why_a_model_is_not_a_real_result():
-    """One list of reasons, in the same words for the registry, predict and the report."""
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    assert provenance.smoke_reasons(to_dict(params.improved), params.profile) == []
-    quick = load_params(PROJECT_ROOT / "params.yaml", overrides={"profile": "quick"})
-    assert provenance.smoke_reasons(to_dict(quick.resnet), quick.profile) == [
-        "profile quick",
-        f"trained on {quick.resnet.train.subset:,} images",
-        "random-init backbone",
-    ]
-    dry = {"train": {"dry_run": True, "subset": 12345}}
-    assert provenance.smoke_reasons(dry) == ["dry run", "trained on 12,345 images"]
-    assert provenance.smoke_reasons({}, "full") == []

@@ -224,12 +224,12 @@ def test_the_summary_says_where_the_report_runs_and_models_are(project, monkeypa
     import mlflow
 
     from src.config.load import load_params
-    from src.tracking import runs as tracking
+    from src.tracking.runs import stage_run
 
     monkeypatch.setenv("DVC_EXP_NAME", "quick")
     params = load_params()
     for stage in ("baseline", "report"):
-        with tracking.stage_run(stage, {"profile": "quick"}, system_metrics=False) as run:
+        with stage_run(stage, {"profile": "quick"}, system_metrics=False) as run:
             if stage == "report":
                 run.log_text("# report", "report.html")
                 report_id = run.run_id
@@ -240,7 +240,7 @@ def test_the_summary_says_where_the_report_runs_and_models_are(project, monkeypa
                     "cifar10-baseline", "file:///x", run.run_id, tags={"smoke": "profile quick"}
                 )
     monkeypatch.setenv("DVC_EXP_NAME", "other")
-    with tracking.stage_run("baseline", {"profile": "full"}, system_metrics=False):
+    with stage_run("baseline", {"profile": "full"}, system_metrics=False):
         pass  # another experiment's run: not listed
     text = "\n".join(quick.summary("quick"))
     exp_id = mlflow.MlflowClient().get_experiment_by_name(params.common.experiment).experiment_id

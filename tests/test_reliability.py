@@ -215,9 +215,10 @@ def _dead_worker() -> str:
 
 def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
     from src.runtime.workers import worker_id
-    from src.tracking import runs as tracking
+    from src.tracking.dead_runs import close_dead_runs
+    from src.tracking.runs import set_experiment
 
-    exp = tracking.set_experiment("cifar10")
+    exp = set_experiment("cifar10")
     client = mlflow.MlflowClient()
     dead, here = _dead_worker(), str(root)
     cases = {
@@ -230,7 +231,7 @@ def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
         "untagged": {"stage": "baseline", "project_root": here},
     }
     ids = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in cases.items()}
-    closed = tracking.close_dead_runs("baseline", exp, keep=ids["resumed next"])
+    closed = close_dead_runs("baseline", exp, keep=ids["resumed next"])
     assert closed == [ids["dead"]]
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {name: "KILLED" if name == "dead" else "RUNNING" for name in cases}
@@ -346,9 +347,9 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
 def test_resuming_never_marks_a_live_run_killed(project: Path):
     from src.runtime.workers import worker_id
     from src.tracking import dead_runs
-    from src.tracking import runs as tracking
+    from src.tracking.runs import set_experiment
 
-    exp = tracking.set_experiment("cifar10")
+    exp = set_experiment("cifar10")
     client = mlflow.MlflowClient()
     alive = client.create_run(exp, tags={"worker": worker_id()}).info.run_id
     dead = client.create_run(exp, tags={"worker": _dead_worker()}).info.run_id

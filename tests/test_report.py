@@ -497,7 +497,7 @@ def test_report_stage_end_to_end(prepared):
 
     # provenance: a random-init ResNet is never passed off as pretrained
     assert "Weights: `none`, **not pretrained**" in text
-    # the banner says so first, with provenance.smoke_reasons' words (the ones that keep
+    # the banner says so first, with profiles.smoke_reasons' words (the ones that keep
     # the version from @champion), and the stage's section again
     assert (
         "> **Smoke run, not results.** `resnet`: random-init backbone; "

@@ -24,7 +24,8 @@ from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.typed import flatten, to_dict
 from src.runtime.errors import ConfigError
-from src.tracking import runs as tracking
+from src.tracking.runs import run_params
+from src.training import recipe
 from src.training.loop import FitResult, NonFiniteLossError
 from src.tune import search, summary
 from src.tune.__main__ import main as tune_main
@@ -180,7 +181,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
         assert run.info.status == MLFLOW_STATUS[trial.state.name]
         assert run.data.params["model.kernel_size"] == str(trial.params["kernel_size"])
         # the stages' param names, plus the search-only knobs under their own
-        assert set(tracking.run_params(params, params.improved)) <= set(run.data.params)
+        assert set(run_params(params, params.improved)) <= set(run.data.params)
         assert {"width", "blocks"} & set(trial.params) <= set(run.data.params)
         assert "curves/val_accuracy" in run.data.metrics
         assert not [m for m in run.data.metrics if m.startswith("test")]  # never looked at
@@ -221,7 +222,7 @@ def test_a_three_trial_study_in_storage_and_mlflow_then_resumed(tune_project, ca
 
 def test_pruning_and_a_crash_are_recorded_and_the_search_goes_on(tune_project, monkeypatch):
     outcomes = {1: 0.2, 2: NonFiniteLossError("[trial-002] non-finite training loss at step 3")}
-    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: outcomes.get(n, 0.8 + n / 100)))
+    monkeypatch.setattr(recipe, "fit", _contrived_fit(lambda n: outcomes.get(n, 0.8 + n / 100)))
     pruner = "tune.pruner.args={n_startup_trials: 1, n_warmup_steps: 1}"
     _search("--study-name", "contrived", "--n-trials", "4", "-S", pruner)
     trials = _study("contrived").get_trials()
@@ -240,7 +241,7 @@ def test_pruning_and_a_crash_are_recorded_and_the_search_goes_on(tune_project, m
 
 
 def test_a_dead_workers_trial_is_failed_and_rerun(tune_project, monkeypatch):
-    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: 0.5))
+    monkeypatch.setattr(recipe, "fit", _contrived_fit(lambda n: 0.5))
     _search("--study-name", "dead", "--n-trials", "1")
     study = _study("dead")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -276,7 +277,7 @@ def test_two_processes_share_one_study(tune_project, monkeypatch):
         other.wait(timeout=300)
         return 0.5
 
-    monkeypatch.setattr(search, "fit", _contrived_fit(accuracy))
+    monkeypatch.setattr(recipe, "fit", _contrived_fit(accuracy))
     try:
         _search("--study-name", "pair", "--n-trials", "4")
     finally:
@@ -346,7 +347,7 @@ def test_a_storage_that_is_not_a_journal_file_is_refused_by_name(tune_project, c
 def test_a_postgresql_storage(tune_project, monkeypatch):
     """`postgresql://` (SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is installed)."""
     url = os.environ["CIFAR_MLOPS_PG_URL"]
-    monkeypatch.setattr(search, "fit", _contrived_fit(lambda n: 0.5 + n / 100))
+    monkeypatch.setattr(recipe, "fit", _contrived_fit(lambda n: 0.5 + n / 100))
     name = f"pg-{uuid.uuid4().hex[:8]}"
     try:
         _search("--storage", url, "--study-name", name, "--n-trials", "2")

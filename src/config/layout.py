@@ -118,6 +118,11 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def tune_reports(self) -> Path:
+        """`python -m src.tune`'s results, one folder per study (best_params.yaml, figures)."""
+        return self.reports / "tune"
+
+    @property
     def checkpoints(self) -> Path:
         """Resumable training state and the stages' lock files: never an out."""
         return self.root / "checkpoints"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.config.layout import Layout, check_source, project_root
+from src.config.layout import check_source, project_root
 from src.config.schema import SOURCE_ENV_VAR, Params, TrainConfig, check_required
 from src.config.typed import build
 from src.runtime.errors import ConfigError
@@ -139,13 +139,12 @@ def load_params(
     params.yaml (and so DVC) says.
     """
     raw = load_raw(path)
-    check_retired(raw)
     check_required(raw)
     if "profile" in raw:
         raise ConfigError(
             "profile",
-            "no longer selects a profile (stages read only their own keys, so DVC records "
-            "what ran); remove it. Quick run: `python -m src.quick`",
+            "is not a params.yaml key: stages read only their own keys, so DVC records what "
+            "ran; a profile is chosen by the command (`python -m src.quick`)",
         )
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
@@ -159,19 +158,6 @@ def load_params(
         params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
     check_source(params)
     return params
-
-
-def check_retired(raw: dict) -> None:
-    """ConfigError for keys params.yaml no longer has, saying what replaced them."""
-    common = raw.get("common")
-    if isinstance(common, dict) and "paths" in common:
-        fixed = ", ".join(f"{p}/" for p in Layout(Path()).folders())
-        raise ConfigError(
-            "common.paths",
-            f"is no longer a param: the project layout is fixed ({fixed}), because DVC "
-            "deletes a stage's outputs before running it and a path param could aim that "
-            "deletion anywhere; remove it (data on another disk: README, Design notes)",
-        )
 
 
 def check_device(cfg: TrainConfig, key: str) -> None:

@@ -168,8 +168,8 @@ class TrainConfig:
     mean: tuple[float, float, float] = COURSE_MEAN
     std: tuple[float, float, float] = COURSE_STD
     # Evaluation chunk: the stages' training batch. On CPU, evaluation then reuses the
-    # memory the training steps freed; 1000-image chunks page-fault their activations
-    # in afresh every batch (baseline evaluation 1.6x slower, BENCHMARKS.md).
+    # memory the training steps freed; large chunks page-fault their activations in
+    # afresh every batch.
     eval_batch_size: int = 64
     subset: int = 0  # train on the first N images of the (shuffled) training split; 0 = all
     dry_run: bool = False  # a few batches of a tiny subset: the real code path in seconds

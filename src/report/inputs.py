@@ -22,13 +22,13 @@ import pandas as pd
 
 from src import artifacts
 from src.config.layout import Layout
+from src.config.profiles import matching_profile, smoke_reasons
 from src.config.schema import Params
 from src.config.stages import TRAINING_STAGES
-from src.config.typed import flatten, to_dict
+from src.config.typed import to_dict
 from src.data.prepare import MANIFEST
 from src.runtime.errors import ReportInputError, WeightsError
 from src.seeds.spread import SEEDS_DIR, Spread, read_record
-from src.tracking.provenance import smoke_reasons
 
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 # The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
@@ -77,7 +77,7 @@ class StageOutputs:
     config_source: str = ""  # where `config` comes from, as the report names it
     has_model: bool = True  # False: committed metrics.json + history.csv, no model file
     profile: str | None = None  # the params.yaml profile whose values it trained with
-    smoke: tuple[str, ...] = ()  # why it is not a real result (provenance.smoke_reasons)
+    smoke: tuple[str, ...] = ()  # why it is not a real result (profiles.smoke_reasons)
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def _stage_outputs(root: Path, params: Params, stage: str) -> StageOutputs | Non
             if config is not None
             else ""
         )
-    profile = matching_profile(stage, config, params.profiles) if config else None
+    profile = matching_profile({stage: config}, params.profiles, stage) if config else None
     smoke = tuple(smoke_reasons(config, profile)) if config is not None else ()
     return StageOutputs(
         stage=stage,
@@ -317,21 +317,6 @@ def locked_config(root: Path, stage: str, files: dict[str, Path]) -> dict | None
             return None
     section = ((entry.get("params") or {}).get("params.yaml") or {}).get(stage)
     return section if isinstance(section, dict) else None
-
-
-def matching_profile(stage: str, config: dict, profiles: dict) -> str | None:
-    """The `profiles.<name>` whose every key for `stage` the config holds (the quick run
-    passes them as `-S` params); None when it trained with no profile's values."""
-    flat = flatten(config)
-    for name, overrides in profiles.items():
-        mine = {
-            k.removeprefix(f"{stage}."): v
-            for k, v in (overrides or {}).items()
-            if k.startswith(f"{stage}.")
-        }
-        if mine and all(flat.get(k) == v for k, v in mine.items()):
-            return name
-    return None
 
 
 def read_discussion(path: Path) -> dict[str, str] | None:

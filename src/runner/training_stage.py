@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -14,16 +15,16 @@ from torch import nn
 from src import artifacts
 from src.artifacts import StagePaths
 from src.config.layout import Layout
+from src.config.profiles import smoke_reasons
 from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset
 from src.tracking import dead_runs, registry
-from src.tracking import runs as tracking
 from src.tracking.datasets import log_datasets
-from src.tracking.provenance import smoke_reasons
+from src.tracking.runs import ValidationLogger, run_params, stage_run
 from src.training.checkpoint import load_checkpoint
-from src.training.loop import FitResult, fit
-from src.training.recipe import StageRecipe
+from src.training.loop import FitResult
+from src.training.recipe import StageRecipe, fit_recipe
 
 
 def run_training_stage(
@@ -44,19 +45,16 @@ def run_training_stage(
     if resume_id:
         dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
 
-    run_params = tracking.run_params(params, section, precision=params.common.precision)
-    with tracking.stage_run(
-        stage, run_params, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
+    tracked = run_params(params, section, precision=params.common.precision)
+    with stage_run(
+        stage, tracked, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
     ) as run:
         # on resume too: final metrics and the model link to the splits
         log_datasets(run, dataset, Layout().data)
 
-        log_validation = tracking.ValidationLogger(run)
-        result = fit(
-            recipe.fit_model,
-            recipe.data,
-            recipe.train_cfg,
-            recipe.pipeline,
+        log_validation = ValidationLogger(run)
+        result = fit_recipe(
+            recipe,
             seed=params.common.seed,
             on_validation=log_validation,
             checkpoint_path=paths.checkpoint,
@@ -65,7 +63,6 @@ def run_training_stage(
             progress=progress,
             name=stage,
             params_key=f"{stage}.train",
-            placement=recipe.placement,
         )
         tic = time.perf_counter()
         metrics = {
@@ -85,8 +82,7 @@ def run_training_stage(
         registered = registry.log_model(
             run,
             stage,
-            paths.model,
-            dataset.val.images[:2],
+            lambda: served_model(paths.model, dataset.val.images[:2]),
             final_metrics=result.final,
             step=result.steps,
             smoke=smoke_reasons(to_dict(section), params.profile),
@@ -103,6 +99,14 @@ def run_training_stage(
         artifacts.atomic_write_json(paths.metrics, metrics)
     paths.checkpoint.unlink(missing_ok=True)
     return metrics
+
+
+def served_model(model_file: Path, input_example: Any) -> dict[str, Any]:
+    """What `registry.log_model` logs: the model file as the project's pyfunc (MLflow is
+    imported only when a run is tracked)."""
+    from src.inference.pyfunc import pyfunc_model
+
+    return pyfunc_model(model_file, input_example)
 
 
 def stage_metrics(result: FitResult, run_id: str | None) -> dict:

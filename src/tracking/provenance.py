@@ -13,21 +13,16 @@ The profile a run is labelled with (its `profile` param, its run name):
    (`python -m src.quick` sets exactly those with `-S`);
 3. else `custom` when a param outside `profiles` differs from the committed params.yaml;
 4. else `full`.
-
-Why a model is not a real result (`smoke_reasons`: a profile's reduced values, a dry run,
-a training subset, random-init weights) is said in the same words wherever it shows: the
-registry's `smoke` tag (such a version is never `servable` nor `champion`), the default
-model `src.predict` picks, and the report's banner and stage sections.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from src.config.layout import project_root
 from src.config.load import PARAMS_FILE
+from src.config.profiles import matching_profile
 from src.config.typed import flatten
 
 # Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
@@ -85,26 +80,6 @@ def params_changed(root: Path | None = None) -> list[str]:
     )
 
 
-def _lookup(raw: dict, dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def matching_profile(raw: dict) -> str | None:
-    """The first profile of `raw["profiles"]` (besides `full`) all of whose dotted values
-    `raw` holds; None when there is none."""
-    for name, overrides in (raw.get("profiles") or {}).items():
-        if name == "full" or not isinstance(overrides, dict) or not overrides:
-            continue
-        if all(_lookup(raw, key) == value for key, value in overrides.items()):
-            return name
-    return None
-
-
 def profile_label(applied: str = "full", root: Path | None = None) -> str:
     """What a run's params are, by the rule in this module's docstring."""
     if applied != "full":
@@ -114,26 +89,8 @@ def profile_label(applied: str = "full", root: Path | None = None) -> str:
         raw = _yaml((root / PARAMS_FILE).read_text()) or {}
     except OSError:
         raw = {}
-    found = matching_profile(raw)
+    found = matching_profile(raw, raw.get("profiles") or {})
     if found:
         return found
     edited = [k for k in params_changed(root) if not k.startswith("profiles.")]
     return "custom" if edited else "full"
-
-
-def smoke_reasons(config: dict, profile: str | None = None) -> list[str]:
-    """Why the model a stage's resolved config (its params.yaml section, as the model file
-    stores it) trains is not a real result: not one to serve, not comparable with the
-    course; [] for a full-budget model. `profile`: the params profile it ran under, when
-    known (`full` or None: none)."""
-    train = config.get("train") or {}
-    reasons = []
-    if profile and profile != "full":
-        reasons.append(f"profile {profile}")
-    if train.get("dry_run"):
-        reasons.append("dry run")
-    if train.get("subset"):
-        reasons.append(f"trained on {train['subset']:,} images")
-    if config.get("weights") == "none":
-        reasons.append("random-init backbone")
-    return reasons

@@ -1,14 +1,14 @@
-"""The MLflow Model Registry side of a stage: its model logged as a pyfunc "model from
-code" (src/tracking/serving.py), linked to its final metrics, registered as a new version of
-``<experiment>-<stage>``, and the `champion` alias moved when the version earns it.
+"""The MLflow Model Registry side of a stage: its model logged as a pyfunc, linked to its
+final metrics, registered as a new version of ``<experiment>-<stage>``, and the `champion`
+alias moved when the version earns it. What the pyfunc is comes from the caller
+(`src.inference.pyfunc.pyfunc_model`): this module knows MLflow, not networks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from src.tracking.provenance import git_info
@@ -20,31 +20,25 @@ CHAMPION = "champion"  # registry alias: the version to serve (best non-smoke te
 def log_model(
     run: Run,
     stage: str,
-    model_file: Path,
-    input_example: Any,
+    pyfunc_model: Callable[[], dict[str, Any]],
     *,
     final_metrics: dict[str, float],
     step: int = 0,
     smoke: list[str] | None = None,
 ) -> str | None:
-    """Log the stage's model file as a pyfunc model named after the stage, link the
+    """Log the stage's model as a pyfunc named after the stage (`pyfunc_model()`: the
+    keyword arguments of `mlflow.pyfunc.log_model` that describe it), link the
     final metrics to it, register it as a new version of `<experiment>-<stage>` (tagged
     in the same call that creates it) and move the `champion` alias when it earns it.
     Returns a line for the stage's log; None when tracking is off (`run` inactive).
 
     One run registers one version: a rerun of a run whose version exists (killed after
-    registering it) repairs that version's tags and alias instead of adding another.
+    registering it) sets that version's alias instead of adding another.
 
-    The pyfunc is "models from code" (src/tracking/serving.py): the project's own model file
-    (weights + config, read with weights_only=True) is its artifact and `src` ships
-    with it, so nothing is pickled. It takes uint8 images (N, 32, 32, 3) and returns
-    class names and probabilities; `input_example` is a few such images. `smoke`: why
-    the model is not a real result (`src.tracking.provenance.smoke_reasons`)."""
+    `smoke`: why the model is not a real result (`src.config.profiles.smoke_reasons`)."""
     if not run.active:
         return None
     import mlflow
-
-    from src.tracking import serving
 
     client = mlflow.MlflowClient()
     name = f"{run.experiment}-{stage}"
@@ -54,17 +48,10 @@ def log_model(
     if existing is not None:
         return register_version(name, str(existing.version), stage, test_accuracy, smoke)
 
-    example = serving.as_images(input_example)
     with activate(run.run_id), _no_progress_bars():
         info = mlflow.pyfunc.log_model(
             name=stage,
-            python_model=serving.__file__,
-            artifacts={serving.MODEL_FILE_ARTIFACT: str(model_file)},
-            code_paths=[str(Path(serving.__file__).parents[1])],
-            input_example=example,
-            signature=serving.signature(example, serving.Classifier.from_file(model_file)),
-            metadata={"input": serving.INPUT_DESCRIPTION},
-            pip_requirements=_model_requirements(),
+            **pyfunc_model(),
             step=step,
             tags={"stage": stage},
         )
@@ -81,12 +68,11 @@ def log_model(
         description=version_description(stage, test_accuracy, smoke),
         model_id=info.model_id,
     )
-    return register_version(name, str(created.version), stage, test_accuracy, smoke, tagged=True)
+    return register_version(name, str(created.version), stage, test_accuracy, smoke)
 
 
 def version_of_run(client: Any, name: str, run_id: str) -> Any | None:
-    """The version of registered model `name` that run `run_id` created (the first, if an
-    older release of this code made several), or None."""
+    """The first version of registered model `name` that run `run_id` created, or None."""
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return min(found, key=lambda v: int(v.version)) if found else None
 
@@ -127,25 +113,16 @@ def register_version(
     stage: str,
     test_accuracy: float | None,
     smoke: list[str],
-    tagged: bool = False,
 ) -> str:
-    """Tag and describe registry version `version` (unless `tagged`: it was created so;
-    tagging again repairs a version a kill left untagged), and point `champion` at it
-    when it is a full-budget model whose test accuracy beats the current champion's
-    (smoke runs never become champion: their versions carry `smoke` and
-    `servable=false`). Returns a line for the stage's log."""
+    """Point `champion` at registry version `version` (created with `version_tags`) when
+    it is a full-budget model whose test accuracy beats the current champion's (smoke
+    runs never become champion: their versions carry `smoke` and `servable=false`).
+    Returns a line for the stage's log."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     accuracy = "n/a" if test_accuracy is None else f"{test_accuracy:.4f}"
-    if not tagged:
-        for key, value in version_tags(stage, test_accuracy, smoke).items():
-            client.set_model_version_tag(name, version, key, value)
-        description = version_description(stage, test_accuracy, smoke)
-        client.update_model_version(name, version, description)
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, _registered_description(stage))
 
     where = f"registry: {name} version {version}, test accuracy {accuracy}"
     if smoke:
@@ -187,27 +164,6 @@ def _registered_description(stage: str) -> str:
         f"`models:/<name>@{CHAMPION}` (the best test accuracy among full-budget runs); "
         "`models:/<name>/latest` is the newest version, smoke runs (tag `smoke`) included."
     )
-
-
-def _model_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy
-    import pandas
-    import torch
-    import torchvision
-
-    requirements = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-        f"numpy=={numpy.__version__}",
-        f"pandas=={pandas.__version__}",
-    ]
-    try:  # the EfficientNet-Lite0 backbone's model code (task 4a, resnet.backbone)
-        requirements.append(f"efficientnet-lite-pytorch=={version('efficientnet-lite-pytorch')}")
-    except PackageNotFoundError:
-        pass
-    return requirements
 
 
 @contextlib.contextmanager

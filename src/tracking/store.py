@@ -24,75 +24,22 @@ import contextlib
 import functools
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from src.config.layout import repo_root
-from src.runtime.errors import EXIT_CONFIG, ProjectError
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 
 STORE_FILE = "mlflow.db"  # MLflow 3's default: sqlite:///mlflow.db
 ARTIFACT_DIR = "mlruns"  # ... and ./mlruns/<experiment id>/ for artifacts
-OLD_STORE = f"{ARTIFACT_DIR}/{STORE_FILE}"  # where this project kept its store before
-
-
-class StoreError(ProjectError):
-    """The project's MLflow store is not where MLflow looks; the message says how to
-    move it. Nothing was tracked."""
-
-    exit_code = EXIT_CONFIG
 
 
 def default_uri(root: Path) -> str:
-    """``sqlite:///<root>/mlflow.db``: what MLflow 3 uses from `root` by itself. A store
-    left at the old place (mlruns/mlflow.db) stops it with the command that moves it."""
-    check_old_store(root)
+    """``sqlite:///<root>/mlflow.db``: what MLflow 3 uses from `root` by itself."""
     return f"sqlite:///{root / STORE_FILE}"
-
-
-def check_old_store(root: Path) -> None:
-    """StoreError when the project's runs are in <root>/mlruns/mlflow.db and mlflow.db is
-    missing or holds nothing (a bare `mlflow` command made it); a note when both hold runs.
-    The artifact paths recorded in the old store are absolute: they stay valid after
-    the move."""
-    old, new = root / OLD_STORE, root / STORE_FILE
-    if not old.is_file():
-        return
-    move = f"`mv {OLD_STORE} {STORE_FILE}` in {root}"
-    if not new.exists():
-        raise StoreError(
-            f"MLflow store: {old} holds this project's runs, but MLflow 3 looks for "
-            f"{STORE_FILE} in the project root; move it there: {move} (its artifact paths are "
-            "absolute and stay valid), or set MLFLOW_TRACKING_URI=sqlite:///" + str(old)
-        )
-    if not holds_runs(new):
-        raise StoreError(
-            f"MLflow store: {new} holds no runs (a bare `mlflow` command made it) while {old} "
-            f"holds this project's: `rm {STORE_FILE} && mv {OLD_STORE} {STORE_FILE}` in {root}"
-        )
-    _note_once(f"note: {old} (this project's MLflow store before) is not read; runs go to {new}")
-
-
-def holds_runs(db: Path) -> bool:
-    """Whether the SQLite file `db` holds an MLflow run or registered model (read only)."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
-            return any(
-                table in tables and con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                for table in ("runs", "registered_models")
-            )
-    except sqlite3.Error:
-        return False
-
-
-@functools.cache
-def _note_once(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def artifact_root(uri: str) -> Path | None:
@@ -161,13 +108,6 @@ def tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return default_uri(repo_root())
-
-
-def check_store() -> None:
-    """Stop now (`StoreError`) when the project's runs sit at the old place, before a
-    stage does work it could not record."""
-    if tracking_enabled():
-        tracking_uri()
 
 
 def point_mlflow() -> str:

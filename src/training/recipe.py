@@ -4,8 +4,9 @@ From a stage's catalog entry (`src.config.stages`, kind "cnn" or "transfer"), it
 section and a `Placement`: the network (`models.build_stage_network`, seeded, on the
 device), its input pipeline (`augment.input_pipeline`, resized to the network's image
 size), the data (`splits.load_splits`, unless the caller brings it) and, for the
-ResNet, the feature cache (`feature_cache.prepare_resnet_training`). The pipelines'
-stages, tuning trials and the benchmark train what it returns. Serving and the report
+transfer network, the feature cache (`feature_cache.prepare_transfer_training`). The
+pipelines' stages, tuning trials and the benchmark train what it returns with
+`fit_recipe`. Serving and the report
 need only the network of a saved config: `models.network_from_config`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,8 @@ from src.config.stages import Stage
 from src.data.prepare import Dataset
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
 from src.training.device import Placement
-from src.training.feature_cache import describe_weights, prepare_resnet_training
+from src.training.feature_cache import describe_weights, prepare_transfer_training
+from src.training.loop import FitResult, fit
 from src.training.models import build_stage_network, count_parameters
 from src.training.splits import TensorSplits, check_train_size, load_splits
 
@@ -59,7 +62,7 @@ class StageRecipe:
 
 def build_stage(stage: Stage, section: Section, placement: Placement, seed: int) -> StageNetwork:
     """The network (seeded with `seed` first, so every caller starts from the same
-    weights) and its input pipeline. A ResNet whose weights cannot be had raises
+    weights) and its input pipeline. A backbone whose weights cannot be had raises
     WeightsError here, before any data is read."""
     torch.manual_seed(seed)
     network, image_size = build_stage_network(stage.kind, section)
@@ -79,7 +82,7 @@ def prepare_fit(
     """`fit`'s inputs for `net` on `data` (on the network's device), training with
     `train_cfg` (default: the section's). A training set smaller than one batch is a
     ConfigError naming `params_key` (default `<stage>.train`), raised before any
-    feature is cached. A ResNet trains its head on cached features when nothing
+    feature is cached. A transfer network trains its head on cached features when nothing
     augments (`src.training.feature_cache`)."""
     cfg = train_cfg or net.section.train
     check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
@@ -94,7 +97,7 @@ def prepare_fit(
             model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
         )
     section = dataclasses.replace(net.section, train=cfg)
-    training = prepare_resnet_training(
+    training = prepare_transfer_training(
         model,
         section,
         data,
@@ -138,7 +141,7 @@ def stage_recipe(
     params_key: str | None = None,
     progress: bool = False,
 ) -> StageRecipe:
-    """Everything `fit` needs for `stage`: the network first (missing ResNet weights stop
+    """Everything `fit` needs for `stage`: the network first (missing backbone weights stop
     the stage before any data is read), then the prepared data set onto the device
     (unless `data` is given: a tuning search loads it once for all its trials), then
     the budget and the feature cache (a progress bar when `progress`)."""
@@ -149,3 +152,17 @@ def stage_recipe(
     recipe = prepare_fit(net, data, seed=seed, params_key=params_key, progress=progress)
     recipe.dataset = dataset
     return recipe
+
+
+def fit_recipe(recipe: StageRecipe, *, seed: int, **options: Any) -> FitResult:
+    """`fit` on what `recipe` trains, on its device; `options` are `fit`'s other keyword
+    arguments (validation callback, checkpoint, progress, name)."""
+    return fit(
+        recipe.fit_model,
+        recipe.data,
+        recipe.train_cfg,
+        recipe.pipeline,
+        seed=seed,
+        placement=recipe.placement,
+        **options,
+    )

@@ -132,7 +132,7 @@ def apply_best(params: Params, study_name: str, storage: str, run: bool = False)
     if trial is None:
         raise TuneError(f"study {study_name!r} has no completed trial yet")
     base = study.user_attrs.get("base", "improved")
-    report_dir = Layout().reports / "tune" / slug(study_name)
+    report_dir = Layout().tune_reports / slug(study_name)
     path, command = write_best_params(study, trial, base, report_dir)
     profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
     if not command:

@@ -24,11 +24,10 @@ from src.config.typed import to_dict
 from src.runtime.errors import ConfigError, NonFiniteLossError
 from src.runtime.progress import Progress
 from src.runtime.workers import worker_id
-from src.tracking import runs as tracking
 from src.tracking import store
+from src.tracking.runs import Run, ValidationLogger, run_params, run_summary, stage_run
 from src.training.device import Placement, prepare_device
-from src.training.loop import fit
-from src.training.recipe import stage_recipe
+from src.training.recipe import fit_recipe, stage_recipe
 from src.training.splits import TensorSplits, load_splits
 from src.tune import summary
 from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug
@@ -85,8 +84,8 @@ class _Reporter:
     stage's does (`ValidationLogger`), its val_accuracy to Optuna (step k = k-th
     validation), and the pruner may stop it."""
 
-    def __init__(self, trial: optuna.Trial, run: tracking.Run):
-        self.trial, self.log = trial, tracking.ValidationLogger(run)
+    def __init__(self, trial: optuna.Trial, run: Run):
+        self.trial, self.log = trial, ValidationLogger(run)
         self.accuracies: list[float] = []
 
     def __call__(self, row: dict, step_losses: list[tuple[int, float]]) -> None:
@@ -117,7 +116,7 @@ def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
     # (`width`, `blocks`) under their own; the resolved config joins them below.
     logged = {FIELD_KNOBS.get(k, k): v for k, v in knobs.items()}
     with (
-        tracking.stage_run(name, logged, experiment=s.experiment, nested=True, tags=tags) as run,
+        stage_run(name, logged, experiment=s.experiment, nested=True, tags=tags) as run,
         s.storage.heartbeat(s.study, trial.number),
     ):
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -125,9 +124,7 @@ def run_trial(s: Search, trial: optuna.Trial) -> FrozenTrial:
         try:
             section = trial_section(s.base, knobs, s.tcfg.budget)
             trial.set_user_attr("config", to_dict(section))
-            run.log_params(
-                tracking.run_params(s.params, section, precision=s.params.common.precision)
-            )
+            run.log_params(run_params(s.params, section, precision=s.params.common.precision))
             result = train_trial(s, section, reporter, name)
             value = (
                 reporter.best if reporter.best is not None else result.final["final_val_accuracy"]
@@ -187,16 +184,8 @@ def train_trial(s: Search, section: CNNStageConfig, on_validation: Callable, nam
     seed = s.params.common.seed
     stage = get_stage(s.tcfg.base)
     recipe = stage_recipe(stage, section, placement, seed=seed, data=s.data, params_key="train")
-    return fit(
-        recipe.fit_model,
-        recipe.data,
-        recipe.train_cfg,
-        recipe.pipeline,
-        seed=seed,
-        on_validation=on_validation,
-        progress=s.progress,
-        name=name,
-        placement=recipe.placement,
+    return fit_recipe(
+        recipe, seed=seed, on_validation=on_validation, progress=s.progress, name=name
     )
 
 
@@ -246,13 +235,13 @@ def run_search(
     data = load_splits(device, test=False, user="tuning")[1]
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
-    report_dir = Layout().reports / "tune" / slug(study_name)
+    report_dir = Layout().tune_reports / slug(study_name)
     with contextlib.ExitStack() as stack:
         with ss.lock(study_name):
             study, index, parent_id = _join(ss, study_name, params, tcfg, me)
             parent_name = f"tune-{study_name}"
             parent = stack.enter_context(
-                tracking.stage_run(
+                stage_run(
                     parent_name,
                     _parent_params(params, tcfg),
                     experiment=experiment,
@@ -339,7 +328,7 @@ def _join(
     study.set_user_attr("workers_joined", index + 1)
     fail_dead_trials(ss, study, me)
     parent_id = study.user_attrs.get("mlflow_parent_runs", {}).get(_tracking_uri())
-    if parent_id and tracking.run_summary(parent_id) is None:
+    if parent_id and run_summary(parent_id) is None:
         parent_id = None  # deleted, or this store never had it: start a new parent
     return study, index, parent_id
 
@@ -352,7 +341,7 @@ def _parent_params(params: Params, tcfg: TuneConfig) -> dict:
     tune = {k: v for k, v in to_dict(tcfg).items() if k not in PER_RUN}
     # `base.*`, not the trials' own names: the parent is no point of the search, and
     # must not land in the experiment's parallel-coordinates plot as one
-    return {"tune": tune, "base": tracking.run_params(params, getattr(params, tcfg.base))}
+    return {"tune": tune, "base": run_params(params, getattr(params, tcfg.base))}
 
 
 def _parent_tags(study: optuna.Study, ss: StudyStorage, tcfg: TuneConfig, n: int) -> dict:
@@ -366,7 +355,7 @@ def _parent_tags(study: optuna.Study, ss: StudyStorage, tcfg: TuneConfig, n: int
     }
 
 
-def _after_trial(s: Search, parent: tracking.Run, trial: FrozenTrial) -> None:
+def _after_trial(s: Search, parent: Run, trial: FrozenTrial) -> None:
     """The parent run's optimisation history, and best_params.yaml when the best moved."""
     best = best_trial(s.study)
     series = {"trials_done": [(trial.number, trials_done(s.study))]}

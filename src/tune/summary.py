@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from src.tracking import runs as tracking
+from src.tracking.runs import Run, write_figure
 from src.tune.apply import write_best_params
 from src.tune.trials import best_trial, trials_done
 
@@ -42,7 +42,7 @@ def _short(value: Any) -> str:
 
 def summarise(
     study: optuna.Study,
-    parent: tracking.Run,
+    parent: Run,
     n_trials: int,
     *,
     base: str,
@@ -102,7 +102,7 @@ def write_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
                 warnings.simplefilter("ignore")
                 axes = getattr(vis, f"plot_{name}")(study)
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
-            written[name] = tracking.write_figure(figure, out_dir / f"{name}.png")
+            written[name] = write_figure(figure, out_dir / f"{name}.png")
         except Exception as exc:  # too few trials for this figure
             print(f"[tune] figure {name} skipped: {str(exc).splitlines()[0] if str(exc) else exc}")
             plt.close("all")

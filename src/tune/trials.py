@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.runtime.workers import worker_alive
 from src.tracking import dead_runs, store
-from src.tracking import runs as tracking
+from src.tracking.runs import Run
 from src.tune.storage import StudyStorage
 
 MAX_RETRIES = 2  # reruns of a configuration whose worker stopped; then it stays failed
@@ -45,7 +45,7 @@ def close_trial_run(trial: FrozenTrial, reason: str) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id and store.tracking_enabled():
         dead_runs.mark_run_killed(run_id)
-        tracking.Run(run_id).set_tags({"optuna.trial_state": "FAIL", "optuna.fail_reason": reason})
+        Run(run_id).set_tags({"optuna.trial_state": "FAIL", "optuna.fail_reason": reason})
 
 
 def on_stale_heartbeat(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -241,7 +241,7 @@ def tune_section(inputs: ReportInputs, copies: dict[str, Path]) -> list[str]:
 
 def banner(inputs: ReportInputs) -> list[str]:
     """What a reader must know before any number: stages that have not run, stages
-    rendered without their model file, and smoke runs (provenance.smoke_reasons: the same
+    rendered without their model file, and smoke runs (profiles.smoke_reasons: the same
     reasons that keep a version from being served)."""
     notes = []
     absent = [info for info in TRAINING_STAGES if inputs.stages.get(info.name) is None]

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from src.config.cifar import IMAGE_SIZE
+from src.config.profiles import smoke_reasons
 from src.config.stages import Stage
 from src.config.typed import flatten
 from src.report import figures as plots
@@ -26,7 +27,6 @@ from src.report.formats import (
 from src.report.inputs import REFERENCE, SPLIT_METRICS, Benchmark, ReportInputs, StageOutputs
 from src.report.network import architecture_table, n_parameters, stage_network
 from src.seeds.spread import Spread
-from src.tracking.provenance import smoke_reasons
 
 SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from src.artifacts import read_model_file
+from src.config.profiles import smoke_reasons
 from src.config.stages import TRAINING_STAGES
 from src.runtime.errors import ProjectError, WeightsError
-from src.tracking.provenance import smoke_reasons
 from src.tracking.registry import CHAMPION
 
-# What a CPU user can run to get a servable model (README: the baseline, ~10 min).
-GET_ONE = "`dvc repro baseline` (about 10 minutes on a 2-core CPU)"
+# What a user can run to get a servable model: the stage that trains fastest.
+GET_ONE = "`dvc repro baseline` (the quickest stage to train)"
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,9 @@ def choose(experiment: str, models_dir: Path) -> Candidate:
         where = os.path.relpath(models_dir)
         lines.append(f"  nothing: no registered model, no model file in {where}/")
     print("\n".join(lines), file=sys.stderr)
-    example = next((c.model for c in registered + files), "models/baseline.pt")
+    example = next((c.model for c in registered + files), None) or os.path.relpath(
+        models_dir / "baseline.pt"
+    )
     raise WeightsError(
         f"no servable model to classify with; get one with {GET_ONE}, or name one with "
         f"--model (e.g. --model {example}, a smoke model: its answers are not results)"

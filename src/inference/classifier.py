@@ -4,10 +4,6 @@
 resolved config, final metrics; read with ``torch.load(weights_only=True)``), rebuilds
 the network its config describes, and maps uint8 RGB images (N, H, W, 3) to class
 names and probabilities. The stage's normalisation and resizing live inside it.
-
-This file is also the MLflow model's code ("models from code", logged by
-`src.tracking.registry.log_model`): MLflow runs it on load, `set_model` at the bottom names
-`CifarModel` as the model, and the model file is its one artifact.
 """
 
 from __future__ import annotations
@@ -15,13 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from torch import nn
 
 from src.artifacts import load_state_strict, read_model_file
@@ -29,7 +21,6 @@ from src.config.cifar import CIFAR10_CLASSES, COURSE_MEAN, COURSE_STD, IMAGE_SHA
 from src.training.augment import resize, to_float_nchw
 from src.training.models import network_from_config
 
-MODEL_FILE_ARTIFACT = "model_file"  # the artifact key of the model file in the MLflow model
 BATCH = 256  # images per forward pass
 
 
@@ -60,22 +51,6 @@ def as_images(images: Any) -> np.ndarray:
         low, high = int(array.min()), int(array.max())
         raise ValueError(f"expected pixel values 0..255, got values from {low} to {high}")
     return array.astype(np.uint8)
-
-
-def signature(example: np.ndarray, classifier: Classifier) -> ModelSignature:
-    """The MLflow signature: the output columns only. An input schema would make
-    `mlflow models serve` cast the request's JSON to its dtype before the model sees it
-    (a uint8 tensor spec turns 0.5 into 0 and answers 200); without one the raw numbers
-    reach `CifarModel.predict`, which refuses what `as_images` refuses, with a 400."""
-    return ModelSignature(
-        inputs=None, outputs=infer_signature(example, classifier(example)).outputs
-    )
-
-
-INPUT_DESCRIPTION = (
-    "uint8 RGB images (N, 32, 32, 3), integer pixel values 0..255; floats, values out of "
-    "range and other shapes are refused (HTTP 400 when served)"
-)
 
 
 def build_network(config: dict) -> tuple[nn.Module, dict]:
@@ -127,24 +102,3 @@ class Classifier:
         table.insert(0, "probability", probs[np.arange(len(probs)), best].astype(np.float64))
         table.insert(0, "label", [CIFAR10_CLASSES[i] for i in best])
         return table
-
-
-class CifarModel(mlflow.pyfunc.PythonModel):
-    """The MLflow pyfunc: `predict(uint8 (N, 32, 32, 3))` -> DataFrame of `label`,
-    `probability` and the ten class probabilities."""
-
-    def load_context(self, context) -> None:
-        self.classifier = Classifier.from_file(context.artifacts[MODEL_FILE_ARTIFACT])
-
-    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        # np.ndarray: a hint MLflow infers no schema from. The input arrives as sent (the
-        # signature has no input schema, see `signature`): it is checked here, and a bad
-        # one is an INVALID_PARAMETER_VALUE, which the scoring server answers with a 400.
-        try:
-            images = as_images(model_input)
-        except ValueError as exc:
-            raise MlflowException(f"invalid input: {exc}", INVALID_PARAMETER_VALUE) from None
-        return self.classifier(images)
-
-
-mlflow.models.set_model(CifarModel())
