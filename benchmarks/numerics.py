@@ -31,7 +31,7 @@ from src.config.stages import get_stage
 from src.training.device import NATIVE_BF16_FLAGS, Placement, cpu_bf16_flags, synchronize
 from src.training.feature_cache import compute_features
 from src.training.loop import build_optimizer
-from src.training.models import backbone_part, split_backbone
+from src.training.models import BackbonePart, split_backbone
 from src.training.recipe import build_stage
 from src.training.steps import set_train_mode
 
@@ -229,7 +229,7 @@ def bench_prefix_variants(
     for n, bf16, cl in VARIANTS:
         placement = Placement(device, bf16, cl, reason=n)
         net = build_stage(stage, section, placement, params.common.seed)
-        prefix = backbone_part(net.model, section.backbone, prefix_names)
+        prefix = BackbonePart(net.model, section.backbone, prefix_names)
         nets[n] = (prefix, net.pipeline, placement)
     chosen = chosen_variant(Placement.for_device(device, precision=params.common.precision))
     prefix, pipeline, _ = nets["fp32"]
