@@ -147,6 +147,10 @@ def test_models_are_registered_linked_to_metrics_and_smoke_runs_never_champion(t
         assert linked[metric].dataset_digest == digest == manifest["sha256"][f"{split}.npz"][:16]
     shape = json.loads(inputs["cifar10-test"].dataset.profile)["features_shape"]
     assert shape[0] == manifest["counts"]["test"]  # the test split, not the training set
+    # the source is where the images came from (outlives a DVC experiment's temp copy)
+    uri = json.loads(inputs["cifar10-test"].dataset.source)["uri"]
+    assert uri.startswith("file://") and Path(uri.removeprefix("file://")).exists()
+    assert "data/cifar10" not in uri
 
 
 def test_champion_moves_only_to_a_better_full_budget_version(trained):

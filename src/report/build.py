@@ -123,9 +123,8 @@ def _sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list
         src, counts, split = m.get("source", {}), m.get("counts", {}), m.get("split", {})
         digest = src.get("sha256", "")
         lines.append(
-            f"Data: `{inputs.manifest_file}`: source kind `{src.get('kind', '?')}`, "
-            f"`{src.get('name') or src.get('path') or src.get('url', '?')}`"
-            + (f" (sha256 `{digest[:16]}…`)" if digest else "")
+            f"Data: `{inputs.manifest_file}`: source kind `{src.get('kind', '?')}`"
+            + (f", sha256 `{digest[:16]}…`" if digest else "")
             + f"; {fmt_value(counts.get('train'))} training, {fmt_value(counts.get('val'))} "
             f"validation and {fmt_value(counts.get('test'))} test images; validation split "
             f"drawn once with seed {split.get('seed', '?')} "
