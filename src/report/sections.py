@@ -208,7 +208,8 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
     else:
         lines += _config_sections(info, outputs, reference)
     lines += _results_sections(info, outputs, reference, figures)
-    lines += seeds_paragraph(info, inputs)
+    if not outputs.smoke:  # a seed record is of full-size runs, not this one
+        lines += seeds_paragraph(info, inputs)
     if outputs.smoke:
         lines += [f"> Not comparable with the course: {'; '.join(outputs.smoke)}.", ""]
     return lines
