@@ -53,7 +53,8 @@ def comparison_rows(rows: list[dict], names: Sequence[str] = ()) -> tuple[list, 
     chosen = [
         r
         for r in rows
-        if r.get("rev") == "workspace" or (r.get("Experiment") or r.get("rev")) in names
+        if r.get("rev") == "workspace"
+        or (r.get("Experiment") or r.get("rev")) in names
         or (not names and r.get("typ") != "baseline")
     ]
     titles = [

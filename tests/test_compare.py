@@ -30,8 +30,14 @@ def _rows() -> list[dict]:
         "reports/baseline/metrics.json:test_accuracy": 0.3873,
     }
     seeds = [
-        {**base, "rev": f"s{k}", "Experiment": f"baseline-seed{k}", "typ": "branch_commit",
-         "common.seed": k, "reports/baseline/metrics.json:test_accuracy": 0.72 + k / 1000}
+        {
+            **base,
+            "rev": f"s{k}",
+            "Experiment": f"baseline-seed{k}",
+            "typ": "branch_commit",
+            "common.seed": k,
+            "reports/baseline/metrics.json:test_accuracy": 0.72 + k / 1000,
+        }
         for k in range(6)
     ]
     return [workspace, head, quick, *seeds]
