@@ -91,7 +91,8 @@ def test_a_stage_without_seed_experiments_says_so():
     spreads, _ = seeds.collect([], ["baseline"])
     assert (
         seeds.summary_lines(spreads)[1].split()
-        == "baseline no experiment baseline-seed<k> yet (python -m src.seeds baseline --seeds 0 1 2)".split()
+        == "baseline no experiment baseline-seed<k> yet (python -m src.seeds baseline "
+        "--seeds 0 1 2)".split()
     )
 
 
