@@ -324,7 +324,7 @@ def test_what_a_missing_stage_costs_comes_from_measured_figures():
     assert improved.startswith("10 epochs of 45,000 images: 2.4 h of training at the 52.3 ")
     resnet = stage_cost("resnet", to_dict(params.resnet), 45_000)
     assert "no training rate has been measured at 224 px, only 122.7 images/s at 64 px" in resnet
-    assert "resnet18-f37072fd.pth" in resnet and "README's ResNet section" in resnet
+    assert "resnet18-f37072fd.pth" in resnet and "docs/pipeline.md's ResNet section" in resnet
 
 
 def test_a_quick_profile_run_is_a_smoke_run(project):

@@ -170,7 +170,7 @@ def check_retired(raw: dict) -> None:
             "common.paths",
             f"is no longer a param: the project layout is fixed ({fixed}), because DVC "
             "deletes a stage's outputs before running it and a path param could aim that "
-            "deletion anywhere; remove it (data on another disk: README, Design notes)",
+            "deletion anywhere; remove it (data on another disk: docs/design.md)",
         )
 
 

@@ -110,7 +110,7 @@ def stage_cost(stage: str, planned: dict, n_train: int) -> str:
 
         parts.append(
             f"it needs torchvision's ImageNet weights, `{imagenet_weights_url()}`: read from "
-            "torchvision's cache, downloaded there when missing; offline, the README's "
+            "torchvision's cache, downloaded there when missing; offline, docs/pipeline.md's "
             "ResNet section says where to put the file"
         )
     elif weights and weights != "none":
