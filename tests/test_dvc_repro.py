@@ -142,6 +142,21 @@ def test_dvc_repro_download_writes_only_its_own_outs(repo: Path):
     assert "paths" not in lock["stages"]["download"]["params"]["params.yaml"].get("common", {})
 
 
+def test_a_directory_remote_shares_the_outputs_offline(repo: Path, tmp_path: Path):
+    """The documented recipe (docs/scaling-out.md): `dvc remote add -d` a directory,
+    `dvc push`; where the outputs are missing, `dvc pull` brings them back unretrained."""
+    assert _repro(repo, "download").returncode == 0
+    _dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"), check=True)
+    assert _dvc(repo, "push", "download").returncode == 0
+    shutil.rmtree(repo / "data/cifar10")
+    shutil.rmtree(repo / ".dvc/cache")
+    pulled = _dvc(repo, "pull", "download")  # only download ran here
+    assert pulled.returncode == 0, pulled.stderr
+    assert (repo / "data/cifar10/manifest.json").is_file()
+    status = _dvc(repo, "status", "download")
+    assert "up to date" in status.stdout, status.stdout
+
+
 def test_a_failed_download_keeps_the_git_tracked_metrics(repo: Path):
     """DVC deletes a stage's outs before its command: the git-tracked metrics are
     `persist: true`, so an offline or mistyped source loses nothing."""
