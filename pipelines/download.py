@@ -13,6 +13,7 @@ from src.config.layout import Layout
 from src.config.load import load_params
 from src.config.schema import Params
 from src.data.prepare import load_dataset, prepare_dataset
+from src.data.sources import source_location
 from src.runner.lock import stage_lock
 from src.runtime.entry import guarded
 from src.tracking.datasets import log_datasets
@@ -41,8 +42,10 @@ def _prepare(params: Params, layout: Layout) -> dict:
         counts = {f"n_{split}": n for split, n in manifest["counts"].items()}
         run.log_metrics(counts)
         run.log_dict(manifest, "manifest.json")
-        run.set_tags({"data_source": manifest["source"]["kind"]})
-        log_datasets(run, dataset, out_dir)
+        origin = source_location(params.data)
+        # the source's name and place are provenance for MLflow, not part of the data
+        run.set_tags({"data_source": manifest["source"]["kind"], "data_source_location": origin})
+        log_datasets(run, dataset, origin)
         atomic_write_json(paths.metrics, {**counts, "mlflow_run_id": run.run_id})
     return manifest
 

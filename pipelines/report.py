@@ -26,6 +26,7 @@ from src.runtime.entry import guarded
 from src.tracking.runs import run_summary, stage_run, write_figure
 
 STAGE = "report"
+QUICK_EXPERIMENT = "quick"  # src.quick's default name (src.quick imports nothing here)
 
 
 def linked_figures(report_md: Path) -> set[str]:
@@ -40,11 +41,20 @@ def linked_figures(report_md: Path) -> set[str]:
 
 def invocation(argv: list[str]) -> str:
     """The command that is generating the report, as a reader would type it again: the
-    DVC stage (DVC sets DVC_STAGE, and DVC_EXP_NAME in an experiment) or this module."""
+    DVC stage (DVC sets DVC_STAGE, and DVC_EXP_NAME in an experiment) or this module. An
+    experiment is rerun with its own `-S` values, which only its maker knows: the quick
+    run's command, else where DVC lists them."""
     stage = os.environ.get("DVC_STAGE")
     if stage:
         experiment = os.environ.get("DVC_EXP_NAME")
-        return f"dvc exp run -n {experiment}" if experiment else f"dvc repro {stage}"
+        if experiment == QUICK_EXPERIMENT:
+            return "python -m src.quick -- -f"
+        if experiment:
+            return (
+                f"dvc exp run -f -n {experiment} -S ... "
+                f"(its values: dvc params diff HEAD {experiment})"
+            )
+        return f"dvc repro {stage}"
     return " ".join(["python -m pipelines.report", *argv])
 
 

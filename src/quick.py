@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -34,6 +35,7 @@ from typing import Any
 from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
 from src.config.overrides import exp_run_command
+from src.config.schema import SOURCE_ENV_VAR
 from src.runtime.entry import guarded
 from src.runtime.errors import ConfigError
 
@@ -68,12 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m src.quick",
         description=__doc__.split("\n\n")[0],
-        epilog="Then: dvc exp show --only-changed (README: 'Compare experiments').",
+        epilog="Then: python -m src.compare (docs/pipeline.md: 'The quick run').",
     )
     parser.add_argument("--name", default=EXPERIMENT, help="experiment name (default: quick)")
     parser.add_argument("--print", action="store_true", help="print the command, run nothing")
     parser.add_argument("dvc_args", nargs="*", help="after --: more `dvc exp run` arguments")
     args = parser.parse_args(argv)
+    absolute_source()
     load_params(profile=PROFILE)  # the quick values must make a valid config (exit 2)
     command = quick_command(load_raw(), args.name, args.dvc_args)
     print(shlex.join(command), flush=True)
@@ -84,6 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     if code:
         sys.exit(code)
     print("\n".join(summary(args.name, since_ms)), flush=True)
+
+
+def absolute_source() -> None:
+    """$CIFAR10_SOURCE as an absolute path, resolved against the directory the user typed
+    the command in: the stages run in DVC's temporary copy, where a relative path would
+    name nothing."""
+    source = os.environ.get(SOURCE_ENV_VAR)
+    if source and source != "official":
+        os.environ[SOURCE_ENV_VAR] = str(Path(source).expanduser().resolve())
 
 
 # What DVC logs for each output the committed dvc.lock has no hash of, while it fills the
@@ -162,9 +174,10 @@ def summary(name: str, since_ms: int = 0) -> list[str]:
         lines.append(f"  {'models:' if i == 0 else '':<9}models:/{v.name}/{v.version}{why}")
     if not versions:
         lines.append("  models:  none registered")
+    lines.append("  compare: python -m src.compare  (the params it changed, each stage's accuracy)")
     lines.append(
-        "  compare: dvc exp show --only-changed (README: 'Compare experiments'); no need "
-        "for `dvc exp apply` (README: 'Quick end-to-end run')"
+        "  note:    nothing to undo: the workspace is as it was. `dvc exp apply` is not "
+        "needed (docs/pipeline.md: 'The quick run')"
     )
     return lines
 

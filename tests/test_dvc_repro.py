@@ -142,6 +142,40 @@ def test_dvc_repro_download_writes_only_its_own_outs(repo: Path):
     assert "paths" not in lock["stages"]["download"]["params"]["params.yaml"].get("common", {})
 
 
+def test_a_directory_remote_shares_the_outputs_offline(repo: Path, tmp_path: Path):
+    """The documented recipe (docs/scaling-out.md): `dvc remote add -d` a directory,
+    `dvc push`; where the outputs are missing, `dvc pull` brings them back unretrained."""
+    assert _repro(repo, "download").returncode == 0
+    _dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"), check=True)
+    assert _dvc(repo, "push", "download").returncode == 0
+    shutil.rmtree(repo / "data/cifar10")
+    shutil.rmtree(repo / ".dvc/cache")
+    pulled = _dvc(repo, "pull", "download")  # only download ran here
+    assert pulled.returncode == 0, pulled.stderr
+    assert (repo / "data/cifar10/manifest.json").is_file()
+    status = _dvc(repo, "status", "download")
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_failed_download_keeps_the_git_tracked_metrics(repo: Path):
+    """DVC deletes a stage's outs before its command: the git-tracked metrics are
+    `persist: true`, so an offline or mistyped source loses nothing."""
+    metrics = repo / "reports/download/metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"n_train": 45000}')
+    env = {**_env(repo), "CIFAR10_SOURCE": str(repo.parent / "no-such.tar.gz")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "download"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    assert metrics.read_text() == '{"n_train": 45000}'
+
+
 @pytest.mark.slow  # three `dvc repro` runs with tracking: about 25 s
 def test_data_on_another_disk_through_the_dvc_cache(repo: Path, tmp_path: Path):
     """The README's way to keep the data elsewhere: DVC's cache there, outs linked."""

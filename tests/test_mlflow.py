@@ -148,6 +148,10 @@ def test_models_are_registered_linked_to_metrics_and_smoke_runs_never_champion(t
         assert linked[metric].dataset_digest == digest == manifest["sha256"][f"{split}.npz"][:16]
     shape = json.loads(inputs["cifar10-test"].dataset.profile)["features_shape"]
     assert shape[0] == manifest["counts"]["test"]  # the test split, not the training set
+    # the source is where the images came from (outlives a DVC experiment's temp copy)
+    uri = json.loads(inputs["cifar10-test"].dataset.source)["uri"]
+    assert uri.startswith("file://") and Path(uri.removeprefix("file://")).exists()
+    assert "data/cifar10" not in uri
 
 
 def test_champion_moves_only_to_a_better_full_budget_version(trained):
@@ -204,13 +208,13 @@ def test_stages_raise_no_needless_warnings(trained):
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's command line that starts with `prefix`, as argv (comment and a
-    trailing `&` dropped)."""
-    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+    """The command line in docs/mlflow.md that starts with `prefix`, as argv (comment and
+    a trailing `&` dropped)."""
+    for line in (PROJECT_ROOT / "docs/mlflow.md").read_text().splitlines():
         if line.startswith(prefix):
             argv = shlex.split(line, comments=True)
             return argv[:-1] if argv[-1] == "&" else argv
-    raise AssertionError(f"README.md has no line starting with {prefix!r}")
+    raise AssertionError(f"docs/mlflow.md has no line starting with {prefix!r}")
 
 
 def _without_tracking_uri() -> dict[str, str]:
@@ -218,7 +222,7 @@ def _without_tracking_uri() -> dict[str, str]:
 
 
 def test_the_readmes_serve_command_answers_in_the_project_root(trained, tmp_path):
-    """`mlflow models serve` exactly as the README prints it, typed in a project root
+    """`mlflow models serve` exactly as docs/mlflow.md prints it, typed in a project root
     with no MLFLOW_TRACKING_URI, answers a real request (about 20 s)."""
     root = trained["root"]
     argv = readme_command("mlflow models serve")

@@ -97,6 +97,30 @@ def test_print_shows_the_command_and_runs_nothing():
     assert "-S resnet.weights=none" in line and "'improved.model.filters=[16,32,64,128]'" in line
 
 
+def test_a_relative_source_is_resolved_where_the_user_typed_it(tmp_path, monkeypatch):
+    """The stages run in DVC's temporary copy: a relative $CIFAR10_SOURCE must reach them
+    as the absolute path it names from the user's directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR10_SOURCE", "../shared/cifar10.tar.gz")
+    quick.absolute_source()
+    assert os.environ["CIFAR10_SOURCE"] == str(tmp_path.parent / "shared/cifar10.tar.gz")
+    monkeypatch.setenv("CIFAR10_SOURCE", "official")
+    quick.absolute_source()
+    assert os.environ["CIFAR10_SOURCE"] == "official"
+
+
+def test_every_smoke_stage_can_learn():
+    """A smoke stage must tell a working stage from a broken one: random frozen
+    EfficientNet blocks give features nothing learns from (chance, 0.1000), so the quick
+    profile keeps lite's pip-installed ImageNet weights."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    quick_values = raw["profiles"]["quick"]
+    assert "lite.weights" not in quick_values and raw["lite"]["weights"] == "imagenet"
+    for stage in ("resnet", "lite"):  # random weights only where every frozen block is tiny
+        if quick_values.get(f"{stage}.weights") == "none":
+            assert raw[stage]["backbone"] == "resnet18"
+
+
 # --------------------------------------------------------------------------- dvc.yaml
 
 

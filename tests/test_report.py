@@ -387,6 +387,10 @@ def test_a_quick_profile_run_is_a_smoke_run(project):
         },
     }
     (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    from src import spread  # a full-size seed record beside the smoke run: not shown
+
+    runs = [spread.SeedRun(f"improved-seed{k}", k, 0.81 + k / 100, "success") for k in range(3)]
+    spread.write_record(spread.Spread("improved", runs, commit="ab" * 20), root=project)
 
     inputs = report_inputs.load_inputs(
         project, load_params(project / "params.yaml"), allow_missing=True
@@ -401,6 +405,22 @@ def test_a_quick_profile_run_is_a_smoke_run(project):
     )
     assert "These are profile `quick`'s values (`profiles.quick` in params.yaml" in text
     assert "Not comparable with the course: profile quick; trained on 10,000 images." in text
+    assert "Over seeds" not in text and "0.8200" not in text  # full-size spread: not here
+    summary = {r["Stage"].strip("`"): r for r in _table(_section(text, "## Summary"))}
+    assert summary["improved"]["Test accuracy over seeds"] == "—"
+    assert "`baseline`, `improved`, `resnet`, `lite` stages wrote" in text
+
+
+def test_the_report_names_a_command_that_reruns_what_made_it(monkeypatch):
+    from pipelines.report import invocation
+
+    monkeypatch.setenv("DVC_STAGE", "report")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert invocation([]) == "dvc repro report"
+    monkeypatch.setenv("DVC_EXP_NAME", "quick")  # the quick run: its own command, not
+    assert invocation([]) == "python -m src.quick -- -f"  # `dvc exp run` of full params
+    monkeypatch.setenv("DVC_EXP_NAME", "mine")
+    assert "dvc params diff HEAD mine" in invocation([])
 
 
 def test_a_rerender_removes_only_figures_the_last_report_linked(project, monkeypatch):
@@ -452,8 +472,8 @@ def test_report_stage_end_to_end(prepared):
 
     for heading in HEADINGS:
         assert f"\n{heading}\n" in f"\n{text}", heading
-    # the data source as the manifest names it: kind, file name, sha256
-    assert "source kind `official-archive`, `cifar-10-python.tar.gz` (sha256 `" in text
+    # the data source as the manifest names it: kind and sha256
+    assert "source kind `official-archive`, sha256 `" in text
     for info in TRAINING_STAGES:
         if info.name in stages:
             for sub in STAGE_SUBSECTIONS:

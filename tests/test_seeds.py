@@ -91,7 +91,8 @@ def test_a_stage_without_seed_experiments_says_so():
     spreads, _ = seeds.collect([], ["baseline"])
     assert (
         seeds.summary_lines(spreads)[1].split()
-        == "baseline no experiment baseline-seed<k> yet".split()
+        == "baseline no experiment baseline-seed<k> yet (python -m src.seeds baseline "
+        "--seeds 0 1 2)".split()
     )
 
 
@@ -173,3 +174,22 @@ def test_bad_arguments_exit_2(monkeypatch):
         with pytest.raises(SystemExit) as info:
             seeds.main(argv)
         assert info.value.code == 2, argv
+
+
+def test_the_summary_reads_a_committed_record_when_this_commit_has_no_experiment(tmp_path):
+    runs = [
+        spread_record.SeedRun(f"baseline-seed{k}", k, v, "success")
+        for k, v in enumerate([0.7251, 0.7228, 0.7180])
+    ]
+    spread_record.write_record(
+        spread_record.Spread("baseline", runs, commit="96b884ac56ff", machine="AMD EPYC"),
+        root=tmp_path,
+    )
+    recorded = seeds.committed_records(["baseline", "improved"], root=tmp_path)
+    assert set(recorded) == {"baseline"}
+    spreads, _ = seeds.collect([], ["baseline", "improved"])
+    text = "\n".join(seeds.summary_lines(spreads, recorded=recorded))
+    assert "baseline  recorded in reports/seeds/baseline.json" in text
+    assert "0.7220 ± 0.0036 (n=3); seed 0 0.7251, seed 1 0.7228, seed 2 0.7180" in text
+    assert "no experiment improved-seed<k> yet" in text
+    assert "no experiment baseline-seed<k>" not in text

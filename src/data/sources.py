@@ -342,11 +342,20 @@ def folder_digest(root: Path) -> str:
 
 
 def describe_source(kind: str, path: Path) -> dict:
-    """The source as the manifest names it: its kind, file name and sha256 (of a folder:
-    `folder_digest`). No path, host or time: the same images give the same prepared
-    folder, and the same DVC hash, wherever the source lies and whoever prepares it."""
+    """The source as the manifest names it: its kind and sha256 (of a folder:
+    `folder_digest`). No name, path, host or time: the same bytes give the same prepared
+    folder, and the same DVC hash, under any file name, wherever the source lies and
+    whoever prepares it (the name is MLflow provenance: `source_location`)."""
     digest = folder_digest(path) if path.is_dir() else file_digest(path)
-    return {"kind": kind, "name": path.name, "sha256": digest}
+    return {"kind": kind, "sha256": digest}
+
+
+def source_location(cfg: DataConfig) -> str:
+    """Where `cfg.source` is, for MLflow: the download URL, or the local copy's absolute
+    path (a location that outlives a DVC experiment's temporary copy)."""
+    if cfg.source == "official":
+        return cfg.url
+    return str(Path(cfg.source).expanduser().resolve())
 
 
 def read_source(cfg: DataConfig, raw_dir: Path) -> tuple[Split, Split, dict]:

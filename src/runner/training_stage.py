@@ -14,11 +14,11 @@ from torch import nn
 
 from src import artifacts
 from src.artifacts import StagePaths
-from src.config.layout import Layout
 from src.config.profiles import smoke_reasons
 from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset
+from src.data.sources import source_location
 from src.tracking import dead_runs, registry
 from src.tracking.datasets import log_datasets
 from src.tracking.runs import ValidationLogger, run_params, stage_run
@@ -50,7 +50,7 @@ def run_training_stage(
         stage, tracked, experiment=params.common.experiment, run_id=resume_id, tags=recipe.tags
     ) as run:
         # on resume too: final metrics and the model link to the splits
-        log_datasets(run, dataset, Layout().data)
+        log_datasets(run, dataset, source_location(params.data))
 
         log_validation = ValidationLogger(run)
         result = fit_recipe(

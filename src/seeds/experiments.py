@@ -32,6 +32,7 @@ it, since `dvc exp show` lists a commit's experiments only while that commit is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -46,7 +47,7 @@ from src.config.layout import repo_root
 from src.config.overrides import exp_run_command
 from src.config.stages import TRAINING_STAGES
 from src.runtime.entry import guarded
-from src.seeds.spread import METRIC, SeedRun, Spread, write_record
+from src.seeds.spread import METRIC, SeedRun, Spread, read_record, record_path, write_record
 
 RUN_ALL = ["dvc", "exp", "run", "--run-all"]  # follows the logs until the queue is empty
 EXP_SHOW = ["dvc", "exp", "show", "--json"]
@@ -124,15 +125,40 @@ def collect(payload: list, stages: Sequence[str]) -> tuple[dict[str, Spread], st
     return spreads, baseline
 
 
-def summary_lines(spreads: dict[str, Spread], baseline: str = "") -> list[str]:
+def committed_records(stages: Sequence[str], root: Path | None = None) -> dict[str, Spread]:
+    """The seed records committed under reports/seeds/ (unreadable ones left out)."""
+    records = {}
+    for stage in stages:
+        path = record_path(stage, root)
+        if path.is_file():
+            with contextlib.suppress(ValueError):
+                records[stage] = read_record(path)
+    return records
+
+
+def summary_lines(
+    spreads: dict[str, Spread], baseline: str = "", recorded: dict[str, Spread] | None = None
+) -> list[str]:
+    """Per stage: its seed experiments of this commit, else its committed record
+    (`recorded`), else how to make one."""
     where = f" of {baseline}" if baseline else ""
     lines = [
         f"Test accuracy over seeds (DVC experiments <stage>-seed<k>{where}; "
         "mean ± sample std, n - 1):"
     ]
     for stage, spread in spreads.items():
-        if not spread.runs:
-            lines.append(f"  {stage:<9} no experiment {stage}-seed<k> yet")
+        if not spread.runs and stage in (recorded or {}):
+            spread = recorded[stage]
+            commit = f" of commit {spread.commit[:10]}" if spread.commit else ""
+            on = f" on {spread.machine}" if spread.machine else ""
+            lines.append(
+                f"  {stage:<9} recorded in reports/seeds/{stage}.json (experiments{commit}{on}):"
+            )
+        elif not spread.runs:
+            lines.append(
+                f"  {stage:<9} no experiment {stage}-seed<k> yet "
+                f"(python -m src.seeds {stage} --seeds 0 1 2)"
+            )
             continue
         if spread.n == 0:
             head = "no finished run"
@@ -144,7 +170,8 @@ def summary_lines(spreads: dict[str, Spread], baseline: str = "") -> list[str]:
             f"seed {r.seed} {r.value:.4f}" if r.value is not None else f"seed {r.seed} {r.state}"
             for r in spread.runs
         )
-        lines.append(f"  {stage:<9} {head}; {each}")
+        indent = " " * 12 if not spreads[stage].runs else ""
+        lines.append(f"  {indent or f'{stage:<9} '}{head}; {each}")
     return lines
 
 
@@ -215,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     stages = args.stages or known
     if args.seeds is None:
         spreads, baseline = collect(exp_show(), stages)
-        print("\n".join(summary_lines(spreads, baseline)))
+        print("\n".join(summary_lines(spreads, baseline, committed_records(stages))))
         if args.write:
             write_records(spreads)
         return

@@ -13,9 +13,12 @@ from src.tracking.runs import Run, activate
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
-def log_datasets(run: Run, dataset: Any, data_dir: Path) -> None:
+def log_datasets(run: Run, dataset: Any, origin: str) -> None:
     """Record the prepared splits (`dataset.train`, ... with their manifest) as the run's
-    inputs; `run.datasets` keeps them for the metrics logged afterwards."""
+    inputs, each with `origin` as its source: where the images came from (the download
+    URL or the local copy's absolute path, `src.data.sources.source_location`), which
+    outlives a DVC experiment's temporary copy. `run.datasets` keeps them for the metrics
+    logged afterwards."""
     if not run.active:
         return
     import mlflow
@@ -25,7 +28,7 @@ def log_datasets(run: Run, dataset: Any, data_dir: Path) -> None:
         split: mlflow.data.from_numpy(
             features=getattr(dataset, split).images,
             targets=getattr(dataset, split).labels,
-            source=_dataset_source(data_dir / f"{split}.npz"),
+            source=_dataset_source(origin),
             name=f"cifar10-{split}",
             digest=str(digests.get(f"{split}.npz", ""))[:16] or None,
         )
@@ -36,12 +39,17 @@ def log_datasets(run: Run, dataset: Any, data_dir: Path) -> None:
             mlflow.log_input(run.datasets[split], context=context)
 
 
-def _dataset_source(path: Path) -> Any:
+def _dataset_source(origin: str) -> Any:
     """An explicit DatasetSource: given a plain string, MLflow 3.17 picks between two
     registrations of LocalArtifactDatasetSource and warns in every stage."""
+    if origin.startswith(("http://", "https://")):
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        return HTTPDatasetSource(origin)
     from mlflow.data.dataset_source_registry import get_registered_sources
 
+    uri = Path(origin).as_uri()
     for source in get_registered_sources():
         if source.__name__ == "LocalArtifactDatasetSource":
-            return source(path.as_uri())
-    return path.as_uri()  # MLflow resolves it (and may warn)
+            return source(uri)
+    return uri  # MLflow resolves it (and may warn)

@@ -48,7 +48,10 @@ def summary_frame(inputs: ReportInputs) -> pd.DataFrame:
                 "Training accuracy": m.get("final_train_accuracy"),
                 "Validation accuracy": m.get("final_val_accuracy"),
                 "Test accuracy": m.get("test_accuracy"),
-                "Test accuracy over seeds": seeds_cell(inputs.seeds.get(info.name)),
+                # a seed record is of full-size runs: beside a smoke run it would mislead
+                "Test accuracy over seeds": seeds_cell(
+                    None if outputs.smoke else inputs.seeds.get(info.name)
+                ),
                 "Course test accuracy": reference,
                 "Test − course": (
                     m["test_accuracy"] - reference
@@ -88,9 +91,8 @@ def sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list[
         src, counts, split = m.get("source", {}), m.get("counts", {}), m.get("split", {})
         digest = src.get("sha256", "")
         lines.append(
-            f"Data: `{inputs.manifest_file}`: source kind `{src.get('kind', '?')}`, "
-            f"`{src.get('name') or src.get('path') or src.get('url', '?')}`"
-            + (f" (sha256 `{digest[:16]}…`)" if digest else "")
+            f"Data: `{inputs.manifest_file}`: source kind `{src.get('kind', '?')}`"
+            + (f", sha256 `{digest[:16]}…`" if digest else "")
             + f"; {fmt_value(counts.get('train'))} training, {fmt_value(counts.get('val'))} "
             f"validation and {fmt_value(counts.get('test'))} test images; validation split "
             f"drawn once with seed {split.get('seed', '?')} "

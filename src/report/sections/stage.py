@@ -111,7 +111,7 @@ def stage_cost(stage: str, planned: dict, n_train: int, benchmark: Benchmark | N
 
         parts.append(
             f"it needs torchvision's ImageNet weights, `{imagenet_weights_url()}`: read from "
-            "torchvision's cache, downloaded there when missing; offline, the README's "
+            "torchvision's cache, downloaded there when missing; offline, docs/pipeline.md's "
             "ResNet section says where to put the file"
         )
     elif weights and weights != "none":
@@ -195,7 +195,8 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
     else:
         lines += _config_sections(info, outputs, reference)
     lines += _results_sections(info, outputs, reference, figures)
-    lines += seeds_paragraph(info, inputs)
+    if not outputs.smoke:  # a seed record is of full-size runs, not this one
+        lines += seeds_paragraph(info, inputs)
     if outputs.smoke:
         lines += [f"> Not comparable with the course: {'; '.join(outputs.smoke)}.", ""]
     return lines
