@@ -27,7 +27,8 @@ SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 def main() -> None:
     params = load_params()
     layout = Layout()
-    store.check_store()  # a store at the old place stops it before the data is read
+    # a store at the old place or one it cannot write stops it before the data is read
+    store.check_store(params.common.experiment)
     with stage_lock(STAGE):  # before any work: one writer per stage
         manifest = _prepare(params, layout)
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {layout.data}")

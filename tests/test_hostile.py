@@ -172,3 +172,37 @@ def test_tuning_into_the_mlflow_store_is_refused_without_writing(prepared: Path,
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "is the MLflow store" in _one_error(proc)
     assert _tables(db) == before
+
+
+# --------------------------------------------------------------------------- where stages write
+
+
+def test_an_artifact_store_it_cannot_write_stops_the_stage_before_training(prepared: Path):
+    (folder,) = [p for p in (prepared / "mlruns").iterdir() if p.name not in {"0", "models"}]
+    folder.rename(folder.with_name("moved"))
+    folder.write_text("not a folder")  # as root a chmod is no obstacle; a file is
+    proc = _run(prepared, "pipelines.train", "baseline", "--no-progress")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "MLflow artifact store: cannot write in" in _one_error(proc)
+    assert not (prepared / "checkpoints/baseline.pt").exists()
+    assert not (prepared / "models/baseline.pt").exists()
+
+
+@pytest.mark.parametrize("folder", ["models", "reports", "checkpoints", "reports/baseline"])
+def test_a_folder_linked_out_of_the_project_is_refused_naming_it(
+    prepared: Path, tmp_path: Path, folder: str
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "baseline.pt").write_text("a user's model: keep me")
+    (outside / "metrics.json").write_text("a user's file: keep me")
+    link = prepared / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists():  # what the project had there moves out with the link
+        link.rename(outside / "moved")
+    link.symlink_to(outside)
+    proc = _run(prepared, "pipelines.train", "baseline", "--no-progress")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{prepared / folder} resolves to {outside}" in _one_error(proc)
+    assert {p.name for p in outside.iterdir()} <= {"baseline.pt", "metrics.json", "moved"}
+    assert (outside / "baseline.pt").read_text() == "a user's model: keep me"

@@ -192,6 +192,7 @@ def load_params(
     if source:
         params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
     check_source(params)
+    Layout().check_inside()
     return params
 
 
