@@ -44,7 +44,7 @@ from pathlib import Path
 from src.artifacts import StagePaths
 from src.cli import guarded
 from src.config.layout import repo_root
-from src.config.overrides import exp_run_command
+from src.config.overrides import check_set_params, exp_run_command
 from src.spread import METRIC, SeedRun, Spread, write_record
 from src.stages import TRAINING_STAGES
 
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     extra = argv[cut + 1 :]  # more `dvc exp run` arguments
+    check_set_params(extra, repo_root())
     parser = _parser()
     args = parser.parse_args(argv[:cut])
     known = [s.name for s in TRAINING_STAGES]

@@ -206,3 +206,47 @@ def test_a_folder_linked_out_of_the_project_is_refused_naming_it(
     assert f"{prepared / folder} resolves to {outside}" in _one_error(proc)
     assert {p.name for p in outside.iterdir()} <= {"baseline.pt", "metrics.json", "moved"}
     assert (outside / "baseline.pt").read_text() == "a user's model: keep me"
+
+
+# --------------------------------------------------------------------------- -S through wrappers
+
+
+def _wrapper(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("form", ["../{name}:a=1", "{outside}:a=1", "link/{name}:b.c=2"])
+@pytest.mark.parametrize(
+    "command",
+    [["src.quick", "--print", "--"], ["src.seeds", "baseline", "--seeds", "0", "--print", "--"]],
+    ids=["quick", "seeds"],
+)
+def test_set_param_into_a_file_outside_the_project_is_refused(
+    tmp_path: Path, form: str, command: list[str]
+):
+    outside = tmp_path / "elsewhere.yaml"
+    link = PROJECT_ROOT / "link"
+    value = form.format(name=outside.name, outside=outside)
+    if value.startswith("link/"):
+        if link.exists() or link.is_symlink():
+            pytest.skip(f"{link} exists")
+        link.symlink_to(tmp_path)
+    try:
+        for flag in (["-S", value], [f"--set-param={value}"], [f"-S{value}"]):
+            proc = _wrapper(*command, *flag)
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            assert "lies outside the project" in _one_error(proc)
+            assert "dvc exp run" not in proc.stdout  # not even printed
+    finally:
+        if link.is_symlink():
+            link.unlink()
+    assert not outside.exists()
+
+
+def test_set_param_of_a_project_file_still_passes(tmp_path: Path):
+    proc = _wrapper("src.quick", "--print", "--", "-S", "params.yaml:seed=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "-S params.yaml:seed=1" in proc.stdout
