@@ -40,8 +40,13 @@ def run_training_stage(
     key = config_hash(logged)
     previous = load_checkpoint(paths.checkpoint, key)
     resume_id = (previous or {}).get("extra", {}).get("run_id")
-    if resume_id:
-        dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
+    if resume_id and not dead_runs.mark_run_killed(resume_id):  # a SIGKILLed run: KILLED
+        print(
+            f"[{stage}] note: MLflow run {resume_id} of the checkpoint is not in the MLflow "
+            "store in use (deleted, or MLFLOW_TRACKING_URI changed); training resumes from "
+            "the checkpoint in a new run"
+        )
+        resume_id = None
 
     run_params = tracking.run_params(params, section)
     with tracking.stage_run(

@@ -137,9 +137,7 @@ def test_a_zip_bomb_image_is_refused_in_bounded_memory(project: Path, tmp_path: 
     assert peak < 300, f"peak {peak} MiB"
 
 
-def test_a_huge_non_image_tar_member_is_never_read_whole(
-    project: Path, tmp_path: Path, tiny_cifar
-):
+def test_a_huge_non_image_tar_member_is_never_read_whole(project: Path, tmp_path: Path, tiny_cifar):
     folder = write_image_folder(tmp_path / "images", tiny_cifar)
     archive = tmp_path / "images.tar.gz"
     size = 1 << 30

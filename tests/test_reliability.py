@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -356,3 +357,45 @@ def test_resuming_never_marks_a_live_run_killed(project: Path):
     dead_runs.mark_run_killed(dead)
     assert client.get_run(alive).info.status == "RUNNING"
     assert client.get_run(dead).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("change", ["store deleted", "MLFLOW_TRACKING_URI changed"])
+def test_a_store_gone_since_the_kill_resumes_training_in_a_new_run(
+    prepared: Path, tmp_path: Path, change: str
+):
+    """Killed after its last checkpoint; then the store the checkpoint's run lives in is
+    gone from the rerun's view. The rerun says so in one line and finishes from the
+    checkpoint in a new run of the store in use; nobody deletes a checkpoint by hand."""
+    update_params(prepared, **{"baseline.train.dry_run": True})
+    _kill_at(prepared, "src.tracking.registry", "log_model", "train", ["baseline", "--no-progress"])
+    assert (prepared / "checkpoints/baseline.pt").exists()
+    env = {**os.environ, "DVC_ROOT": str(prepared)}
+    db = prepared / "mlflow.db"
+    if change == "store deleted":
+        db.unlink()
+    else:
+        db = tmp_path / "team" / "mlflow.db"
+        db.parent.mkdir()
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "baseline", "--no-progress"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (note,) = [line for line in proc.stdout.splitlines() if "is not in the MLflow store" in line]
+    assert "resuming from checkpoint" in proc.stdout
+    assert not (prepared / "checkpoints/baseline.pt").exists()
+    # read directly: this process's MLflow may still hold the deleted file open
+    with sqlite3.connect(db) as con:
+        runs = con.execute("SELECT run_uuid, name, status FROM runs").fetchall()
+    (run_id, name, status) = [run for run in runs if run[1] == "baseline"][0]
+    assert len(runs) == 1 and status == "FINISHED" and run_id not in note, runs
+    assert (
+        json.loads((prepared / "reports/baseline/metrics.json").read_text())["mlflow_run_id"]
+        == run_id
+    )

@@ -49,20 +49,27 @@ def close_dead_runs(stage: str, experiment_id: str, keep: str | None = None) -> 
             return closed
 
 
-def mark_run_killed(run_id: str) -> None:
+def mark_run_killed(run_id: str) -> bool:
     """Used when resuming: a run left RUNNING by a SIGKILLed process ends KILLED; one
     whose process still runs on this host is left alone (the stage lock keeps a second
-    run of a stage out; this holds even without it). Nothing with tracking off."""
+    run of a stage out; this holds even without it). False when the store in use has no
+    run `run_id` (it was deleted, or $MLFLOW_TRACKING_URI changed since the checkpoint);
+    True otherwise, and with tracking off."""
     if not store.tracking_enabled():
-        return
+        return True
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     store.point_mlflow()
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
-        alive = worker_alive(run.data.tags.get("worker", ""))
-        if run.info.status == "RUNNING" and alive is not True:
-            client.set_terminated(run_id, status="KILLED")
-    except Exception:  # the run may live in another store; nothing to mend then
-        pass
+    except MlflowException as exc:
+        return exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+    except Exception:  # the store cannot answer now: resuming will say why
+        return True
+    alive = worker_alive(run.data.tags.get("worker", ""))
+    if run.info.status == "RUNNING" and alive is not True:
+        client.set_terminated(run_id, status="KILLED")
+    return True
