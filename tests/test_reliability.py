@@ -221,6 +221,7 @@ def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
     exp = tracking.set_experiment("cifar10")
     client = mlflow.MlflowClient()
     dead, here = _dead_worker(), str(root)
+    temp_copy = str(root.resolve() / ".dvc/tmp/exps/standalone/tmp1a2b3c4d")
     cases = {
         "dead": {"stage": "baseline", "worker": dead, "project_root": here},
         "resumed next": {"stage": "baseline", "worker": dead, "project_root": here},
@@ -229,12 +230,16 @@ def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
         "other root": {"stage": "baseline", "worker": dead, "project_root": f"{here}-copy"},
         "other stage": {"stage": "improved", "worker": dead, "project_root": here},
         "untagged": {"stage": "baseline", "project_root": here},
+        # `dvc exp run --temp` killed: its copy's run, found by the next run from any copy
+        "dead temp copy": {"stage": "baseline", "worker": dead, "project_root": temp_copy},
+        "alive temp copy": {"stage": "baseline", "worker": worker_id(), "project_root": temp_copy},
     }
     ids = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in cases.items()}
     closed = tracking.close_dead_runs("baseline", exp, keep=ids["resumed next"])
-    assert closed == [ids["dead"]]
+    killed = {"dead", "dead temp copy"}
+    assert sorted(closed) == sorted(ids[name] for name in killed)
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
-    assert status == {name: "KILLED" if name == "dead" else "RUNNING" for name in cases}
+    assert status == {name: "KILLED" if name in killed else "RUNNING" for name in cases}
 
 
 def test_close_dead_runs_sqlite(project: Path):
