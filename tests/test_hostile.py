@@ -140,7 +140,7 @@ def test_a_zip_bomb_image_is_refused_in_bounded_memory(project: Path, tmp_path: 
 def test_a_huge_non_image_tar_member_is_never_read_whole(project: Path, tmp_path: Path, tiny_cifar):
     folder = write_image_folder(tmp_path / "images", tiny_cifar)
     archive = tmp_path / "images.tar.gz"
-    size = 1 << 30
+    size = 3 << 29  # 1.5 GiB of zeros: 8 MB compressed
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         tar.add(folder, arcname="images")
         info = tarfile.TarInfo("images/train/notes.bin")
@@ -149,7 +149,7 @@ def test_a_huge_non_image_tar_member_is_never_read_whole(project: Path, tmp_path
     proc, peak = _peak_mib(project, "pipelines.download", CIFAR10_SOURCE=str(archive))
     assert proc.returncode == 0, proc.stderr
     # the stage with MLflow and torch loaded: about 0.9 GB on the tiny data
-    assert peak < 1400, f"peak {peak} MiB (the member alone is 1024)"
+    assert peak < 1200, f"peak {peak} MiB (the member alone is 1536)"
 
 
 # --------------------------------------------------------------------------- tuning
