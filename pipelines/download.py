@@ -16,6 +16,7 @@ from src.data.prepare import load_dataset, prepare_dataset
 from src.data.sources import source_location
 from src.runner.lock import stage_lock
 from src.runtime.entry import guarded
+from src.tracking import store
 from src.tracking.datasets import log_datasets
 from src.tracking.runs import run_params, stage_run
 
@@ -26,6 +27,8 @@ STAGE = "download"
 def main() -> None:
     params = load_params()
     layout = Layout()
+    # an artifact store it cannot write stops it before the data is read
+    store.check_store(params.common.experiment)
     with stage_lock(STAGE):  # before any work: one writer per stage
         manifest = _prepare(params, layout)
     print(f"[{STAGE}] prepared {manifest['counts']} from {manifest['source']} into {layout.data}")

@@ -17,6 +17,7 @@ from src.config.stages import TRAINING_STAGES, get_stage
 from src.runner.lock import stage_lock
 from src.runner.training_stage import run_training_stage
 from src.runtime.entry import guarded
+from src.tracking import store
 from src.training.device import prepare_device
 from src.training.recipe import stage_recipe
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     section = getattr(params, stage.name)
     check_device(section.train, f"{stage.name}.train")  # exit 2 before any work
+    store.check_store(params.common.experiment)  # a store it cannot write: exit 2 now
     # before any work (weights, data, feature cache): one writer per stage
     with stage_lock(stage.name):
         # the device, and how it runs there

@@ -34,7 +34,7 @@ from typing import Any
 
 from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
-from src.config.overrides import exp_run_command
+from src.config.overrides import check_set_params, exp_run_command
 from src.config.schema import SOURCE_ENV_VAR
 from src.runtime.entry import guarded
 from src.runtime.errors import ConfigError
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     absolute_source()
     load_params(profile=PROFILE)  # the quick values must make a valid config (exit 2)
+    check_set_params(args.dvc_args, repo_root())
     command = quick_command(load_raw(), args.name, args.dvc_args)
     print(shlex.join(command), flush=True)
     if args.print:

@@ -20,7 +20,6 @@ import mlflow
 import pytest
 import torch
 import yaml
-from src.errors import ConfigError, WeightsError
 
 from src.artifacts import load_state_strict, read_model_file, read_weights
 from src.config.backbones import BACKBONES, LITE0_BLOCKS, LITE_MEAN, LITE_STD
@@ -28,6 +27,7 @@ from src.config.cifar import IMAGENET_MEAN, IMAGENET_STD
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.schema import AugmentConfig, TrainConfig, TransferConfig
+from src.runtime.errors import ConfigError, WeightsError
 from src.training import efficientnet
 from src.training.augment import InputPipeline
 from src.training.device import Placement

@@ -267,3 +267,16 @@ def test_a_killed_dvc_leaves_one_writer(repo: Path):
     assert _dvc(repo, "commit", "-f", "baseline").returncode == 0
     assert _dvc(repo, "status", "baseline").stdout.strip().endswith("up to date.")
     assert "didn't change, skipping" in _repro(repo, "baseline").stdout
+
+
+def test_dvc_repro_download_keeps_a_users_file_in_the_prepared_folder(repo: Path):
+    """DVC would restore an unchanged stage's outs from its run cache, deleting what a user
+    put in data/cifar10 without running the stage; the out is persistent, so the stage
+    runs, refuses naming the file, and the file stays."""
+    assert _repro(repo, "download").returncode == 0
+    mine = repo / "data/cifar10/my_notes.txt"
+    mine.write_text("a user's file: keep me")
+    proc = _repro(repo, "download")
+    assert proc.returncode != 0, proc.stdout
+    assert "my_notes.txt" in proc.stderr and "not a prepared data folder" in proc.stderr
+    assert mine.read_text() == "a user's file: keep me"

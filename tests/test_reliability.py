@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -221,6 +222,7 @@ def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
     exp = set_experiment("cifar10")
     client = mlflow.MlflowClient()
     dead, here = _dead_worker(), str(root)
+    temp_copy = str(root.resolve() / ".dvc/tmp/exps/standalone/tmp1a2b3c4d")
     cases = {
         "dead": {"stage": "baseline", "worker": dead, "project_root": here},
         "resumed next": {"stage": "baseline", "worker": dead, "project_root": here},
@@ -229,12 +231,16 @@ def _closes_only_dead_runs_of_this_stage_and_root(root: Path) -> None:
         "other root": {"stage": "baseline", "worker": dead, "project_root": f"{here}-copy"},
         "other stage": {"stage": "improved", "worker": dead, "project_root": here},
         "untagged": {"stage": "baseline", "project_root": here},
+        # `dvc exp run --temp` killed: its copy's run, found by the next run from any copy
+        "dead temp copy": {"stage": "baseline", "worker": dead, "project_root": temp_copy},
+        "alive temp copy": {"stage": "baseline", "worker": worker_id(), "project_root": temp_copy},
     }
     ids = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in cases.items()}
     closed = close_dead_runs("baseline", exp, keep=ids["resumed next"])
-    assert closed == [ids["dead"]]
+    killed = {"dead", "dead temp copy"}
+    assert sorted(closed) == sorted(ids[name] for name in killed)
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
-    assert status == {name: "KILLED" if name == "dead" else "RUNNING" for name in cases}
+    assert status == {name: "KILLED" if name in killed else "RUNNING" for name in cases}
 
 
 def test_close_dead_runs_sqlite(project: Path):
@@ -357,3 +363,45 @@ def test_resuming_never_marks_a_live_run_killed(project: Path):
     dead_runs.mark_run_killed(dead)
     assert client.get_run(alive).info.status == "RUNNING"
     assert client.get_run(dead).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("change", ["store deleted", "MLFLOW_TRACKING_URI changed"])
+def test_a_store_gone_since_the_kill_resumes_training_in_a_new_run(
+    prepared: Path, tmp_path: Path, change: str
+):
+    """Killed after its last checkpoint; then the store the checkpoint's run lives in is
+    gone from the rerun's view. The rerun says so in one line and finishes from the
+    checkpoint in a new run of the store in use; nobody deletes a checkpoint by hand."""
+    update_params(prepared, **{"baseline.train.dry_run": True})
+    _kill_at(prepared, "src.tracking.registry", "log_model", "train", ["baseline", "--no-progress"])
+    assert (prepared / "checkpoints/baseline.pt").exists()
+    env = {**os.environ, "DVC_ROOT": str(prepared)}
+    db = prepared / "mlflow.db"
+    if change == "store deleted":
+        db.unlink()
+    else:
+        db = tmp_path / "team" / "mlflow.db"
+        db.parent.mkdir()
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "baseline", "--no-progress"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (note,) = [line for line in proc.stdout.splitlines() if "is not in the MLflow store" in line]
+    assert "resuming from checkpoint" in proc.stdout
+    assert not (prepared / "checkpoints/baseline.pt").exists()
+    # read directly: this process's MLflow may still hold the deleted file open
+    with sqlite3.connect(db) as con:
+        runs = con.execute("SELECT run_uuid, name, status FROM runs").fetchall()
+    (run_id, name, status) = [run for run in runs if run[1] == "baseline"][0]
+    assert len(runs) == 1 and status == "FINISHED" and run_id not in note, runs
+    assert (
+        json.loads((prepared / "reports/baseline/metrics.json").read_text())["mlflow_run_id"]
+        == run_id
+    )

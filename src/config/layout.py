@@ -129,3 +129,22 @@ class Layout:
 
     def folders(self) -> list[Path]:
         return [self.data, self.raw, self.models, self.reports, self.checkpoints]
+
+    def check_inside(self) -> None:
+        """ConfigError naming the first folder the stages write (or a folder in `models/`
+        or `reports/`) whose real path, symlinks resolved, lies outside the project: a
+        stage would write, and DVC delete, at the link's target."""
+        root = self.root.resolve()
+        folders = list(self.folders())
+        for parent in (self.models, self.reports):
+            if parent.is_dir():
+                folders += sorted(p for p in parent.iterdir() if p.is_dir())
+        for folder in folders:
+            real = folder.resolve()
+            if not real.is_relative_to(root):
+                raise ConfigError(
+                    "",
+                    f"{folder} resolves to {real}, outside the project {root} (a symlink); "
+                    "the stages write and DVC deletes only inside the project: make it a "
+                    "folder of the project (data on another disk: DVC's cache, see README)",
+                )

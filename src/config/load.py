@@ -13,12 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.config.layout import check_source, project_root
+from src.config.layout import Layout, check_source, project_root
 from src.config.schema import SOURCE_ENV_VAR, Params, TrainConfig, check_required
 from src.config.typed import build
 from src.runtime.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+# Bounds on what params.yaml may be, checked before anything is expanded: the project's
+# file is about 7 KB and 400 YAML nodes. An alias (`*name`) counts each time it is used,
+# so a few KB of nested aliases (an "alias bomb") is refused instead of expanded.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_PARAMS_NODES = 100_000
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -62,7 +67,12 @@ def load_raw(path: str | Path | None = None) -> dict:
     path = Path(path) if path else project_root() / PARAMS_FILE
     if not path.is_file():
         raise ConfigError("", f"{path} not found")
-    data = path.read_bytes()
+    with path.open("rb") as fh:
+        data = fh.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(
+            "", f"{path} is larger than MAX_PARAMS_BYTES ({MAX_PARAMS_BYTES} bytes); refused"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -78,6 +88,7 @@ def load_raw(path: str | Path | None = None) -> dict:
         try:
             node = loader.get_single_node()
             if node is not None:
+                _check_node_count(node, path)
                 _check_unique_keys(node, path)
             raw = (loader.construct_document(node) if node is not None else None) or {}
         finally:
@@ -96,9 +107,32 @@ def load_raw(path: str | Path | None = None) -> dict:
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("", f"{path}: invalid YAML: {first}") from None
+    except RecursionError:
+        raise ConfigError("", f"{path}: nested too deeply to be params; refused") from None
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a mapping at top level")
     return raw
+
+
+def _check_node_count(root: Any, path: Path) -> None:
+    """ConfigError when the document, with every alias expanded, holds more than
+    MAX_PARAMS_NODES nodes; counted without expanding anything, stopping at the limit."""
+    import yaml
+
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_PARAMS_NODES:
+            raise ConfigError(
+                "",
+                f"{path}: more than MAX_PARAMS_NODES ({MAX_PARAMS_NODES}) values once its "
+                "aliases (*name) are expanded; refused (an alias bomb?)",
+            )
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _check_unique_keys(node: Any, path: Path, prefix: str = "") -> None:
@@ -157,6 +191,7 @@ def load_params(
     if source:
         params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
     check_source(params)
+    Layout().check_inside()
     return params
 
 

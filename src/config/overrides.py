@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from src.runtime.errors import ConfigError
 
 
 def exp_run_command(
@@ -56,3 +59,34 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][\w.-]*", value):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def check_set_params(args: Sequence[str], root: Path) -> None:
+    """ConfigError for a `-S [file:]key=value` among `dvc exp run` arguments `args` whose
+    file lies outside the project `root` (absolute, `..`, or a symlink out): DVC would edit
+    or create that file and add it to the experiment's git index. A `-S` without `file:`
+    sets params.yaml."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg in ("-S", "--set-param") and i + 1 < len(args):
+            values.append(args[i + 1])
+        elif arg.startswith("--set-param="):
+            values.append(arg.removeprefix("--set-param="))
+        elif arg.startswith("-S") and len(arg) > 2:
+            values.append(arg[2:])
+    real_root = root.resolve()
+    for value in values:
+        name = value.partition("=")[0]
+        if ":" not in name:  # DVC's own parsing (dvc.utils.cli_parse.to_path_overrides)
+            continue
+        file = name.partition(":")[0]
+        path = Path(file).expanduser()
+        if path.is_absolute() or ".." in path.parts or not (
+            (root / path).resolve().is_relative_to(real_root)
+        ):
+            raise ConfigError(
+                "",
+                f"-S {value!r}: {file!r} lies outside the project {root}; DVC would edit or "
+                "create it there. Set params of the project's own files (-S key=value sets "
+                "params.yaml)",
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,12 @@ SOURCE_ENV_VAR = "CIFAR10_SOURCE"
 # The largest seed every RNG the project seeds accepts (numpy's legacy RandomState, under
 # Optuna's samplers, takes no more); a larger one would end in a traceback mid-run.
 SEED_MAX = 2**32 - 1
+
+# `common.experiment` names the MLflow experiments (`<name>`, `<name>-tune`) and the
+# registered models (`<name>-<stage>`): MLflow refuses '/' and ':' in a model name, a quote
+# breaks its search filters, and the name becomes a path in artifact stores. Letters,
+# digits, '_', '.' and '-', starting and ending with a letter or digit, fit all of them.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -52,6 +59,12 @@ class CommonConfig:
         _require(self.seed >= 0, "seed", "must be >= 0")
         _require(self.seed <= SEED_MAX, "seed", f"{self.seed} is out of range [0, {SEED_MAX}]")
         _require(bool(self.experiment.strip()), "experiment", "must not be empty")
+        _require(
+            bool(NAME_PATTERN.fullmatch(self.experiment)),
+            "experiment",
+            f"{self.experiment!r} is not a name MLflow and the file system both accept: use "
+            "1-64 letters, digits, '_', '.' or '-', starting and ending with a letter or digit",
+        )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +37,13 @@ from src.runtime.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OFFICIAL_DIR = "cifar-10-batches-py"
 OFFICIAL_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+# What a source may make the data stage read, enforced while reading (in chunks of
+# READ_CHUNK_BYTES), never from an archive's own size fields alone. A 32x32 image file is
+# a few KB and CIFAR-10's 60,000 of them about 150 MB; an official batch is 31 MB.
+MAX_IMAGE_BYTES = 1 << 20  # one image member or file
+MAX_SOURCE_BYTES = 2 << 30  # all image members of one source together
+MAX_BATCH_BYTES = 64 << 20  # one pickled batch of the official archive
+READ_CHUNK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,33 @@ class BatchUnpickler(pickle.Unpickler):
             ) from None
 
 
+class ReadBudget:
+    """Reads members in bounded chunks: at most MAX_IMAGE_BYTES each and MAX_SOURCE_BYTES
+    in all, a DataError naming the limit and the member as soon as one is passed."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.total = 0
+
+    def read(self, name: str, fh: BinaryIO) -> bytes:
+        chunks, size = [], 0
+        while chunk := fh.read(READ_CHUNK_BYTES):
+            size += len(chunk)
+            self.total += len(chunk)
+            if size > MAX_IMAGE_BYTES:
+                raise DataError(
+                    f"{self.source}: {name}: larger than MAX_IMAGE_BYTES ({MAX_IMAGE_BYTES} "
+                    "bytes), not a 32x32 image; refused"
+                )
+            if self.total > MAX_SOURCE_BYTES:
+                raise DataError(
+                    f"{self.source}: its images add up to more than MAX_SOURCE_BYTES "
+                    f"({MAX_SOURCE_BYTES} bytes), far more than CIFAR-10; refused"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
 def _safe_member_name(archive: Path, name: str) -> str:
     """`name` unless it is absolute or climbs out with `..` (DataError naming it)."""
     parts = name.replace("\\", "/").split("/")
@@ -192,6 +227,11 @@ def read_official_archive(path: Path, md5: str | None) -> tuple[Split, Split]:
             for member in tar:
                 name = Path(_safe_member_name(path, member.name)).name
                 if member.isfile() and (name in OFFICIAL_TRAIN_BATCHES or name == "test_batch"):
+                    if member.size > MAX_BATCH_BYTES:
+                        raise DataError(
+                            f"{path}: {member.name}: {member.size} bytes, more than "
+                            f"MAX_BATCH_BYTES ({MAX_BATCH_BYTES}) for a CIFAR batch; refused"
+                        )
                     fh = tar.extractfile(member)
                     try:
                         batches[name] = BatchUnpickler(fh, encoding="bytes").load()
@@ -220,7 +260,12 @@ def read_official_archive(path: Path, md5: str | None) -> tuple[Split, Split]:
     return to_split(list(OFFICIAL_TRAIN_BATCHES)), to_split(["test_batch"])
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+# Each reader yields (member name, read): `read()` returns the member's bytes (bounded by
+# the source's ReadBudget) and is called, if at all, before the next member is yielded.
+Entries = Iterator[tuple[str, Callable[[], bytes]]]
+
+
+def _iter_folder(root: Path) -> Entries:
     def unreadable(exc: OSError) -> None:  # os.walk skips what it cannot list otherwise
         reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
         raise DataError(f"{root}: cannot read folder {exc.filename}: {reason}")
@@ -229,26 +274,44 @@ def _iter_folder(root: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     for folder, dirs, names in os.walk(root, onerror=unreadable):
         dirs.sort()
         files += [Path(folder) / name for name in names]
+    budget = ReadBudget(root)
+
+    def reader(path: Path, name: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with path.open("rb") as fh:
+                return budget.read(name, fh)
+
+        return read
+
     for path in sorted(files):
         if path.is_file():
-            yield path.relative_to(root).as_posix(), path.read_bytes
+            name = path.relative_to(root).as_posix()
+            yield name, reader(path, name)
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _iter_tar(path: Path) -> Entries:
+    budget = ReadBudget(path)
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
             name = _safe_member_name(path, member.name)
             if member.isfile():
-                payload = tar.extractfile(member).read()
-                yield name, lambda payload=payload: payload
+                yield name, lambda member=member, name=name: budget.read(
+                    name, tar.extractfile(member)
+                )
 
 
-def _iter_zip(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _iter_zip(path: Path) -> Entries:
+    budget = ReadBudget(path)
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             name = _safe_member_name(path, info.filename)
             if not info.is_dir():
-                yield name, lambda info=info: zf.read(info)
+
+                def read(info: zipfile.ZipInfo = info, name: str = name) -> bytes:
+                    with zf.open(info) as fh:
+                        return budget.read(name, fh)
+
+                yield name, read
 
 
 def _decode(name: str, payload: bytes) -> np.ndarray:
@@ -336,8 +399,8 @@ def folder_digest(root: Path) -> str:
     """sha256 of a folder's content: each file's path relative to `root` and its sha256,
     in sorted order (no location, no file times)."""
     h = hashlib.sha256()
-    for name, read in _iter_folder(root):
-        h.update(f"{name}\0{hashlib.sha256(read()).hexdigest()}\n".encode())
+    for name, _ in _iter_folder(root):
+        h.update(f"{name}\0{file_digest(root / name)}\n".encode())
     return h.hexdigest()
 
 

@@ -42,8 +42,13 @@ def run_training_stage(
     key = config_hash(logged)
     previous = load_checkpoint(paths.checkpoint, key)
     resume_id = (previous or {}).get("extra", {}).get("run_id")
-    if resume_id:
-        dead_runs.mark_run_killed(resume_id)  # a SIGKILLed run is left RUNNING
+    if resume_id and not dead_runs.mark_run_killed(resume_id):  # a SIGKILLed run: KILLED
+        print(
+            f"[{stage}] note: MLflow run {resume_id} of the checkpoint is not in the MLflow "
+            "store in use (deleted, or MLFLOW_TRACKING_URI changed); training resumes from "
+            "the checkpoint in a new run"
+        )
+        resume_id = None
 
     tracked = run_params(params, section, precision=params.common.precision)
     with stage_run(

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from src.artifacts import StagePaths
 from src.config.layout import repo_root
-from src.config.overrides import exp_run_command
+from src.config.overrides import check_set_params, exp_run_command
 from src.config.stages import TRAINING_STAGES
 from src.runtime.entry import guarded
 from src.seeds.spread import METRIC, SeedRun, Spread, read_record, record_path, write_record
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     extra = argv[cut + 1 :]  # more `dvc exp run` arguments
+    check_set_params(extra, repo_root())
     parser = _parser()
     args = parser.parse_args(argv[:cut])
     known = [s.name for s in TRAINING_STAGES]

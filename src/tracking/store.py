@@ -24,12 +24,16 @@ import contextlib
 import functools
 import logging
 import os
+import sqlite3
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from src.config.layout import repo_root
+from src.runtime.errors import EXIT_CONFIG, ProjectError
 
 TRACKING_SWITCH_ENV = "CIFAR_MLOPS_TRACKING"
 
@@ -108,6 +112,62 @@ def tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return default_uri(repo_root())
+
+
+class StoreError(ProjectError):
+    """The MLflow store cannot take this stage's runs; the message says what to do.
+    Nothing was tracked."""
+
+    exit_code = EXIT_CONFIG
+
+
+def check_store(experiment: str | None = None) -> None:
+    """Stop now (`StoreError`) when the artifact folder of `experiment` in a SQLite store
+    cannot be written, before a stage does work it could not record."""
+    if tracking_enabled():
+        uri = tracking_uri()
+        if experiment is not None:
+            check_artifacts_writable(uri, experiment)
+
+
+def check_artifacts_writable(uri: str, experiment: str) -> None:
+    """StoreError unless a file can be created in the local artifact folder runs of
+    `experiment` write to (tried with a probe file, removed at once); nothing for a
+    tracking server or a remote artifact store."""
+    folder = artifact_root(uri)
+    if folder is None:
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.is_file():
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(
+            sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        ) as con:
+            row = con.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
+            ).fetchone()
+            if row and row[0]:
+                location = str(row[0])
+                if location.startswith("file://"):
+                    folder = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+                elif "://" in location:
+                    return  # a remote artifact store
+                else:
+                    folder = Path(location)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StoreError(
+            f"MLflow artifact store: cannot write in {folder} ({exc.strerror or exc}); the "
+            "stage would train and then fail to save its model. Make it a writable folder, "
+            "or point MLFLOW_TRACKING_URI at another store. Nothing was done."
+        ) from None
 
 
 def point_mlflow() -> str:

@@ -114,6 +114,7 @@ def open_storage(
     except sqlalchemy.exc.ArgumentError as exc:
         raise TuneError(f"--storage {spec!r} is neither a file path nor a database URL") from exc
     backend = url.get_backend_name()
+    check_not_mlflow_store(spec, url)
     engine_kwargs = {}
     if backend == "postgresql":
         engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
@@ -149,6 +150,41 @@ def open_storage(
         print(f"[tune] no cross-worker lock for {backend}: parallel workers may overshoot")
         lock = lambda _name: contextlib.nullcontext()
     return StudyStorage(storage, display, lock)
+
+
+def check_not_mlflow_store(spec: str, url: Any) -> None:
+    """ConfigError (nothing written) when the RDB URL `url` is the MLflow store: the
+    store's URL itself, or a SQLite file that holds MLflow's tables. Optuna would add its
+    own tables to MLflow's database."""
+    from src.tracking import store
+
+    hint = (
+        "use a storage of its own: the default journal file (omit --storage), another "
+        "SQLite file or another database"
+    )
+    mlflow_uri = store.tracking_uri()
+    same = url.render_as_string(hide_password=False) == mlflow_uri
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = Path(url.database).expanduser().resolve()
+        if mlflow_uri.startswith("sqlite:///"):
+            same = same or db == Path(mlflow_uri.removeprefix("sqlite:///")).resolve()
+        same = same or _holds_mlflow_tables(db)
+    if same:
+        raise ConfigError("", f"storage {spec!r} is the MLflow store; {hint}")
+
+
+def _holds_mlflow_tables(db: Path) -> bool:
+    """Whether the SQLite file `db` holds MLflow's tracking tables (opened read-only)."""
+    import sqlite3
+
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error:
+        return False
+    return {"experiments", "runs"} <= tables
 
 
 def check_journal_file(spec: str, path: Path) -> None:
