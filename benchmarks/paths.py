@@ -263,7 +263,6 @@ def time_project(
             config_key=f"bench-{ckpt}",
             progress=False,
             name=f"bench-{bench.name}",
-            placement=prepared.placement,
         )
         fitted = time.perf_counter()
     closed = time.perf_counter()

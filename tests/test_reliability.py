@@ -153,7 +153,7 @@ def _statuses(root: Path, name: str) -> dict[str, str]:
 def test_stage_killed_before_its_first_checkpoint_leaves_no_running_run(prepared: Path):
     from pipelines import train
 
-    _kill_at(prepared, "src.runner.training_stage", "fit", "train", ["baseline", "--no-progress"])
+    _kill_at(prepared, "src.training.recipe", "fit", "train", ["baseline", "--no-progress"])
     assert not (prepared / "checkpoints/baseline.pt").exists()
     (dead,) = _statuses(prepared, "baseline").items()
     assert dead[1] == "RUNNING", "the SIGKILLed process could not end its run"

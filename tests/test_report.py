@@ -335,7 +335,7 @@ def test_what_a_missing_stage_costs_comes_from_measured_figures():
         "no training rate has been measured at 224 px, only 122.7 images/s at 64 px "
         "(layer4 and fc on cached features) on a 2-core AMD EPYC CPU" in resnet
     )
-    assert "resnet18-f37072fd.pth" in resnet and "README's ResNet section" in resnet
+    assert "resnet18-f37072fd.pth" in resnet and "docs/pipeline.md's ResNet section" in resnet
     assert "measured" not in stage_cost("improved", to_dict(params.improved), 45_000, None)
 
 
@@ -387,7 +387,7 @@ def test_a_quick_profile_run_is_a_smoke_run(project):
         },
     }
     (project / "dvc.lock").write_text(yaml.safe_dump(lock))
-    from src import spread  # a full-size seed record beside the smoke run: not shown
+    from src.seeds import spread  # a full-size seed record beside the smoke run: not shown
 
     runs = [spread.SeedRun(f"improved-seed{k}", k, 0.81 + k / 100, "success") for k in range(3)]
     spread.write_record(spread.Spread("improved", runs, commit="ab" * 20), root=project)

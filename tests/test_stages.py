@@ -171,12 +171,12 @@ def test_two_runs_with_one_seed_give_identical_metrics(prepared):
 
 def test_failed_stage_ends_its_run_failed(prepared, monkeypatch):
     from pipelines import train
-    from src.runner import training_stage as stage_module
+    from src.training import recipe
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stage_module, "fit", boom)
+    monkeypatch.setattr(recipe, "fit", boom)
     with pytest.raises(RuntimeError, match="boom"):
         train.main(["baseline", "--no-progress"])
     runs = _client(prepared).search_runs(

@@ -146,5 +146,6 @@ class Layout:
                     "",
                     f"{folder} resolves to {real}, outside the project {root} (a symlink); "
                     "the stages write and DVC deletes only inside the project: make it a "
-                    "folder of the project (data on another disk: DVC's cache, see README)",
+                    "folder of the project (data on another disk: DVC's cache, "
+                    "docs/troubleshooting.md)",
                 )
