@@ -26,7 +26,7 @@ def repo(tmp_path: Path) -> Path:
     """A git repository holding the real params.yaml, a code file and DVC's outputs."""
     _git(tmp_path, "init", "-q")
     (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
-    for name in ("dvc.lock", "metrics.json", "code.py"):
+    for name in ("dvc.lock", "metrics.json", "predictions.csv", "code.py"):
         (tmp_path / name).write_text("a\n")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
@@ -44,6 +44,7 @@ def test_git_dirty_ignores_what_dvc_repro_and_set_values_write(repo):
     assert provenance.git_info(repo)["git_dirty"] == "false"
     (repo / "dvc.lock").write_text("b\n")
     (repo / "metrics.json").write_text("b\n")
+    (repo / "predictions.csv").write_text("b\n")
     _set(repo, **{"baseline.train.epochs": 2})
     assert provenance.git_info(repo)["git_dirty"] == "false"
     assert provenance.params_changed(repo) == ["baseline.train.epochs"]

@@ -28,7 +28,7 @@ from src.config.typed import flatten
 # Git-tracked files that `dvc repro` itself rewrites while a pipeline runs (the lock after
 # each stage, the metrics and history it keeps in git): a change there is the run's own
 # output, not an edit of the code or params it ran, so it does not make the tree dirty.
-DVC_WRITTEN = frozenset({"dvc.lock", "metrics.json", "history.csv"})
+DVC_WRITTEN = frozenset({"dvc.lock", "metrics.json", "history.csv", "predictions.csv"})
 _MISSING = object()
 
 
