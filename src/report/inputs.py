@@ -1,8 +1,9 @@
 """What the report reads, and its data types: every training stage's outputs
 (metrics.json, history.csv, the resolved config in models/<stage>.pt, or without the model
 file the params `dvc.lock` records for them), the data manifest, reports/tune/<study>/ and
-reports/discussion.md and the seed records reports/seeds/<stage>.json (`src.seeds`), all
-declared deps of the `report` stage in dvc.yaml.
+reports/discussion.md, the seed records reports/seeds/<stage>.json (`src.seeds`) and the
+float32 runs reports/numerics/fp32/<stage>/ the current runs are compared with, all declared
+deps of the `report` stage in dvc.yaml.
 
     load_inputs(root, params)      -> ReportInputs (one StageOutputs per training stage)
 
@@ -39,6 +40,9 @@ TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures the
 TUNE_PARAMS = "best_params.yaml"
 BENCHMARK_FILE = "benchmarks/cpu.json"  # python -m benchmarks.bench --json: measured rates
 DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
+# Full-size runs computed in float32, kept as <stage>/metrics.json and <stage>/history.csv
+# (byte-identical to what the stage wrote): the current runs' numerics are compared with them.
+FP32_DIR = "numerics/fp32"
 # The course report's places for discussion: id -> heading.
 DISCUSSION = {
     "3c": "what helped and what did not",
@@ -81,6 +85,16 @@ class StageOutputs:
 
 
 @dataclass(frozen=True)
+class RecordedRun:
+    """A committed run of a stage kept to compare the current one with (reports/numerics/)."""
+
+    stage: str
+    metrics: dict
+    history: pd.DataFrame  # as StageOutputs.history
+    files: dict[str, str]  # "metrics" | "history" -> path relative to the root
+
+
+@dataclass(frozen=True)
 class Benchmark:
     """The measured training rates a missing stage's cost is estimated from."""
 
@@ -110,6 +124,9 @@ class ReportInputs:
     seeds: dict[str, Spread] = field(default_factory=dict)
     seeds_dir: str = f"reports/{SEEDS_DIR}"
     benchmark: Benchmark | None = None  # None: no benchmark file
+    # stage -> its float32 run (reports/numerics/fp32/<stage>/), where one is kept
+    fp32: dict[str, RecordedRun] = field(default_factory=dict)
+    fp32_dir: str = f"reports/{FP32_DIR}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -212,7 +229,34 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         seeds=load_seeds(reports / SEEDS_DIR),
         seeds_dir=_relative(reports / SEEDS_DIR, root),
         benchmark=load_benchmark(root / BENCHMARK_FILE, root),
+        fp32=load_recorded_runs(reports / FP32_DIR, root),
+        fp32_dir=_relative(reports / FP32_DIR, root),
     )
+
+
+def load_recorded_runs(folder: Path, root: Path) -> dict[str, RecordedRun]:
+    """Each training stage's run kept in `folder` (<stage>/metrics.json and
+    <stage>/history.csv, both needed); {} without the folder. An unreadable file is a
+    ReportInputError."""
+    found = {}
+    for info in TRAINING_STAGES:
+        files = {
+            "metrics": folder / info.name / artifacts.METRICS_FILE,
+            "history": folder / info.name / artifacts.HISTORY_FILE,
+        }
+        if not all(p.is_file() for p in files.values()):
+            continue
+        try:
+            history = artifacts.read_history(files["history"])
+        except (OSError, ValueError) as exc:
+            raise ReportInputError(f"{files['history']}: unreadable ({exc})") from exc
+        found[info.name] = RecordedRun(
+            stage=info.name,
+            metrics=_read_json(files["metrics"]),
+            history=history,
+            files={k: _relative(p, root) for k, p in files.items()},
+        )
+    return found
 
 
 def load_benchmark(path: Path, root: Path) -> Benchmark | None:
