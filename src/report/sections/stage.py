@@ -212,10 +212,9 @@ def stage_section(info: Stage, inputs: ReportInputs, runs: dict, figures: dict) 
     else:
         lines += _config_sections(info, outputs, reference)
     lines += _results_sections(info, outputs, reference, figures)
-    if not outputs.smoke:  # a smoke run is no match for a full-size one
-        lines += numerics_section(info, outputs, inputs.fp32.get(info.name), figures)
     if not outputs.smoke:  # a seed record is of full-size runs, not this one
         lines += seeds_paragraph(info, inputs)
+        lines += numerics_section(info, outputs, inputs.fp32.get(info.name), figures)
     if outputs.smoke:
         lines += [f"> Not comparable with the course: {'; '.join(outputs.smoke)}.", ""]
     return lines
