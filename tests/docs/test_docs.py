@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from src.config.layout import PROJECT_ROOT
 from src.report import results
-from tests.conftest import PROJECT_ROOT
 
 DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))
 
