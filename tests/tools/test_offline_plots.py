@@ -6,7 +6,7 @@ import configparser
 import re
 
 from src.config.layout import PROJECT_ROOT
-from src.report.offline_plots import TEMPLATE, template_html
+from tools.offline_plots import TEMPLATE, template_html
 
 
 def test_dvc_config_names_the_committed_offline_template():
