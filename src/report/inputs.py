@@ -36,8 +36,7 @@ LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 # every missing upstream stage, and DVC runs no stage whose dependency is missing).
 PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
 # Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
-TUNE_DIR = "tune"  # src.tune writes tune/<study>/best_params.yaml + figures there
-TUNE_PARAMS = "best_params.yaml"
+TUNE_PARAMS = "best_params.yaml"  # src.tune writes it to Layout.tune_reports/<study>/
 BENCHMARK_FILE = "benchmarks/cpu.json"  # python -m benchmarks.bench --json: measured rates
 DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
 # Full-size runs computed in float32, kept as <stage>/metrics.json and <stage>/history.csv
@@ -115,7 +114,7 @@ class ReportInputs:
     download: dict | None  # reports/download/metrics.json (the data stage's run id)
     tune: list[dict]  # per study: {"file", "header", "best_params", "figures"}; [] if none
     baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
-    tune_dir: str = f"reports/{TUNE_DIR}"  # where tuning results would be
+    tune_dir: str = Layout(Path()).tune_reports.as_posix()  # where tuning results would be
     discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
     discussion_file: str = f"reports/{DISCUSSION_FILE}"
     # params.yaml's section per training stage: what running a missing stage would train
@@ -220,9 +219,9 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         manifest=_read_json(manifest_path) if manifest_path.is_file() else None,
         manifest_file=_relative(manifest_path, root),
         download=_read_json(download) if download.is_file() else None,
-        tune=load_tune(reports / TUNE_DIR, root),
+        tune=load_tune(layout.tune_reports, root),
         baseline_params=to_dict(params.baseline),
-        tune_dir=_relative(reports / TUNE_DIR, root),
+        tune_dir=_relative(layout.tune_reports, root),
         discussion=read_discussion(reports / DISCUSSION_FILE),
         discussion_file=_relative(reports / DISCUSSION_FILE, root),
         planned={info.name: to_dict(getattr(params, info.name)) for info in TRAINING_STAGES},

@@ -5,66 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
-import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store}/mlflow.db",
-            "--artifacts-destination",
-            (store / "artifacts").as_uri(),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not come up in 120 s")
-    yield url, store
-    proc.terminate()
-    proc.wait(timeout=30)
+from src.config.layout import PROJECT_ROOT
 
 
 def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path):
@@ -72,7 +20,7 @@ def test_stage_logs_to_a_tracking_server(prepared: Path, mlflow_server, tmp_path
     env = {**os.environ, "DVC_ROOT": str(prepared), "MLFLOW_TRACKING_URI": url}
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.train", "baseline", "--no-progress"],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ from src.report.inputs import (
     load_recorded_runs,
 )
 from src.report.sections.stage import numerics_label, stage_section
-from tests.test_report import _section, _table
+from tests.report.test_report import _section, _table
 
 FINAL = {
     "final_train_loss": 0.4,

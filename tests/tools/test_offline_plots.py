@@ -5,8 +5,8 @@ from __future__ import annotations
 import configparser
 import re
 
-from src.report.offline_plots import TEMPLATE, template_html
-from tests.conftest import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT
+from tools.offline_plots import TEMPLATE, template_html
 
 
 def test_dvc_config_names_the_committed_offline_template():

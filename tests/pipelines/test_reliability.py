@@ -17,7 +17,6 @@ import pytest
 
 from src.config.layout import PROJECT_ROOT
 from tests.conftest import update_params
-from tests.test_tracking_server import mlflow_server  # noqa: F401 (a fixture)
 
 METRIC_KEYS = ("final_train_loss", "final_val_loss", "test_loss", "test_accuracy", "steps")
 
@@ -248,7 +247,7 @@ def test_close_dead_runs_sqlite(project: Path):
 
 
 @pytest.mark.slow  # a real `mlflow server`: about 40 s
-def test_close_dead_runs_tracking_server(project: Path, mlflow_server, monkeypatch):  # noqa: F811
+def test_close_dead_runs_tracking_server(project: Path, mlflow_server, monkeypatch):
     url, _ = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     _closes_only_dead_runs_of_this_stage_and_root(project)

@@ -1,4 +1,4 @@
-"""`python -m src.report.offline_plots`: the HTML template `dvc plots show` renders with,
+"""`python -m tools.offline_plots`: the HTML template `dvc plots show` renders with,
 with Vega, Vega-Lite and Vega-Embed inlined (from the pip package `vl-convert-python`), so
 `dvc_plots/index.html` draws its plots offline. DVC's own page loads them from a CDN.
 

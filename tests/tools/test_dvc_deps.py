@@ -96,7 +96,7 @@ def _code_layout() -> dict:
     from src.data.prepare import MANIFEST
     from src.report import build as report
     from src.report.formats import FIGURE_DIR
-    from src.report.inputs import BENCHMARK_FILE, DISCUSSION_FILE, FP32_DIR, TUNE_DIR
+    from src.report.inputs import BENCHMARK_FILE, DISCUSSION_FILE, FP32_DIR
     from src.seeds.spread import SEEDS_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
@@ -115,7 +115,7 @@ def _code_layout() -> dict:
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
-    report_deps |= {layout.reports / TUNE_DIR, layout.reports / DISCUSSION_FILE}
+    report_deps |= {layout.tune_reports, layout.reports / DISCUSSION_FILE}
     report_deps |= {layout.reports / SEEDS_DIR, Path(BENCHMARK_FILE), layout.reports / FP32_DIR}
     figures = {
         f"figures-{stage}": {

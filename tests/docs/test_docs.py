@@ -8,19 +8,17 @@ import re
 
 import pytest
 
+from src.config.layout import PROJECT_ROOT
 from src.report import results
-from tests.conftest import PROJECT_ROOT
+from tools import results as results_tool
 
 DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))
 
 
-def test_the_results_page_and_readme_table_are_generated_from_the_committed_files():
-    page = (PROJECT_ROOT / results.RESULTS_PAGE).read_text()
-    assert page == results.results_page(PROJECT_ROOT), "run python -m src.report.results"
-    readme = (PROJECT_ROOT / results.README).read_text()
-    assert readme == results.readme_with_block(readme, PROJECT_ROOT), (
-        "run python -m src.report.results"
-    )
+def test_the_results_page_and_readme_table_are_generated_from_the_committed_files(capsys):
+    for path, text in results_tool.expected(PROJECT_ROOT).items():
+        assert (PROJECT_ROOT / path).read_text() == text, f"{path}: run python -m tools.results"
+    assert results_tool.main(["--check"]) == 0, capsys.readouterr().err
 
 
 def test_the_generated_figures_are_the_files_values(tmp_path):
