@@ -17,7 +17,8 @@ from src.report.inputs import (
     StageOutputs,
     load_recorded_runs,
 )
-from src.report.sections.stage import numerics_label, stage_section
+from src.report.sections.numerics import numerics_label
+from src.report.sections.stage import stage_section
 from tests.report.test_report import _section, _table
 
 FINAL = {
