@@ -11,18 +11,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from src.artifacts import StagePaths
+from src.config.layout import Layout
 from src.config.stages import TRAINING_STAGES
 from src.report.inputs import REFERENCE
 
 RESULTS_PAGE = Path("docs/results.md")
 README = Path("README.md")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-BENCHMARK = Path("benchmarks/cpu.json")
 
 
-def _read(root: Path, rel: str) -> dict | None:
-    path = root / rel
+def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _metrics_file(root: Path, stage: str) -> Path:
+    return StagePaths.for_stage(stage, root).metrics
+
+
+def _cited(path: Path, root: Path) -> str:
+    """`path` as the pages cite it: relative to the root."""
+    return path.relative_to(root).as_posix()
 
 
 def _minutes(seconds: float) -> str:
@@ -44,20 +53,20 @@ def results_table(root: Path) -> list[str]:
         "| --- | ---: | ---: | --- | ---: | --- |",
     ]
     for info in TRAINING_STAGES:
-        rel = f"reports/{info.name}/metrics.json"
-        m = _read(root, rel)
+        path = _metrics_file(root, info.name)
+        m = _read(path)
         course = REFERENCE.get(info.name, {}).get("test_accuracy")
         course_cell = f"{course:.3f}" if course is not None else "—"
         if m is None:
             lines.append(f"| {info.name} ({info.task}) | {course_cell} | not run | — | — | — |")
             continue
-        seeds = _read(root, f"reports/seeds/{info.name}.json")
+        seeds = _read(Layout(root).seeds / f"{info.name}.json")
         spread = "—"
         if seeds and seeds.get("n", 0) >= 2:
             spread = f"{seeds['mean']:.4f} ± {seeds['std']:.4f} (n={seeds['n']})"
         lines.append(
             f"| {info.name} ({info.task}) | {course_cell} | {m['test_accuracy']:.4f} | "
-            f"{spread} | {_minutes(stage_seconds(m))} | `{rel}` |"
+            f"{spread} | {_minutes(stage_seconds(m))} | `{_cited(path, root)}` |"
         )
     return lines
 
@@ -66,14 +75,14 @@ def repro_seconds(root: Path) -> float:
     """What the committed stages took together (a fresh clone's `dvc repro` retrains them)."""
     total = 0.0
     for info in TRAINING_STAGES:
-        m = _read(root, f"reports/{info.name}/metrics.json")
+        m = _read(_metrics_file(root, info.name))
         if m:
             total += stage_seconds(m)
     return total
 
 
 def readme_block(root: Path) -> list[str]:
-    ran = [i.name for i in TRAINING_STAGES if _read(root, f"reports/{i.name}/metrics.json")]
+    ran = [i.name for i in TRAINING_STAGES if _read(_metrics_file(root, i.name))]
     return [
         BEGIN,
         *results_table(root),
@@ -92,7 +101,7 @@ def _stage_details(root: Path) -> list[str]:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for info in TRAINING_STAGES:
-        m = _read(root, f"reports/{info.name}/metrics.json")
+        m = _read(_metrics_file(root, info.name))
         if m is None:
             continue
         lines.append(
@@ -106,23 +115,25 @@ def _stage_details(root: Path) -> list[str]:
 
 def _seed_lines(root: Path) -> list[str]:
     lines = []
-    for path in sorted((root / "reports/seeds").glob("*.json")):
+    for path in sorted(Layout(root).seeds.glob("*.json")):
         s = json.loads(path.read_text())
         each = ", ".join(f"seed {r['seed']}: {r['test_accuracy']:.4f}" for r in s["runs"])
         lines.append(
             f"- **{s['stage']}**: {s['mean']:.4f} ± {s['std']:.4f} (mean ± sample std, "
-            f"n = {s['n']}; {each}) on {s['machine']} (`reports/seeds/{path.name}`)."
+            f"n = {s['n']}; {each}) on {s['machine']} (`{_cited(path, root)}`)."
         )
     return lines or ["No seed records yet (`python -m src.seeds <stage> --seeds 0 1 2`)."]
 
 
 def _benchmark_lines(root: Path) -> list[str]:
-    b = _read(root, str(BENCHMARK))
+    path = Layout(root).benchmark
+    cited = _cited(path, root)
+    b = _read(path)
     if b is None:
-        return ["No benchmark recorded (`python -m benchmarks.bench --json benchmarks/cpu.json`)."]
+        return [f"No benchmark recorded (`python -m benchmarks.bench --json {cited}`)."]
     machine = b["machine"]
     lines = [
-        f"`{BENCHMARK}`: {machine['cpu']}, {machine['cpu_cores']} cores, torch "
+        f"`{cited}`: {machine['cpu']}, {machine['cpu_cores']} cores, torch "
         f"{machine['torch']}. Training images/s: the compute floor (one resident batch), a "
         "course-style reference loop (per-image PIL transforms, `DataLoader`) and the "
         "project's path (`fit`, with tracking); medians of repeats, the ratios are medians of "
