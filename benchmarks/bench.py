@@ -254,7 +254,7 @@ def bench_numerics(
         repeats=args.repeats,
         peaks=peaks,
     )
-    out["eval_share"] = numerics.eval_share_targets(Layout().reports, list(args.models))
+    out["eval_share"] = numerics.eval_share_targets(Layout().root, list(args.models))
     return out
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.paths import BenchData, ModelBench, make_bench, time_floor
+from src.artifacts import StagePaths
 from src.config.schema import Params
 from src.config.stages import get_stage
 from src.training.device import NATIVE_BF16_FLAGS, Placement, cpu_bf16_flags, synchronize
@@ -272,13 +273,13 @@ def bench_prefix_variants(
     }
 
 
-def eval_share_targets(reports: Path, stages: list[str]) -> dict:
+def eval_share_targets(root: Path, stages: list[str]) -> dict:
     """Each stage's evaluation share of its wall time (metrics.json's `time_shares`, or
     of training + evaluation where a stage predates them) against the target."""
     out = {}
     for stage in stages:
         with contextlib.suppress(OSError, ValueError):
-            metrics = json.loads((reports / stage / "metrics.json").read_text())
+            metrics = json.loads(StagePaths.for_stage(stage, root).metrics.read_text())
             shares = metrics.get("time_shares") or {}
             share, of = (
                 (shares["evaluation"], "wall time")

@@ -27,7 +27,6 @@ from src.runtime.entry import guarded
 from src.runtime.errors import ReportInputError
 from src.tracking.runs import Run, run_summary, write_figure
 
-SAMPLES_FILE = "samples.png"  # under reports/download/, beside metrics.json
 STAGES = ("download", *(s.name for s in TRAINING_STAGES))
 
 
@@ -50,9 +49,7 @@ def stage_figures(stage: str, paths: StagePaths, metrics: dict) -> dict[Path, An
 
 def data_figures(paths: StagePaths, layout: Layout) -> dict[Path, Any]:
     dataset = load_dataset(layout.data)
-    return {
-        paths.reports / SAMPLES_FILE: plots.sample_grid(dataset.train.images, dataset.train.labels)
-    }
+    return {paths.samples: plots.sample_grid(dataset.train.images, dataset.train.labels)}
 
 
 def read_metrics(stage: str, paths: StagePaths) -> dict:

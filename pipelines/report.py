@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     rendered = report.render_report(inputs, runs, command=command)
 
-    out = Layout().reports / report.REPORT_FILE
+    layout = Layout()
+    out = layout.report_md
     figure_dir = out.parent / FIGURE_DIR
     previous = linked_figures(out)  # only figures an earlier render wrote are ever removed
     logged = {"common": params.common}
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         images = {f"{FIGURE_DIR}/{n}": (figure_dir / n).read_bytes() for n in written}
         title = rendered.markdown.splitlines()[0].lstrip("# ")
         page = report_html.render_html(rendered.markdown, images, title)
-        html_out = out.with_name(report.HTML_FILE)
+        html_out = layout.report_html
         atomic_write_bytes(html_out, page.encode())
         run.log_artifact(out)
         run.log_artifact(html_out)

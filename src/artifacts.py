@@ -278,6 +278,11 @@ class StagePaths:
     def confusion_matrix(self) -> Path:
         return self.reports / "confusion_matrix.png"
 
+    @property
+    def samples(self) -> Path:
+        """The data stage's grid of training images (stage `figures-download`)."""
+        return self.reports / "samples.png"
+
     def linked(self) -> dict[str, Path]:
         """The outputs that must come from one run (the report checks their links)."""
         return {"metrics": self.metrics, "history": self.history, "model": self.model}

@@ -95,7 +95,7 @@ class Layout:
     default). Not params: DVC deletes a stage's declared outs *before* it runs the
     stage's command, so a params value that moved an out could aim that deletion at any
     folder before the stage's own checks ran. dvc.yaml spells these same paths
-    literally; tests/test_dvc_deps.py checks the two agree."""
+    literally; tests/tools/test_dvc_deps.py checks the two agree."""
 
     root: Path = field(default_factory=lambda: project_root())
 
@@ -121,6 +121,37 @@ class Layout:
     def tune_reports(self) -> Path:
         """`python -m src.tune`'s results, one folder per study (best_params.yaml, figures)."""
         return self.reports / "tune"
+
+    @property
+    def seeds(self) -> Path:
+        """`python -m src.seeds`'s records, one <stage>.json per training stage (git-tracked)."""
+        return self.reports / "seeds"
+
+    @property
+    def discussion(self) -> Path:
+        """The student's text for the report, one `## <id>` section per place (git-tracked)."""
+        return self.reports / "discussion.md"
+
+    @property
+    def fp32_runs(self) -> Path:
+        """Full-size runs computed in float32, <stage>/metrics.json and <stage>/history.csv
+        as the stage wrote them: the report compares the current runs' numerics with them."""
+        return self.reports / "numerics" / "fp32"
+
+    @property
+    def report_md(self) -> Path:
+        """The `report` stage's markdown report (its figures in a folder beside it)."""
+        return self.reports / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The same report as one self-contained HTML file."""
+        return self.reports / "report.html"
+
+    @property
+    def benchmark(self) -> Path:
+        """Measured training rates (`python -m benchmarks.bench --json`), git-tracked."""
+        return self.root / "benchmarks" / "cpu.json"
 
     @property
     def checkpoints(self) -> Path:

@@ -282,7 +282,7 @@ class Params:
     common: CommonConfig = field(default_factory=CommonConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # One section per training stage of the catalog (src.config.stages.TRAINING_STAGES), in its
-    # order: typed loading needs the fields spelled out; tests/test_stages_catalog.py
+    # order: typed loading needs the fields spelled out; tests/config/test_stages_catalog.py
     # checks they agree.
     baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
     improved: CNNStageConfig = field(default_factory=CNNStageConfig)

@@ -38,9 +38,6 @@ from src.report.sections.stage import (
 )
 from src.report.sections.task1 import task1_section
 
-REPORT_FILE = "report.md"  # under reports/ (src.config.layout.Layout)
-HTML_FILE = "report.html"  # the same report, self-contained (src.report.html)
-
 
 @dataclass
 class Report:

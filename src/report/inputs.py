@@ -29,19 +29,15 @@ from src.config.stages import TRAINING_STAGES
 from src.config.typed import to_dict
 from src.data.prepare import MANIFEST
 from src.runtime.errors import ReportInputError, WeightsError
-from src.seeds.spread import SEEDS_DIR, Spread, read_record
+from src.seeds.spread import Spread, read_record
 
 LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 # The report of a partial pipeline (a CPU user's: `dvc repro report` would first train
 # every missing upstream stage, and DVC runs no stage whose dependency is missing).
 PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
-# Declared dependencies of the report stage besides the stages' outputs, both git-tracked:
+# Declared dependencies of the report stage besides the stages' outputs, all git-tracked, are
+# in src.config.layout.Layout: tune_reports, discussion, seeds, benchmark, fp32_runs.
 TUNE_PARAMS = "best_params.yaml"  # src.tune writes it to Layout.tune_reports/<study>/
-BENCHMARK_FILE = "benchmarks/cpu.json"  # python -m benchmarks.bench --json: measured rates
-DISCUSSION_FILE = "discussion.md"  # the student's text, one `## <id>` section per place
-# Full-size runs computed in float32, kept as <stage>/metrics.json and <stage>/history.csv
-# (byte-identical to what the stage wrote): the current runs' numerics are compared with them.
-FP32_DIR = "numerics/fp32"
 # The course report's places for discussion: id -> heading.
 DISCUSSION = {
     "3c": "what helped and what did not",
@@ -116,16 +112,16 @@ class ReportInputs:
     baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
     tune_dir: str = Layout(Path()).tune_reports.as_posix()  # where tuning results would be
     discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
-    discussion_file: str = f"reports/{DISCUSSION_FILE}"
+    discussion_file: str = Layout(Path()).discussion.as_posix()
     # params.yaml's section per training stage: what running a missing stage would train
     planned: dict[str, dict] = field(default_factory=dict)
     # stage -> its runs over seeds (reports/seeds/<stage>.json)
     seeds: dict[str, Spread] = field(default_factory=dict)
-    seeds_dir: str = f"reports/{SEEDS_DIR}"
+    seeds_dir: str = Layout(Path()).seeds.as_posix()
     benchmark: Benchmark | None = None  # None: no benchmark file
     # stage -> its float32 run (reports/numerics/fp32/<stage>/), where one is kept
     fp32: dict[str, RecordedRun] = field(default_factory=dict)
-    fp32_dir: str = f"reports/{FP32_DIR}"
+    fp32_dir: str = Layout(Path()).fp32_runs.as_posix()
 
 
 # --------------------------------------------------------------------------- reading
@@ -211,7 +207,6 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         raise error
 
     stages = {info.name: _stage_outputs(root, params, info.name) for info in TRAINING_STAGES}
-    reports = layout.reports
     download = artifacts.StagePaths.for_stage("download", root).metrics
     return ReportInputs(
         stages=stages,
@@ -222,14 +217,14 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         tune=load_tune(layout.tune_reports, root),
         baseline_params=to_dict(params.baseline),
         tune_dir=_relative(layout.tune_reports, root),
-        discussion=read_discussion(reports / DISCUSSION_FILE),
-        discussion_file=_relative(reports / DISCUSSION_FILE, root),
+        discussion=read_discussion(layout.discussion),
+        discussion_file=_relative(layout.discussion, root),
         planned={info.name: to_dict(getattr(params, info.name)) for info in TRAINING_STAGES},
-        seeds=load_seeds(reports / SEEDS_DIR),
-        seeds_dir=_relative(reports / SEEDS_DIR, root),
-        benchmark=load_benchmark(root / BENCHMARK_FILE, root),
-        fp32=load_recorded_runs(reports / FP32_DIR, root),
-        fp32_dir=_relative(reports / FP32_DIR, root),
+        seeds=load_seeds(layout.seeds),
+        seeds_dir=_relative(layout.seeds, root),
+        benchmark=load_benchmark(layout.benchmark, root),
+        fp32=load_recorded_runs(layout.fp32_runs, root),
+        fp32_dir=_relative(layout.fp32_runs, root),
     )
 
 

@@ -151,9 +151,8 @@ def summary_lines(
             spread = recorded[stage]
             commit = f" of commit {spread.commit[:10]}" if spread.commit else ""
             on = f" on {spread.machine}" if spread.machine else ""
-            lines.append(
-                f"  {stage:<9} recorded in reports/seeds/{stage}.json (experiments{commit}{on}):"
-            )
+            record = record_path(stage, Path()).as_posix()
+            lines.append(f"  {stage:<9} recorded in {record} (experiments{commit}{on}):")
         elif not spread.runs:
             lines.append(
                 f"  {stage:<9} no experiment {stage}-seed<k> yet "

@@ -18,7 +18,6 @@ from pathlib import Path
 from src.config.layout import Layout, repo_root
 
 METRIC = "test_accuracy"
-SEEDS_DIR = "seeds"  # reports/seeds/<stage>.json: git-tracked records the report reads
 
 
 @dataclass
@@ -71,7 +70,7 @@ def machine() -> str:
 
 
 def record_path(stage: str, root: Path | None = None) -> Path:
-    return Layout(root or repo_root()).reports / SEEDS_DIR / f"{stage}.json"
+    return Layout(root or repo_root()).seeds / f"{stage}.json"
 
 
 def write_record(spread: Spread, root: Path | None = None) -> Path:

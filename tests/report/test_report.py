@@ -15,14 +15,14 @@ import mlflow
 import pytest
 import yaml
 
-from src.config.layout import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT, Layout
 from src.config.load import load_params
 from src.config.stages import TRAINING_STAGES, get_stage
 from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
-from src.report.inputs import BENCHMARK_FILE, REFERENCE, load_benchmark
+from src.report.inputs import REFERENCE, load_benchmark
 from src.report.network import n_parameters, stage_network
 from src.report.sections.stage import stage_cost
 from src.report.sections.task1 import task1_section
@@ -132,9 +132,7 @@ def test_discussion_sections_are_read_by_id(tmp_path):
         "3f": "",
         "4a": "Pretrained wins.",
     }
-    committed = report_inputs.read_discussion(
-        PROJECT_ROOT / "reports" / report_inputs.DISCUSSION_FILE
-    )
+    committed = report_inputs.read_discussion(Layout(PROJECT_ROOT).discussion)
     assert set(committed) == set(report_inputs.DISCUSSION)  # the file in git has every place
 
 
@@ -219,8 +217,8 @@ def _commit_baseline_results(root) -> dict:
     history.csv are in git (the benchmark's rates too); models/baseline.pt and data/ are
     only in DVC's cache."""
     shutil.copy(PROJECT_ROOT / "dvc.lock", root / "dvc.lock")
-    (root / BENCHMARK_FILE).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT_ROOT / BENCHMARK_FILE, root / BENCHMARK_FILE)
+    Layout(root).benchmark.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Layout(PROJECT_ROOT).benchmark, Layout(root).benchmark)
     (root / "reports/baseline").mkdir(parents=True)
     for name in ("metrics.json", "history.csv"):
         shutil.copy(PROJECT_ROOT / "reports/baseline" / name, root / "reports/baseline" / name)
@@ -326,7 +324,7 @@ def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
 
 def test_what_a_missing_stage_costs_comes_from_measured_figures():
     params = load_params(PROJECT_ROOT / "params.yaml")
-    bench = load_benchmark(PROJECT_ROOT / BENCHMARK_FILE, PROJECT_ROOT)
+    bench = load_benchmark(Layout(PROJECT_ROOT).benchmark, PROJECT_ROOT)
     improved = stage_cost("improved", to_dict(params.improved), 45_000, bench)
     assert improved.startswith("10 epochs of 45,000 images: 2.4 h of training at the 52.3 ")
     assert "measured on a 2-core AMD EPYC CPU (`benchmarks/cpu.json`)" in improved
@@ -344,7 +342,7 @@ def test_the_cost_rates_are_the_benchmark_files_rows(tmp_path):
     params = load_params(PROJECT_ROOT / "params.yaml")
     lite = to_dict(params.lite)
     size = lite.get("image_size", lite.get("model", {}).get("image_size"))
-    data = json.loads((PROJECT_ROOT / BENCHMARK_FILE).read_text())
+    data = json.loads(Layout(PROJECT_ROOT).benchmark.read_text())
     data["models"]["lite"] = {"image_size": size, "project": {"images_per_s": 123.44}}
     (tmp_path / "cpu.json").write_text(json.dumps(data))
     bench = load_benchmark(tmp_path / "cpu.json", tmp_path)
@@ -458,8 +456,8 @@ def test_report_stage_end_to_end(prepared):
     shutil.copy(
         prepared / "reports/baseline/learning_curves.png", tune / "optimization_history.png"
     )
-    discussion = prepared / "reports" / report_inputs.DISCUSSION_FILE
-    shutil.copy(PROJECT_ROOT / "reports" / report_inputs.DISCUSSION_FILE, discussion)
+    discussion = Layout(prepared).discussion
+    shutil.copy(Layout(PROJECT_ROOT).discussion, discussion)
     discussion.write_text(
         discussion.read_text().replace(
             "## 3f: overfitting\n", "## 3f: overfitting\n\nMy 3f text.\n"

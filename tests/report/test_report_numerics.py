@@ -9,10 +9,9 @@ import json
 import pandas as pd
 import pytest
 
-from src.config.layout import PROJECT_ROOT
+from src.config.layout import PROJECT_ROOT, Layout
 from src.config.stages import get_stage
 from src.report.inputs import (
-    FP32_DIR,
     ReportInputs,
     StageOutputs,
     load_recorded_runs,
@@ -81,7 +80,7 @@ def _history(val_losses: list[float]) -> pd.DataFrame:
 
 
 def _record(root, stage: str, metrics: dict, history: pd.DataFrame) -> None:
-    folder = root / "reports" / FP32_DIR / stage
+    folder = Layout(root).fp32_runs / stage
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     history.to_csv(folder / "history.csv", index=False)
@@ -109,7 +108,7 @@ def _inputs(root, stage: str, metrics: dict, history: pd.DataFrame) -> ReportInp
         download=None,
         tune=[],
         baseline_params={},
-        fp32=load_recorded_runs(root / "reports" / FP32_DIR, root),
+        fp32=load_recorded_runs(Layout(root).fp32_runs, root),
     )
 
 
@@ -184,7 +183,7 @@ def test_the_float32_run_itself_is_not_compared_with_itself(tmp_path):
 def test_without_a_kept_run_or_time_shares_nothing_is_added(tmp_path):
     """A stage with no float32 run kept (or only half of one) has no comparison; a
     metrics.json without `time_shares` (written before they existed) no time line."""
-    folder = tmp_path / "reports" / FP32_DIR / "improved"
+    folder = Layout(tmp_path).fp32_runs / "improved"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(FP32_METRICS))  # no history.csv
     inputs = _inputs(tmp_path, "improved", FP32_METRICS, _history([0.5]))
@@ -209,7 +208,7 @@ def test_where_the_wall_time_went_is_one_line_per_stage(tmp_path):
 
 
 def test_the_committed_float32_runs_are_read_as_float32():
-    runs = load_recorded_runs(PROJECT_ROOT / "reports" / FP32_DIR, PROJECT_ROOT)
+    runs = load_recorded_runs(Layout(PROJECT_ROOT).fp32_runs, PROJECT_ROOT)
     assert set(runs) == {"baseline", "improved", "lite"}
     for stage, run in runs.items():
         assert numerics_label(run.metrics) == "float32"

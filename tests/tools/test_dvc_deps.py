@@ -90,14 +90,10 @@ def _names(entries: list) -> set[str]:
 
 def _code_layout() -> dict:
     """Every out, metric and data dep of each stage, as the code writes and reads them."""
-    from pipelines.figures import SAMPLES_FILE
     from src.artifacts import StagePaths
     from src.config.layout import Layout
     from src.data.prepare import MANIFEST
-    from src.report import build as report
     from src.report.formats import FIGURE_DIR
-    from src.report.inputs import BENCHMARK_FILE, DISCUSSION_FILE, FP32_DIR
-    from src.seeds.spread import SEEDS_DIR
 
     layout = Layout(Path())  # relative paths, as dvc.yaml spells them
 
@@ -115,8 +111,8 @@ def _code_layout() -> dict:
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
-    report_deps |= {layout.tune_reports, layout.reports / DISCUSSION_FILE}
-    report_deps |= {layout.reports / SEEDS_DIR, Path(BENCHMARK_FILE), layout.reports / FP32_DIR}
+    report_deps |= {layout.tune_reports, layout.discussion}
+    report_deps |= {layout.seeds, layout.benchmark, layout.fp32_runs}
     figures = {
         f"figures-{stage}": {
             "deps": {p.metrics, p.history, p.predictions},
@@ -134,15 +130,15 @@ def _code_layout() -> dict:
         **training,
         "figures-download": {
             "deps": {layout.data, paths("download").metrics},
-            "outs": {paths("download").reports / SAMPLES_FILE},
+            "outs": {paths("download").samples},
             "metrics": set(),
         },
         **figures,
         "report": {
             "deps": report_deps,
             "outs": {
-                layout.reports / report.REPORT_FILE,
-                layout.reports / report.HTML_FILE,
+                layout.report_md,
+                layout.report_html,
                 layout.reports / FIGURE_DIR,
             },
             "metrics": set(),
