@@ -66,6 +66,9 @@ def results_table(root: Path) -> list[str]:
         spread = "—"
         if seeds and seeds.get("n", 0) >= 2:
             spread = f"{seeds['mean']:.4f} ± {seeds['std']:.4f} (n={seeds['n']})"
+            # a record without `numerics` predates them: its runs computed in float32
+            if seeds.get("numerics", "fp32") != m.get("numerics", "fp32"):
+                spread += f", {seeds.get('numerics', 'fp32')}"
         lines.append(
             f"| {info.name} ({info.task}) | {course_cell} | {m['test_accuracy']:.4f} | "
             f"{spread} | {_minutes(stage_seconds(m))} | `{_cited(path, root)}` |"
