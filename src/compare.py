@@ -32,7 +32,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        text = f"{value:.4f}" if value < 1 else f"{value:g}"
+        # DVC hands some whole params over as floats (`subset: 0` as 0.0): print them whole
+        text = f"{value:g}" if value.is_integer() or value >= 1 else f"{value:.4f}"
     elif isinstance(value, list | dict):
         text = json.dumps(value, separators=(",", ":"))
     else:

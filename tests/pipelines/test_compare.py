@@ -11,6 +11,7 @@ def _rows() -> list[dict]:
         "typ": "baseline",
         "common.seed": 0,
         "baseline.train.epochs": 10,
+        "baseline.train.subset": 0.0,  # DVC gives some whole params as floats
         "improved.model.filters": "[128, 256, 512, 1024]",
         "tune.n_trials": 40,
         "reports/baseline/metrics.json:test_accuracy": 0.7251,
@@ -25,6 +26,7 @@ def _rows() -> list[dict]:
         "Experiment": "quick",
         "typ": "branch_commit",
         "baseline.train.epochs": 2,
+        "baseline.train.subset": 10000,
         "improved.model.filters": [16, 32, 64, 128],
         "tune.n_trials": 3,
         "reports/baseline/metrics.json:test_accuracy": 0.3873,
@@ -47,7 +49,13 @@ def test_only_changed_stage_params_and_test_accuracies():
     titles, table = comparison_rows(_rows(), ["quick"])
     assert titles == ["workspace", "quick"]
     labels = [label for label, _ in table]
-    assert labels == ["baseline.train.epochs", "improved.model.filters", "baseline test_accuracy"]
+    assert labels == [
+        "baseline.train.epochs",
+        "baseline.train.subset",
+        "improved.model.filters",
+        "baseline test_accuracy",
+    ]
+    assert dict(table)["baseline.train.subset"] == ["0", "10000"]
     assert dict(table)["improved.model.filters"] == ["[128,256,512,1024]", "[16,32,64,128]"]
     assert dict(table)["baseline test_accuracy"] == ["0.7251", "0.3873"]
 

@@ -22,6 +22,7 @@ from src.config.typed import to_dict
 from src.report import build as report
 from src.report import html as report_html
 from src.report import inputs as report_inputs
+from src.report.formats import fmt_duration
 from src.report.inputs import REFERENCE, load_benchmark
 from src.report.network import n_parameters, stage_network
 from src.report.sections.stage import stage_cost
@@ -299,10 +300,12 @@ def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
     # a missing stage: why, the command, and what it costs from the measured rate
     improved = _section(text, "## Task 3: improved CNN")
     assert "**Not run here**: `reports/improved/metrics.json`" in improved
-    assert "Run it with `dvc repro improved`; 1 epoch of 45,000 images: 14 min of training" in (
+    rate, _ = load_benchmark(Layout(PROJECT_ROOT).benchmark, PROJECT_ROOT).rates["improved"]
+    epoch = fmt_duration(45_000 / rate)
+    assert f"Run it with `dvc repro improved`; 1 epoch of 45,000 images: {epoch} of training" in (
         improved
     )
-    assert "52.3 training images/s measured on a 2-core AMD EPYC CPU" in improved
+    assert f"{rate} training images/s measured on a 2-core AMD EPYC CPU" in improved
 
     # a metrics.json the lock does not describe: no config, and the report says what needs it
     metrics = project / "reports/baseline/metrics.json"
@@ -326,11 +329,14 @@ def test_what_a_missing_stage_costs_comes_from_measured_figures():
     params = load_params(PROJECT_ROOT / "params.yaml")
     bench = load_benchmark(Layout(PROJECT_ROOT).benchmark, PROJECT_ROOT)
     improved = stage_cost("improved", to_dict(params.improved), 45_000, bench)
-    assert improved.startswith("10 epochs of 45,000 images: 2.4 h of training at the 52.3 ")
+    rate, _ = bench.rates["improved"]  # the file's figure, not one typed here
+    hours = fmt_duration(10 * 45_000 / rate)
+    assert improved.startswith(f"10 epochs of 45,000 images: {hours} of training at the {rate} ")
     assert "measured on a 2-core AMD EPYC CPU (`benchmarks/cpu.json`)" in improved
     resnet = stage_cost("resnet", to_dict(params.resnet), 45_000, bench)
+    small, size = bench.rates["resnet"]
     assert (
-        "no training rate has been measured at 224 px, only 122.7 images/s at 64 px "
+        f"no training rate has been measured at 224 px, only {small} images/s at {size} px "
         "(layer4 and fc on cached features) on a 2-core AMD EPYC CPU" in resnet
     )
     assert "resnet18-f37072fd.pth" in resnet and "docs/pipeline.md's ResNet section" in resnet
