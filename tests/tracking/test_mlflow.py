@@ -94,14 +94,6 @@ def test_learning_curves_open_the_chart_view_and_one_value_figures_follow(traine
     # the UI shows named groups alphabetically before the unprefixed final figures
     groups = sorted({m.split("/")[0] for m in metrics if "/" in m and not m.startswith("system")})
     assert groups[0] == "curves"
-    # MLflow samples the system in a thread that gives up quietly when a read of its run
-    # fails (a busy SQLite store): one stage's run without a sample is not a fault, all are
-    sampled = [
-        r
-        for r in (*_runs("baseline"), *_runs("improved"))
-        if any(m.startswith("system/cpu_utilization") for m in r.data.metrics)
-    ]
-    assert sampled, "system metrics"
 
 
 def test_experiment_opens_in_the_model_training_view_with_a_description(trained):
