@@ -122,7 +122,7 @@ from pathlib import Path
 results, prepare_ms, *walls_ms, weights = sys.argv[1:]
 walls = [int(w) / 1000 for w in walls_ms]
 try:
-    from src.report.build import REFERENCE  # the course's accuracies (needs pandas)
+    from src.report.inputs import REFERENCE  # the course's accuracies (needs pandas)
 except Exception as exc:  # a summary without the comparison beats no summary
     print(f"[gpu_check] no course accuracies to compare with: {exc}")
     REFERENCE = {}
