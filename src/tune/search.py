@@ -17,6 +17,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from src.config.design import study_slug
 from src.config.layout import Layout
 from src.config.schema import CNNStageConfig, Params
 from src.config.stages import get_stage
@@ -30,7 +31,7 @@ from src.training.device import Placement, prepare_device
 from src.training.recipe import fit_recipe, stage_recipe
 from src.training.splits import TensorSplits, load_splits
 from src.tune import summary
-from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR, slug
+from src.tune.apply import HAND_TUNED_ATTR, PROFILE_ATTR
 from src.tune.space import (
     FIELD_KNOBS,
     PER_RUN,
@@ -235,7 +236,7 @@ def run_search(
     data = load_splits(device, test=False, user="tuning")[1]
     me = worker_id()
     experiment = f"{params.common.experiment}-tune"
-    report_dir = Layout().tune_reports / slug(study_name)
+    report_dir = Layout().tune_reports / study_slug(study_name)
     with contextlib.ExitStack() as stack:
         with ss.lock(study_name):
             study, index, parent_id = _join(ss, study_name, params, tcfg, me)

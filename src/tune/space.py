@@ -12,31 +12,12 @@ from typing import Any, Literal
 
 import optuna
 
+from src.config.design import FIELD_KNOBS, FILTER_KNOBS, KNOBS, knobs_into
 from src.config.schema import CNNStageConfig, Params
-from src.config.stages import CNN_STAGES
+from src.config.stages import TUNABLE_STAGES
 from src.config.typed import build, config_hash, flatten, to_dict
 from src.runtime.errors import ConfigError
 
-# Knobs that set one field of the base stage's config (its dotted path there).
-FIELD_KNOBS = {
-    "kernel_size": "model.kernel_size",
-    "activation": "model.activation",
-    "batch_norm": "model.batch_norm",
-    "dropout": "model.dropout",
-    "optimizer": "train.optimizer",
-    "lr": "train.lr",
-    "momentum": "train.momentum",
-    "nesterov": "train.nesterov",
-    "weight_decay": "train.weight_decay",
-    "batch_size": "train.batch_size",
-    "scheduler": "train.scheduler",
-    "label_smoothing": "train.label_smoothing",
-    "crop_padding": "train.augment.crop_padding",
-    "hflip": "train.augment.hflip",
-}
-# Knobs that reshape `model.filters`: how many conv blocks, and a multiplier on widths.
-FILTER_KNOBS = ("blocks", "width")
-KNOBS = sorted([*FIELD_KNOBS, *FILTER_KNOBS])
 # Machine settings: workers may differ in them, and `apply` never copies them.
 MACHINE = ("device", "num_threads", "eval_batch_size")
 # Nor the budget: the stage retrains the design at its own.
@@ -127,9 +108,9 @@ class PrunerConfig:
 @dataclass(frozen=True)
 class TuneConfig:
     study: str = "cifar10-improved"
-    storage: str = "optuna/journal.log"  # journal file (project-relative) or an RDB URL
+    storage: str = "reports/tune/journal.log"  # journal file (project-relative) or an RDB URL
     n_trials: int = 40  # the study's total, shared by all workers
-    base: str = "improved"  # a CNN stage of the catalog (src.config.stages.CNN_STAGES)
+    base: str = "improved"  # a CNN stage of the catalog (src.config.stages.TUNABLE_STAGES)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
@@ -139,9 +120,9 @@ class TuneConfig:
     def __post_init__(self) -> None:
         _check(bool(self.study), "study", "must not be empty")
         _check(
-            self.base in CNN_STAGES,
+            self.base in TUNABLE_STAGES,
             "base",
-            f"expected one of {list(CNN_STAGES)}, got {self.base!r}",
+            f"expected one of {list(TUNABLE_STAGES)}, got {self.base!r}",
         )
         _check(self.n_trials >= 1, "n_trials", "must be >= 1")
         _check(self.heartbeat_s >= 1, "heartbeat_s", "must be >= 1")
@@ -204,37 +185,12 @@ def build_sampler(cfg: SamplerConfig, worker_index: int = 0) -> optuna.samplers.
 # --------------------------------------------------------------------------- trial config
 
 
-def conv_filters(base: tuple[int, ...], blocks: Any = None, width: Any = None) -> tuple[int, ...]:
-    """The first `blocks` widths of `base` (doubling the last beyond it), times `width`."""
-    filters = list(base)
-    if blocks is not None:
-        ok = isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1
-        _check(ok, "model.filters", f"blocks must be a whole number >= 1, got {blocks!r}")
-        extra = blocks - len(base)
-        filters = filters[:blocks] + [base[-1] * 2**i for i in range(1, extra + 1)]
-    if width is not None:
-        ok = isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0
-        _check(ok, "model.filters", f"width must be a number > 0, got {width!r}")
-        filters = [max(1, round(f * width)) for f in filters]
-    return tuple(filters)
-
-
 def trial_section(
     base: CNNStageConfig, knobs: dict[str, Any], budget: BudgetConfig
 ) -> CNNStageConfig:
     """`base` with the knob values put in and the budget applied, validated like
     params.yaml is (a bad combination raises ConfigError naming the field)."""
-    raw = to_dict(base)
-    if any(k in knobs for k in FILTER_KNOBS):
-        filters = conv_filters(base.model.filters, knobs.get("blocks"), knobs.get("width"))
-        raw["model"]["filters"] = list(filters)
-    for knob, value in knobs.items():
-        if knob in FIELD_KNOBS:
-            *parents, last = FIELD_KNOBS[knob].split(".")
-            node = raw
-            for part in parents:
-                node = node[part]
-            node[last] = value
+    raw = knobs_into(to_dict(base), knobs)
     if budget.epochs is not None:
         raw["train"]["epochs"] = budget.epochs
     if budget.subset is not None:

@@ -3,7 +3,6 @@ the trial counts and the best configuration, in files, the parent MLflow run and
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from src.artifacts import atomic_write_bytes
 from src.tracking.runs import Run, write_figure
 from src.tune.apply import write_best_params
 from src.tune.trials import best_trial, trials_done
@@ -62,9 +62,8 @@ def summarise(
     else:
         for path in write_figures(study, report_dir).values():
             parent.log_artifact(path, "figures")
-    with contextlib.suppress(Exception):
-        table = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
-        parent.log_text(table.to_csv(index=False), "trials.csv")
+    table = write_trial_table(study, report_dir)
+    parent.log_artifact(table)
     best = write_best(study, base, report_dir)
     print(
         f"[tune] study {study.study_name!r}: {trials_done(study)}/{n_trials} trials done "
@@ -84,6 +83,53 @@ def summarise(
     else:
         print(f"[tune] it is params.yaml's own {base} design: nothing to retrain")
     print(f"[tune] dashboard: optuna-dashboard {shlex.quote(storage)}")
+
+
+TABLE = "trials.csv"
+TABLE_COLUMNS = ("number", "state", "val_accuracy", "epochs", "subset", "validations", "seconds")
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial of the study, in trial order: its state and score (best
+    validation accuracy, as far as a pruned trial got), its budget (epochs,
+    training images, validations run) and wall seconds, then its knobs."""
+    knobs = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        train = t.user_attrs.get("config", {}).get("train", {})
+        seen = t.intermediate_values
+        score = t.value if t.state == TrialState.COMPLETE else max(seen.values(), default=None)
+        seconds = t.duration.total_seconds() if t.duration is not None else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "val_accuracy": score,
+                "epochs": train.get("epochs"),
+                "subset": train.get("subset"),
+                "validations": len(seen),
+                "seconds": None if seconds is None else round(seconds, 1),
+                **{k: t.params.get(k) for k in knobs},
+            }
+        )
+    return rows
+
+
+def write_trial_table(study: optuna.Study, out_dir: Path) -> Path:
+    """reports/tune/<study>/trials.csv: `trial_rows`, every trial once."""
+    import csv
+    import io
+
+    rows = trial_rows(study)
+    columns = list(rows[0]) if rows else list(TABLE_COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    path = out_dir / TABLE
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return path
 
 
 def write_figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:

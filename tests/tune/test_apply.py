@@ -10,9 +10,11 @@ import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from src.config.design import knobs_into
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
-from src.config.typed import flatten, to_dict
+from src.config.schema import CNNStageConfig
+from src.config.typed import build, to_dict
 from src.tune.apply import write_best_params
 from src.tune.space import BudgetConfig, trial_section
 
@@ -73,11 +75,10 @@ def test_a_quick_study_retrains_the_full_design_with_its_knobs(tmp_path):
     assert "Its knobs: width=0.5, lr=0.02, kernel_size=5." in text
     assert "the quick profile's improved network" in text
     assert shlex.join(command) in text
-    assert yaml.safe_load(text) == {
-        k: v
-        for k, v in flatten(retrained, "improved").items()
-        if k in {s.split("=")[0] for s in sets}
-    }
+    assert yaml.safe_load(text) == {"knobs": knobs}  # what the tuned stage reads
+    tuned = load_params(PROJECT_ROOT / "params.yaml").improved
+    tuned_raw = knobs_into(to_dict(tuned), yaml.safe_load(text)["knobs"])
+    assert build(CNNStageConfig, tuned_raw) == retrained  # the stage trains what apply runs
 
 
 def _hand_tuned_wins(storage=None) -> optuna.Study:
@@ -119,7 +120,7 @@ def test_apply_proposes_nothing_when_the_hand_tuned_design_wins(tmp_path):
     text = path.read_text()
     assert "It is the hand-tuned design, params.yaml's own improved" in text
     assert "nothing to retrain" in text and "dvc exp run" not in text
-    assert yaml.safe_load(text) is None  # no key to change
+    assert yaml.safe_load(text) == {"knobs": {}}  # the tuned stage trains improved's own
 
     # a rerun of it (same knobs, no hand_tuned attr: trials.retry keeps only retry_of)
     rerun = optuna.trial.create_trial(

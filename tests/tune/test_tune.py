@@ -20,6 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from src.config.design import conv_filters
 from src.config.layout import PROJECT_ROOT
 from src.config.load import load_params
 from src.config.typed import flatten, to_dict
@@ -32,7 +33,6 @@ from src.tune.__main__ import main as tune_main
 from src.tune.space import (
     NOT_DESIGN,
     BudgetConfig,
-    conv_filters,
     hand_tuned_knobs,
     load_tune_config,
     suggest_knobs,
@@ -55,7 +55,7 @@ def _search(*args: str) -> None:
     tune_main(["--no-progress", *args])
 
 
-def _study(name: str, storage: str = "optuna/journal.log") -> optuna.Study:
+def _study(name: str, storage: str = "reports/tune/journal.log") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(storage).storage)
 
 
@@ -103,7 +103,8 @@ def test_the_real_tune_section_validates():
         params = load_params(PARAMS, overrides={"profile": profile})
         tcfg = load_tune_config(params)
         assert {"width", "blocks", "kernel_size", "dropout", "lr"} <= set(tcfg.space)
-        assert tcfg.space["kernel_size"].choices == (3, 5, 7)
+        assert tcfg.space["kernel_size"].choices == (3, 5)
+        assert {"momentum", "scheduler", "label_smoothing"} <= set(tcfg.space)
         assert tcfg.space["lr"].log and tcfg.space["dropout"].high == 0.5
 
 
@@ -366,7 +367,7 @@ def test_a_killed_worker_loses_only_its_trial(tune_project):
     worker = subprocess.Popen([sys.executable, "-m", "src.tune", *args], cwd=PROJECT_ROOT, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        names = optuna.study.get_all_study_names(open_storage("optuna/journal.log").storage)
+        names = optuna.study.get_all_study_names(open_storage("reports/tune/journal.log").storage)
         running = []
         if "killed" in names:
             running = [
