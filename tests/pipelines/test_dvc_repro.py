@@ -280,3 +280,19 @@ def test_dvc_repro_download_keeps_a_users_file_in_the_prepared_folder(repo: Path
     assert proc.returncode != 0, proc.stdout
     assert "my_notes.txt" in proc.stderr and "not a prepared data folder" in proc.stderr
     assert mine.read_text() == "a user's file: keep me"
+
+
+def test_dvc_repro_keeps_a_model_behind_a_models_folder_linked_out(repo: Path):
+    """DVC deletes a stage's outs before its command runs unless they are persistent: the
+    model outs are, so `models/` made a symlink out of the project loses nothing at the
+    link's target; the stage refuses, naming the link."""
+    assert _repro(repo, "download").returncode == 0
+    outside = repo.parent / "outside"
+    model = (outside / "baseline.pt").read_bytes()
+    (repo / "models").symlink_to(outside)
+    before = _snapshot(repo)
+    proc = _repro(repo, "baseline")
+    assert proc.returncode != 0, proc.stdout
+    assert f"{repo / 'models'} resolves to {outside}" in proc.stderr, proc.stderr
+    assert (outside / "baseline.pt").read_bytes() == model
+    assert _snapshot(repo) == before
