@@ -219,7 +219,7 @@ def _runs(root: Path, held: int | None = None) -> dict[str, str]:
 def test_a_killed_dvc_leaves_one_writer(repo: Path):
     """kill -9 of `dvc repro baseline` leaves its stage process training. A second
     `dvc repro baseline` refuses naming it and leaves its MLflow run RUNNING; the first
-    process writes its outs when it ends (DVC deleted them meanwhile: nothing lost), and
+    process writes its outs when it ends (persistent: DVC deleted none meanwhile), and
     `dvc commit` records them."""
     _set(repo, {"baseline": {"train": {"epochs": 20, "early_stop_count": 0}}})
     assert _repro(repo, "download").returncode == 0
