@@ -36,6 +36,7 @@ from src.config.layout import repo_root
 from src.config.load import load_params, load_raw, profile_overrides
 from src.config.overrides import check_set_params, exp_run_command
 from src.config.schema import SOURCE_ENV_VAR
+from src.runtime import temp_copies
 from src.runtime.entry import guarded
 from src.runtime.errors import ConfigError
 
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     print(shlex.join(command), flush=True)
     if args.print:
         return
+    for line in temp_copies.clean(repo_root()):
+        print(line, flush=True)
     since_ms = int(time.time() * 1000)
     code = run_dvc(command)
     if code:

@@ -46,6 +46,7 @@ from src.artifacts import StagePaths
 from src.config.layout import repo_root
 from src.config.overrides import check_set_params, exp_run_command
 from src.config.stages import TRAINING_STAGES
+from src.runtime import temp_copies
 from src.runtime.entry import guarded
 from src.seeds.spread import METRIC, SeedRun, Spread, read_record, record_path, write_record
 
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds: distinct integers >= 0")
     commands = [c for stage in stages for c in queue_commands(stage, args.seeds, extra)]
+    if not args.print:
+        for line in temp_copies.clean(repo_root()):
+            print(line, flush=True)
     for command in [*commands, *([] if args.queue_only else [RUN_ALL])]:
         print(shlex.join(command), flush=True)
         if not args.print and _dvc(command).returncode:

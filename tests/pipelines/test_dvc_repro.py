@@ -219,7 +219,7 @@ def _runs(root: Path, held: int | None = None) -> dict[str, str]:
 def test_a_killed_dvc_leaves_one_writer(repo: Path):
     """kill -9 of `dvc repro baseline` leaves its stage process training. A second
     `dvc repro baseline` refuses naming it and leaves its MLflow run RUNNING; the first
-    process writes its outs when it ends (DVC deleted them meanwhile: nothing lost), and
+    process writes its outs when it ends (persistent: DVC deleted none meanwhile), and
     `dvc commit` records them."""
     _set(repo, {"baseline": {"train": {"epochs": 20, "early_stop_count": 0}}})
     assert _repro(repo, "download").returncode == 0
@@ -280,3 +280,79 @@ def test_dvc_repro_download_keeps_a_users_file_in_the_prepared_folder(repo: Path
     assert proc.returncode != 0, proc.stdout
     assert "my_notes.txt" in proc.stderr and "not a prepared data folder" in proc.stderr
     assert mine.read_text() == "a user's file: keep me"
+
+
+def test_dvc_repro_keeps_a_model_behind_a_models_folder_linked_out(repo: Path):
+    """DVC deletes a stage's outs before its command runs unless they are persistent: the
+    model outs are, so `models/` made a symlink out of the project loses nothing at the
+    link's target; the stage refuses, naming the link."""
+    assert _repro(repo, "download").returncode == 0
+    outside = repo.parent / "outside"
+    model = (outside / "baseline.pt").read_bytes()
+    (repo / "models").symlink_to(outside)
+    before = _snapshot(repo)
+    proc = _repro(repo, "baseline")
+    assert proc.returncode != 0, proc.stdout
+    assert f"{repo / 'models'} resolves to {outside}" in proc.stderr, proc.stderr
+    assert (outside / "baseline.pt").read_bytes() == model
+    assert _snapshot(repo) == before
+
+
+@pytest.mark.slow  # a download, then two `dvc exp run --temp`: about 30 s
+def test_a_killed_dvc_exp_run_temp_leaves_one_writer_and_a_copy_to_clean(repo: Path):
+    """kill -9 of `dvc exp run --temp baseline` leaves its stage training in the temporary
+    copy. A second `dvc exp run --temp baseline` (in a copy of its own) refuses naming that
+    process and its copy; once the process is gone, the copy is one `src.exp_clean`
+    removes (DVC's own records of it, as DVC wrote them)."""
+    from src.runtime import temp_copies
+
+    _set(repo, {"baseline": {"train": {"epochs": 20, "early_stop_count": 0}}})
+    assert _repro(repo, "download").returncode == 0
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+    lock = repo / "checkpoints/baseline.lock"
+    with open(repo.parent / "first.log", "w") as log:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "exp", "run", "--temp", "baseline"],
+            cwd=repo,
+            env=_env(repo),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    pid = worker = None
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and first.poll() is None:
+            lines = lock.read_text().splitlines() if lock.exists() else []
+            if len(lines) == 3 and ".dvc/tmp/exps/" in lines[2]:
+                break
+            time.sleep(0.05)
+        assert len(lines) == 3, (repo.parent / "first.log").read_text()
+        worker, copy = lines[0], Path(lines[2])  # the stage process, in its copy
+        pid = int(worker.split(":")[1])
+        os.kill(pid, signal.SIGSTOP)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        assert worker_alive(worker), "the stage process outlives dvc"
+
+        second = _dvc(repo, "exp", "run", "--temp", "baseline")
+        assert second.returncode != 0
+        line = next(x for x in second.stderr.splitlines() if x.startswith("error: stage"))
+        assert line.startswith(f"error: stage baseline is already running: process {pid} ")
+        assert f", in {copy}" in line
+        later = time.time() + 3600  # DVC's records then old enough to be stale
+        assert temp_copies.stale_copies(repo, now=later) == [], "a process works there"
+    finally:
+        if pid is not None and worker_alive(worker):
+            os.kill(pid, signal.SIGKILL)
+        first.kill()
+    deadline = time.time() + 60
+    while worker_alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    (stale,) = temp_copies.stale_copies(repo, now=later)
+    assert stale.path == copy.resolve() and copy.is_dir()
+    assert [c.path for c in temp_copies.remove_stale_copies(repo, now=later)] == [stale.path]
+    assert not copy.exists()
+    shown = _dvc(repo, "exp", "show", "--no-pager")
+    assert "Running" not in shown.stdout, shown.stdout

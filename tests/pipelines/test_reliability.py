@@ -349,6 +349,64 @@ def test_the_stage_lock_names_its_holder_and_dies_with_it(project: Path):
         assert path.read_text().split(":")[1] == str(os.getpid())
 
 
+def _temp_copy(project: Path, name: str) -> Path:
+    """A stand-in for DVC's temporary experiment copy of `project` (`dvc exp run --temp`):
+    a folder with .dvc/ and params.yaml under <project>/.dvc/tmp/exps/standalone/."""
+    copy = project / ".dvc/tmp/exps/standalone" / name
+    (copy / ".dvc").mkdir(parents=True)
+    (copy / "params.yaml").write_bytes((project / "params.yaml").read_bytes())
+    return copy
+
+
+def _in_copy(project: Path, copy: Path, *args: str, **popen) -> subprocess.Popen:
+    """`python <args>` as DVC runs a stage in `copy`: there, with DVC_ROOT the repository."""
+    env = {**os.environ, "DVC_ROOT": str(project), "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen([sys.executable, *args], cwd=copy, env=env, text=True, **popen)
+
+
+def test_the_stage_lock_spans_temporary_experiment_copies(project: Path):
+    """A killed `dvc exp run --temp` leaves its stage running in its temporary copy. A run
+    of that stage in the workspace, or in another copy, refuses in one line naming the
+    process and its copy; once that process is gone, the next run takes the lock."""
+    from src.runner.lock import stage_lock
+
+    orphan_copy = _temp_copy(project, "tmp1a2b3c4d")
+    code = (
+        "import time\n"
+        "from src.runner.lock import stage_lock\n"
+        "with stage_lock('baseline'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = _in_copy(project, orphan_copy, "-c", code, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        workspace = _run_stage(project, "pipelines.train", "baseline", "--no-progress")
+        other = _in_copy(
+            project,
+            _temp_copy(project, "tmp5e6f7g8h"),
+            "-m",
+            "pipelines.train",
+            "baseline",
+            "--no-progress",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = other.communicate(timeout=300)
+        for code_, stderr in ((workspace.returncode, workspace.stderr), (other.returncode, err)):
+            assert code_ == 1, stderr
+            (line,) = stderr.strip().splitlines()
+            assert line.startswith("error: stage baseline is already running: ")
+            assert f"process {holder.pid} on host " in line and f", in {orphan_copy}" in line
+        assert not (project / "checkpoints/baseline.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    with stage_lock("baseline") as path:  # the orphan is gone: the lock is free
+        assert path == project / "checkpoints/baseline.lock"
+    assert not (orphan_copy / "checkpoints").exists()
+
+
 def test_resuming_never_marks_a_live_run_killed(project: Path):
     from src.runtime.workers import worker_id
     from src.tracking import dead_runs
