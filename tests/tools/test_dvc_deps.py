@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.config.design import best_params_file
 from src.config.layout import PROJECT_ROOT
 from src.config.stages import TRAINING_STAGES
 from tools.dvc_deps import code_closure, generate, imported_modules, module_file
@@ -108,6 +109,10 @@ def _code_layout() -> dict:
         }
         for stage, p in ((s.name, paths(s.name)) for s in TRAINING_STAGES)
     }
+    study = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["tune"]["study"]
+    for stage in TRAINING_STAGES:
+        if not stage.own_section:  # the tuned stage: its design is the study's best trial
+            training[stage.name]["deps"].add(best_params_file(layout.tune_reports, study))
     report_deps = {layout.data / MANIFEST, paths("download").metrics}
     for stage in training:
         report_deps |= {paths(stage).metrics, paths(stage).history, paths(stage).model}
