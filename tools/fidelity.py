@@ -3,11 +3,12 @@
     python -m tools.fidelity export --trials 33 39 31 0 --out .device/retrain/trials.json
     scripts/retrain_trials.sh .device/retrain/trials.json     (on any machine: the tuned
                                                               stage's code path per trial)
-    python -m tools.fidelity table <retrain results.json> [--machine TEXT]
+    python -m tools.fidelity table <out>/retrain.json --stage trial-33=tuned --machine TEXT
 
 `export` writes each trial's knobs and study score (plus optional probes: knob sets no
-trial ran, `--probe name=path.yaml`); `table` ranks the retrains by full-size validation
-accuracy next to the study's order and writes reports/tune/<study>/fidelity.csv.
+trial ran, `--probe name=path.yaml`); `table` ranks the retrains (and trials a DVC stage
+trained: the tuned stage is the best trial, improved the hand design) by full-size
+validation accuracy next to the study's order: reports/tune/<study>/fidelity.csv.
 """
 
 from __future__ import annotations
@@ -71,14 +72,39 @@ def export(study_name: str, storage: str, numbers: list[int], probes: list[str])
     return entries
 
 
-def table(results: list[dict], study_name: str, machine: str) -> Path:
-    rows = sorted(results, key=lambda r: -(r.get("final_val_accuracy") or 0))
-    for i, row in enumerate(rows):
+def _study_ranks(study_name: str, storage: str) -> dict[int, tuple[int, float]]:
+    """trial number -> (rank among completed trials by score, score)."""
+    study = _study(study_name, storage)
+    done = sorted(
+        (t for t in study.get_trials(deepcopy=False) if t.value is not None), key=lambda t: -t.value
+    )
+    return {t.number: (i + 1, t.value) for i, t in enumerate(done)}
+
+
+def table(
+    results: list[dict], stages: dict[str, str], study_name: str, storage: str, machine: str
+) -> Path:
+    """fidelity.csv: each retrained trial (and probe) with its study rank and score and
+    its full-size figures; `stages` names trials a DVC stage trained (name -> stage), read
+    from reports/<stage>/metrics.json."""
+    ranks = _study_ranks(study_name, storage)
+    rows = [dict(r) for r in results]
+    for name, stage in stages.items():
+        metrics = json.loads((Layout().reports / stage / "metrics.json").read_text())
+        rows.append({"name": name, "stage": stage, **metrics})
+    for row in rows:
+        trial = int(row["name"].split("-")[1]) if row["name"].startswith("trial-") else None
+        rank, score = ranks.get(trial, (None, None))
+        row.update(trial=trial, study_rank=rank, study_val_accuracy=score)
+    by_full = sorted(rows, key=lambda r: -(r.get("final_val_accuracy") or 0))
+    for i, row in enumerate(by_full):
         row["full_rank"] = i + 1
     path = Layout().tune_reports / study_slug(study_name) / "fidelity.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
     columns = [
         "name",
         "trial",
+        "stage",
         "study_rank",
         "study_val_accuracy",
         "full_rank",
@@ -90,10 +116,11 @@ def table(results: list[dict], study_name: str, machine: str) -> Path:
         "numerics",
         "machine",
     ]
+    rows.sort(key=lambda r: (r["study_rank"] is None, r["study_rank"] or 0, r["name"]))
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        for row in sorted(rows, key=lambda r: (r["study_rank"] is None, r["study_rank"] or 0)):
+        for row in rows:
             writer.writerow({**row, "machine": machine})
     return path
 
@@ -108,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--probe", action="append", default=[], metavar="NAME=KNOBS.yaml")
     ex.add_argument("--out", type=Path, required=True)
     tb = sub.add_parser("table")
-    tb.add_argument("results", type=Path)
+    tb.add_argument("results", type=Path, nargs="*", help="retrain.json files")
+    tb.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME=STAGE",
+        help="a trial a DVC stage trained at full size, e.g. trial-33=tuned",
+    )
     tb.add_argument("--machine", default="")
     args = parser.parse_args(argv)
     if args.command == "export":
@@ -117,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({"study": tune["study"], "entries": entries}, indent=1))
         print(f"{len(entries)} entries -> {args.out}")
     else:
-        results = json.loads(args.results.read_text())
-        print(table(results, tune["study"], args.machine))
+        results = [r for path in args.results for r in json.loads(path.read_text())]
+        stages = dict(item.split("=", 1) for item in args.stage)
+        print(table(results, stages, tune["study"], tune["storage"], args.machine))
     return 0
 
 
