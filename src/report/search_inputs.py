@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from src.runtime.errors import ReportInputError
+from src.config.design import knobs_into, read_best_knobs
+from src.runtime.errors import ConfigError, ReportInputError
 
 TUNE_PARAMS = "best_params.yaml"  # src.tune writes it to Layout.tune_reports/<study>/
 TRIALS_FILE = "trials.csv"
@@ -107,11 +109,6 @@ def derived_locked_config(root: Path, recorded: dict, deps: list) -> dict | None
     """The `tuned` stage's config as `dvc.lock` records what trained it: the `tune.base`
     stage's params section there with the knobs of the best_params.yaml the lock lists
     as a dep, when that file's md5 is the lock's (else None: another study result)."""
-    import hashlib
-
-    from src.config.design import knobs_into, read_best_knobs
-    from src.runtime.errors import ConfigError
-
     section = recorded.get(recorded.get("tune.base"))
     if not isinstance(section, dict):
         return None

@@ -119,6 +119,10 @@ def test_the_search_follows_the_tuned_stage_with_the_study_and_both_designs(tmp_
     ]
     places = [text.index(f"\n{h}\n") for h in order]
     assert places == sorted(places)
+    assert (
+        "`tune.base`'s params.yaml section with the study's best knobs (`src.config.design`) "
+        "as the stage read it" in _section(text, "### Task 3 (tuned): hyperparameters")
+    )
     assert "## Tuning study" not in text  # the old section at the end is gone
 
     search = _section(text, SEARCH)
@@ -126,6 +130,8 @@ def test_the_search_follows_the_tuned_stage_with_the_study_and_both_designs(tmp_
     assert "2 epochs of 10,000 training images (20,000 images seen at most; 5 trials)" in search
     assert "4 min in all (260 s), median 50 s per trial" in search
     assert "Best trial: **3**, validation accuracy **0.5684** at that budget." in search
+    assert "Trial 0, the hand design as the space expresses it" in search
+    assert "(`src.tune` enqueues it first): validation accuracy 0.5486." in search
     assert "trial 3, val_accuracy 0.5684" in search  # best_params.yaml's header
     knobs = {r["Knob"]: r for r in _table(search)}
     assert set(knobs) == {f"`{k}`" for k in PARAMS.tune["space"]}
@@ -235,6 +241,7 @@ def test_without_the_tuned_stage_the_search_says_what_to_run(tmp_path):
     text = report.render_report(_inputs(tmp_path, tuned=False)).markdown
     stage = _section(text, "## Task 3 (tuned): CNN design found by the search")
     assert "Run it with `dvc repro tuned`" in stage
+    assert "### Task 3 (tuned): hyperparameters" not in text
     designs = _section(text, DESIGNS)
     assert "`tuned` has not run here: `dvc repro tuned` trains the study's best design" in designs
     assert "**5 trials**" in _section(text, SEARCH)  # the study is shown all the same

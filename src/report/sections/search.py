@@ -107,8 +107,14 @@ def study_lines(study: Study, inputs: ReportInputs, n_train: int, copies: dict) 
                 if best is not None
                 else "- No trial has completed."
             ),
-            "",
         ]
+        first = complete[complete["number"] == 0]
+        if len(first):  # src.tune enqueues the hand design as the study's first trial
+            lines.append(
+                "- Trial 0, the hand design as the space expresses it (`src.tune` enqueues it "
+                f"first): validation accuracy {fmt_metric(first['val_accuracy'].iloc[0])}."
+            )
+        lines.append("")
     if study.header:  # src.tune's comment: best trial, its budget, the retrain command
         lines += ["```text", *study.header, "```", ""]
     space = inputs.tune_params.get("space") or {}
