@@ -127,6 +127,7 @@ def test_the_search_follows_the_tuned_stage_with_the_study_and_both_designs(tmp_
 
     search = _section(text, SEARCH)
     assert "**5 trials**: 3 complete, 1 pruned, 1 failed." in search
+    assert f"the study itself: `{PARAMS.tune['storage']}` (params.yaml `tune.storage`)" in search
     assert "2 epochs of 10,000 training images (20,000 images seen at most; 5 trials)" in search
     assert "4 min in all (260 s), median 50 s per trial" in search
     assert "Best trial: **3**, validation accuracy **0.5684** at that budget." in search

@@ -85,6 +85,12 @@ def study_lines(study: Study, inputs: ReportInputs, n_train: int, copies: dict) 
     """The study in numbers (trials.csv), its best_params.yaml, the knobs searched and its
     figures (copied beside the report's own)."""
     lines = [f"Study `{study.name}`: `{study.file}`, `{study.trials_file}`.", ""]
+    storage = inputs.tune_params.get("storage")
+    if storage and "://" not in str(storage):  # a file in the project: a clone continues it
+        lines[0] = lines[0][:-1] + (
+            f"; the study itself: `{storage}` (params.yaml `tune.storage`), which "
+            "`python -m src.tune` continues."
+        )
     trials = study.trials
     if trials is None:
         lines += [f"`{study.trials_file}` is not here: no count of the trials.", ""]
