@@ -58,13 +58,30 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
+# The columns the report reads of each table (src.tune and tools.fidelity write more).
+TRIALS_COLUMNS = ("number", "state", "val_accuracy", "epochs", "subset", "seconds")
+FIDELITY_COLUMNS = (
+    "name",
+    "study_rank",
+    "study_val_accuracy",
+    "full_rank",
+    "final_val_accuracy",
+    "test_accuracy",
+)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """The table; None without the file; a ReportInputError naming the columns it lacks."""
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"{path}: unreadable ({exc})") from exc
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportInputError(f"{path}: no column {', '.join(missing)}")
+    return frame
 
 
 def _figure_key(path: Path) -> tuple[int, str]:
@@ -96,9 +113,9 @@ def load_tune(tune_dir: Path, root: Path) -> list[Study]:
                 best_params=best_params if isinstance(best_params, dict) else {},
                 figures=[_relative(f, root) for f in sorted(folder.glob("*.png"), key=_figure_key)],
                 trials_file=_relative(folder / TRIALS_FILE, root),
-                trials=_read_csv(folder / TRIALS_FILE),
+                trials=_read_csv(folder / TRIALS_FILE, TRIALS_COLUMNS),
                 fidelity_file=_relative(folder / FIDELITY_FILE, root),
-                fidelity=_read_csv(folder / FIDELITY_FILE),
+                fidelity=_read_csv(folder / FIDELITY_FILE, FIDELITY_COLUMNS),
                 knobs=knobs if isinstance(knobs, dict) else {},
             )
         )

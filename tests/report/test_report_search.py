@@ -19,6 +19,7 @@ from src.report.inputs import ReportInputs, StageOutputs, load_inputs, load_reco
 from src.report.network import n_parameters, stage_network
 from src.report.search_inputs import load_tune
 from src.report.sections.search import spearman
+from src.runtime.errors import ReportInputError
 from tests.report.test_report import _section, _table
 from tests.report.test_report_numerics import BF16_METRICS, FP32_METRICS, _history, _record
 
@@ -277,3 +278,11 @@ def test_a_fresh_clone_reads_the_tuned_design_from_dvc_lock(tmp_path):
     best = tmp_path / "reports/tune/cifar10-improved/best_params.yaml"
     best.write_text(best.read_text().replace("scheduler: cosine", "scheduler: onecycle"))
     assert load_inputs(tmp_path, PARAMS, allow_missing=True).stages["tuned"].config is None
+
+
+def test_a_trials_table_without_a_column_the_report_reads_is_refused(tmp_path):
+    _study_files(tmp_path)
+    trials = Layout(tmp_path).tune_reports / "cifar10-improved" / "trials.csv"
+    trials.write_text(TRIALS.replace(",seconds,", ",secs,"))
+    with pytest.raises(ReportInputError, match="trials.csv: no column seconds"):
+        load_tune(Layout(tmp_path).tune_reports, tmp_path)
