@@ -5,14 +5,15 @@ reads them).
     render_report(inputs, runs)    -> Report: markdown, matplotlib figures, figures to copy,
                                    MLflow tags
 
-`render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller
-by the caller, and nothing is written here. Its parts: `src.report.sections` (every
-section: `overview`, `task1`, one training stage's `stage`), `src.report.theory` (task 1,
-computed), `src.report.network` (the network rebuilt from a stage's config),
-`src.report.formats` (every number and table format); `src.report.inputs` holds what they
-read, the course values `REFERENCE` among it; `src.report.html` turns the markdown into the
-self-contained reports/report.html. Imports run one way: build -> sections -> theory,
-network -> formats, inputs.
+`render_report` is pure: MLflow run summaries (`runs`) are fetched by the caller, and
+nothing is written here. Its parts: `src.report.sections` (every section: `overview`,
+`task1`, one training stage's `stage`, the search behind `tuned`: `search`),
+`src.report.theory` (task 1, computed), `src.report.network` (the network rebuilt from a
+stage's config), `src.report.formats` (every number and table format); `src.report.inputs`
+holds what they read (the studies: `src.report.search_inputs`), the course values
+`REFERENCE` among it; `src.report.html` turns the markdown into the self-contained
+reports/report.html. Imports run one way: build -> sections -> theory, network -> formats,
+inputs.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from src.report.sections.overview import (
     discussion_place,
     sources_section,
     summary_section,
-    tune_section,
 )
+from src.report.sections.search import search_section
 from src.report.sections.stage import (
     pretrained_info,
     stage_section,
@@ -81,13 +82,14 @@ def render_report(
     copies: dict[str, Path] = {}
     for info in TRAINING_STAGES:
         lines += stage_section(info, inputs, runs, figures)
+        if info.name == "tuned":  # the search behind it: study, designs side by side
+            lines += search_section(inputs, figures, copies)
         if info.name == "improved":
             lines += task3d_section(inputs, figures)
             lines += discussion_place("3c", inputs, command)
             lines += discussion_place("3f", inputs, command)
         if info.name == TRANSFER_STAGES[-1]:  # after every task-4a stage
             lines += discussion_place("4a", inputs, command)
-    lines += tune_section(inputs, copies)
 
     tags = {}
     for info in TRAINING_STAGES:
@@ -104,6 +106,6 @@ def render_report(
     if inputs.download and inputs.download.get("mlflow_run_id"):
         tags["source_run.download"] = str(inputs.download["mlflow_run_id"])
     if inputs.tune:
-        tags["tune_results"] = ", ".join(study["file"] for study in inputs.tune)
+        tags["tune_results"] = ", ".join(study.file for study in inputs.tune)
     markdown = "\n".join(lines).rstrip() + "\n"
     return Report(markdown=markdown, figures=figures, copies=copies, tags=tags)

@@ -81,18 +81,24 @@ def compare_losses(histories: dict[str, Sequence[dict]], title: str):
     return fig
 
 
-def compare_validation(histories: dict[str, Sequence[dict]], title: str):
-    """Validation loss (left) and accuracy (right) of several runs of one stage against the
-    global step, one colour per run (`histories`: label -> history.csv rows)."""
+def compare_validation(
+    histories: dict[str, Sequence[dict]],
+    title: str,
+    x: str = "step",
+    xlabel: str = "Global training step",
+):
+    """Validation loss (left) and accuracy (right) of several runs against the rows' `x`
+    (the global step; "images" where runs of other batch sizes share the axis), one colour
+    per run (`histories`: label -> history.csv rows)."""
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (label, history) in enumerate(histories.items()):
-        steps = [r["step"] for r in history]
+        xs = [r[x] for r in history]
         style = {"color": f"C{i}", "marker": ".", "label": label}
-        left.plot(steps, [r["val_loss"] for r in history], **style)
-        right.plot(steps, [r["val_accuracy"] for r in history], **style)
-    left.set(xlabel="Global training step", ylabel="Cross-entropy loss", title=f"{title}: loss")
-    right.set(xlabel="Global training step", ylabel="Accuracy", title=f"{title}: accuracy")
+        left.plot(xs, [r["val_loss"] for r in history], **style)
+        right.plot(xs, [r["val_accuracy"] for r in history], **style)
+    left.set(xlabel=xlabel, ylabel="Cross-entropy loss", title=f"{title}: loss")
+    right.set(xlabel=xlabel, ylabel="Accuracy", title=f"{title}: accuracy")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(title="Validation")

@@ -1,9 +1,9 @@
 """What the report reads, and its data types: every training stage's outputs
 (metrics.json, history.csv, the resolved config in models/<stage>.pt, or without the model
-file the params `dvc.lock` records for them), the data manifest, reports/tune/<study>/ and
-reports/discussion.md, the seed records reports/seeds/<stage>.json (`src.seeds`) and the
-float32 runs reports/numerics/fp32/<stage>/ the current runs are compared with, all declared
-deps of the `report` stage in dvc.yaml.
+file the params `dvc.lock` records for them), the data manifest, the tuning studies
+reports/tune/<study>/ (`src.report.search_inputs`), reports/discussion.md, the seed records
+reports/seeds/<stage>.json (`src.seeds`) and the float32 runs reports/numerics/fp32/<stage>/
+the current runs are compared with, all declared deps of the `report` stage in dvc.yaml.
 
     load_inputs(root, params)      -> ReportInputs (one StageOutputs per training stage)
 
@@ -25,9 +25,10 @@ from src import artifacts
 from src.config.layout import Layout
 from src.config.profiles import matching_profile, smoke_reasons
 from src.config.schema import Params
-from src.config.stages import TRAINING_STAGES
+from src.config.stages import TRAINING_STAGES, get_stage
 from src.config.typed import to_dict
 from src.data.prepare import MANIFEST
+from src.report.search_inputs import Study, derived_locked_config, load_tune
 from src.runtime.errors import ReportInputError, WeightsError
 from src.seeds.spread import Spread, read_record
 
@@ -37,7 +38,6 @@ LOCK_FILE = "dvc.lock"  # in the project root: what each stage last ran with
 PARTIAL_COMMAND = "python -m pipelines.report --allow-missing"
 # Declared dependencies of the report stage besides the stages' outputs, all git-tracked, are
 # in src.config.layout.Layout: tune_reports, discussion, seeds, benchmark, fp32_runs.
-TUNE_PARAMS = "best_params.yaml"  # src.tune writes it to Layout.tune_reports/<study>/
 # The course report's places for discussion: id -> heading.
 DISCUSSION = {
     "3c": "what helped and what did not",
@@ -108,7 +108,7 @@ class ReportInputs:
     manifest: dict | None
     manifest_file: str
     download: dict | None  # reports/download/metrics.json (the data stage's run id)
-    tune: list[dict]  # per study: {"file", "header", "best_params", "figures"}; [] if none
+    tune: list[Study]  # per study under reports/tune/ (src.report.search_inputs); [] if none
     baseline_params: dict  # params.yaml's `baseline` section: task 1f before the stage runs
     tune_dir: str = Layout(Path()).tune_reports.as_posix()  # where tuning results would be
     discussion: dict[str, str] | None = None  # id -> the student's text; None: no file
@@ -122,6 +122,8 @@ class ReportInputs:
     # stage -> its float32 run (reports/numerics/fp32/<stage>/), where one is kept
     fp32: dict[str, RecordedRun] = field(default_factory=dict)
     fp32_dir: str = Layout(Path()).fp32_runs.as_posix()
+    # params.yaml's `tune` section: the search space, the study the `tuned` stage trains
+    tune_params: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- reading
@@ -225,6 +227,7 @@ def load_inputs(root: Path, params: Params, *, allow_missing: bool = False) -> R
         benchmark=load_benchmark(layout.benchmark, root),
         fp32=load_recorded_runs(layout.fp32_runs, root),
         fp32_dir=_relative(layout.fp32_runs, root),
+        tune_params=dict(params.tune),
     )
 
 
@@ -353,7 +356,10 @@ def locked_config(root: Path, stage: str, files: dict[str, Path]) -> dict | None
         digest = hashlib.md5(files[key].read_bytes()).hexdigest()  # DVC 3's `hash: md5`
         if outs.get(_relative(files[key], root)) != digest:
             return None
-    section = ((entry.get("params") or {}).get("params.yaml") or {}).get(stage)
+    recorded = (entry.get("params") or {}).get("params.yaml") or {}
+    if not get_stage(stage).own_section:  # `tuned`: tune.base's section with the best knobs
+        return derived_locked_config(root, recorded, entry.get("deps") or [])
+    section = recorded.get(stage)
     return section if isinstance(section, dict) else None
 
 
@@ -378,29 +384,3 @@ def read_discussion(path: Path) -> dict[str, str] | None:
         if current:
             sections[current].append(line)
     return {k: "\n".join(v).strip() for k, v in sections.items()}
-
-
-def load_tune(tune_dir: Path, root: Path) -> list[dict]:
-    """Each tuning study's best configuration (`src.tune` writes
-    <tune_dir>/<study>/best_params.yaml: a comment header naming the best trial and
-    its validation accuracy, then the dotted keys that differ from params.yaml)."""
-    import yaml
-
-    studies = []
-    for path in sorted(tune_dir.glob(f"*/{TUNE_PARAMS}")):
-        try:
-            text = path.read_text()
-            best_params = yaml.safe_load(text) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ReportInputError(f"{path}: unreadable ({exc})") from exc
-        studies.append(
-            {
-                "file": _relative(path, root),
-                "header": [
-                    ln.lstrip("#").strip() for ln in text.splitlines() if ln.startswith("#")
-                ],
-                "best_params": best_params,
-                "figures": [_relative(f, root) for f in sorted(path.parent.glob("*.png"))],
-            }
-        )
-    return studies

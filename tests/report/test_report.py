@@ -40,14 +40,17 @@ HEADINGS = [
     "### Task 1c–1f: padding, kernel and output sizes",
     "### Task 1g: parameters of the baseline network",
     "## Task 2: baseline CNN",
-    "## Task 3: improved CNN",
+    "## Task 3 (improved): improved CNN",
     "### Task 3d: before and after",
     "### Task 3c: what helped and what did not (discussion)",
     "### Task 3f: overfitting (discussion)",
+    "## Task 3 (tuned): CNN design found by the search",
+    "### Task 3 (tuned): the search",
+    "### Task 3 (tuned): the search's design against the hand design",
+    "### Task 3 (tuned): low against full fidelity",
     "## Task 4a (resnet): ResNet18 transfer learning",
     "## Task 4a (lite): EfficientNet-Lite0 transfer learning",
     "### Task 4a: transfer learning (discussion)",
-    "## Tuning study",
 ]
 STAGE_SUBSECTIONS = ["architecture", "hyperparameters", "learning curves", "accuracy and loss"]
 
@@ -266,8 +269,8 @@ def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
 
     top = text.split("\n## ")[0]  # the banner, before any number
     assert (
-        "> **Partial report.** Not run here: `improved` (task 3), `resnet` (task 4a), "
-        "`lite` (task 4a)." in top
+        "> **Partial report.** Not run here: `improved` (task 3), `tuned` (task 3), "
+        "`resnet` (task 4a), `lite` (task 4a)." in top
     )
     assert "> **Without model files.** Not here: `models/baseline.pt`" in top
     assert "Smoke run" not in top
@@ -298,7 +301,7 @@ def test_a_fresh_clone_renders_the_committed_results(project, monkeypatch):
     assert "no model file to check against" in checks
 
     # a missing stage: why, the command, and what it costs from the measured rate
-    improved = _section(text, "## Task 3: improved CNN")
+    improved = _section(text, "## Task 3 (improved): improved CNN")
     assert "**Not run here**: `reports/improved/metrics.json`" in improved
     rate, _ = load_benchmark(Layout(PROJECT_ROOT).benchmark, PROJECT_ROOT).rates["improved"]
     epoch = fmt_duration(45_000 / rate)
@@ -412,7 +415,7 @@ def test_a_quick_profile_run_is_a_smoke_run(project):
     assert "Over seeds" not in text and "0.8200" not in text  # full-size spread: not here
     summary = {r["Stage"].strip("`"): r for r in _table(_section(text, "## Summary"))}
     assert summary["improved"]["Test accuracy over seeds"] == "—"
-    assert "`baseline`, `improved`, `resnet`, `lite` stages wrote" in text
+    assert "`baseline`, `improved`, `tuned`, `resnet`, `lite` stages wrote" in text
 
 
 def test_the_report_names_a_command_that_reruns_what_made_it(monkeypatch):
@@ -447,15 +450,15 @@ def test_report_stage_end_to_end(prepared):
     # the fixture's params (weights none, 32 px, 1 epoch), and only fc of the transfer
     # networks trains: the report reads the same outputs in a third of the time
     update_params(prepared, **{"resnet.trainable": ["fc"], "lite.trainable": ["fc"]})
+    tune = prepared / "reports/tune/cifar10-improved"  # as src.tune.write_best_params lays it out
+    tune.mkdir(parents=True)
+    (tune / "best_params.yaml").write_text(  # what the tuned stage trains
+        "# Best trial of Optuna study 'cifar10-improved': trial 7, val_accuracy 0.6123\n"
+        "knobs:\n  lr: 0.02\n  dropout: 0.1\n"
+    )
     stages = [s.name for s in TRAINING_STAGES]
     for name in stages:
         train.main([name, "--no-progress"])
-    tune = prepared / "reports/tune/cifar10-improved"  # as src.tune.write_best_params lays it out
-    tune.mkdir(parents=True)
-    (tune / "best_params.yaml").write_text(
-        "# Best trial of Optuna study 'cifar10-improved': trial 7, val_accuracy 0.6123\n"
-        "improved.train.lr: 0.02\nimproved.model.dropout: 0.1\n"
-    )
     from pipelines import figures
 
     figures.main(["baseline"])  # any PNG will do
@@ -485,7 +488,7 @@ def test_report_stage_end_to_end(prepared):
 
     # every figure it links exists, and every stage's learning curves are among them
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    expected = {"summary_accuracy.png", "task3d_loss_comparison.png"}
+    expected = {"summary_accuracy.png", "task3d_loss_comparison.png", "tuned_search_curves.png"}
     expected |= {f"{s}_learning_curves.png" for s in stages}
     expected.add("tune-cifar10-improved-optimization_history.png")  # copied: a DVC output
     assert {link.split("/")[-1] for link in links} == expected
@@ -509,7 +512,8 @@ def test_report_stage_end_to_end(prepared):
         test_row = next(r for r in split_rows if r["Split"] == "Test")
         assert test_row["Accuracy"] == f"{metrics[name]['test_accuracy']:.4f}"
         assert test_row["Loss"] == f"{metrics[name]['test_loss']:.4f}"
-        assert test_row["Course report accuracy"] == f"{REFERENCE[name]['test_accuracy']:.3f}"
+        course = REFERENCE.get(name, {}).get("test_accuracy")  # the search's stage has none
+        assert test_row["Course report accuracy"] == ("—" if course is None else f"{course:.3f}")
         assert f"MLflow run `{metrics[name]['mlflow_run_id']}`" in text
     assert text.count("MLflow and model file agree") == len(stages)
 
@@ -530,9 +534,15 @@ def test_report_stage_end_to_end(prepared):
     assert "Not comparable with the course: random-init backbone." in text
     assert "Partial report" not in text and "Without model files" not in text
     assert "Generated by `python -m pipelines.report" in text and "profile applied" not in text
-    tuning = _section(text, "## Tuning study")
+    tuning = _section(text, "### Task 3 (tuned): the search")
     assert "`reports/tune/cifar10-improved/best_params.yaml`" in tuning
-    assert "trial 7, val_accuracy 0.6123" in tuning and "| `improved.train.lr` | 0.02 |" in tuning
+    assert "trial 7, val_accuracy 0.6123" in tuning
+    assert "| `lr` | float 0.005 to 0.3, log scale | 0.02 |" in tuning
+    assert "`reports/tune/cifar10-improved/trials.csv` is not here" in tuning
+    designs = _section(text, "### Task 3 (tuned): the search's design against the hand design")
+    rows = {r["Measure"]: r for r in _table(designs)}
+    assert rows["Learning rate"]["tuned (search)"] == "0.02"
+    assert rows["Test accuracy"]["improved (hand)"] == f"{metrics['improved']['test_accuracy']:.4f}"
 
     # the student's text sits in its marked place; the others say where to write
     assert "My 3f text." in _section(text, "### Task 3f: overfitting (discussion)")

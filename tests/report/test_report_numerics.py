@@ -123,7 +123,7 @@ def test_a_stage_is_shown_beside_its_float32_run(tmp_path):
     inputs = _inputs(tmp_path, "improved", BF16_METRICS, _history([0.8, 0.55]))
     text, figures = _render(inputs, "improved")
 
-    section = _section(text, "### Task 3: numerics against the float32 run")
+    section = _section(text, "### Task 3 (improved): numerics against the float32 run")
     assert "![improved: validation curves of this run and the float32 run]" in section
     assert "(report/improved_numerics_curves.png)" in section
     assert "`reports/numerics/fp32/improved/metrics.json`" in section
@@ -175,7 +175,7 @@ def test_the_float32_run_itself_is_not_compared_with_itself(tmp_path):
     history = _history([0.9, 0.6])
     _record(tmp_path, "improved", FP32_METRICS, history)
     text, figures = _render(_inputs(tmp_path, "improved", FP32_METRICS, history), "improved")
-    section = _section(text, "### Task 3: numerics against the float32 run")
+    section = _section(text, "### Task 3 (improved): numerics against the float32 run")
     assert "nothing to compare until the stage runs again in other numerics" in section
     assert figures.keys() == {"improved_learning_curves.png"}
 
@@ -196,7 +196,7 @@ def test_without_a_kept_run_or_time_shares_nothing_is_added(tmp_path):
 
 def test_where_the_wall_time_went_is_one_line_per_stage(tmp_path):
     text, _ = _render(_inputs(tmp_path, "improved", BF16_METRICS, _history([0.5])), "improved")
-    curves = _section(text, "### Task 3: learning curves")
+    curves = _section(text, "### Task 3 (improved): learning curves")
     assert (
         "**Where the wall time went**: 600 s from the process's start to the stage's end: "
         "training 66.7 %, evaluation 10.0 %, feature caching 0.0 %, tracking 1.0 %, "

@@ -1,16 +1,14 @@
 """The report's overview sections: the banner, where the numbers come from, the summary
-across stages, the student's text places and the tuning results."""
+across stages and the student's text places."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from src.config.stages import TRAINING_STAGES
-from src.config.typed import flatten
 from src.report import figures as plots
 from src.report.formats import (
     figure_link,
@@ -20,7 +18,7 @@ from src.report.formats import (
     markdown_table,
     signed,
 )
-from src.report.inputs import DISCUSSION, REFERENCE, REFERENCE_SOURCE, TUNE_PARAMS, ReportInputs
+from src.report.inputs import DISCUSSION, REFERENCE, REFERENCE_SOURCE, ReportInputs
 from src.report.network import n_parameters, stage_network
 from src.report.sections.stage import (
     agreement,
@@ -150,7 +148,7 @@ def sources_section(inputs: ReportInputs, runs: dict[str, dict | None]) -> list[
     columns = ["Stage", "Task", "Metrics file", "MLflow run", "Git commit", "Weights", "Checks"]
     lines += [markdown_table(pd.DataFrame(rows, columns=columns)), ""]
     for study in inputs.tune:
-        lines.append(f"Tuning: `{study['file']}` (see the tuning study section).")
+        lines.append(f"Tuning: `{study.file}` (see the `tuned` stage's search section).")
     lines.append(f"Course values: {REFERENCE_SOURCE} (`src/report/inputs.py`, `REFERENCE`).")
     return lines + [""]
 
@@ -211,34 +209,6 @@ def discussion_place(
     else:
         lines.append(f"> *Not written yet: write it in {where}; then run `{command}`.*")
     return [*lines, "", f"<!-- discussion {key} ends -->", ""]
-
-
-def tune_section(inputs: ReportInputs, copies: dict[str, Path]) -> list[str]:
-    lines = ["## Tuning study", ""]
-    if not inputs.tune:
-        return lines + [
-            f"No tuning study was run: `{inputs.tune_dir}/` holds no `<study>/{TUNE_PARAMS}` "
-            "(`python -m src.tune` writes one; commit it with git to show it here).",
-            "",
-        ]
-    for study in inputs.tune:
-        lines += [f"From `{study['file']}`:", ""]
-        if study["header"]:  # src.tune's comment: best trial, its budget, the retrain command
-            lines += ["```text", *study["header"], "```", ""]
-        best = flatten(study["best_params"])
-        if best:
-            rows = [{"Key": f"`{k}`", "Value": fmt_value(v)} for k, v in best.items()]
-            lines += [markdown_table(pd.DataFrame(rows)), ""]
-        else:
-            lines += ["The best trial's configuration is params.yaml's own.", ""]
-        study_name = Path(study["file"]).parent.name
-        for figure in study["figures"]:
-            # copied beside the report's own figures: a DVC output, so links resolve
-            # wherever the report does (a fresh clone after `dvc pull`)
-            name = f"tune-{study_name}-{Path(figure).name}"
-            copies[name] = Path(figure)
-            lines += [figure_link(name, f"Study {study_name}: {Path(figure).stem}"), ""]
-    return lines
 
 
 def banner(inputs: ReportInputs) -> list[str]:

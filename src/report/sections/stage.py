@@ -244,11 +244,15 @@ def _config_sections(info: Stage, outputs: StageOutputs, reference: dict) -> lis
         if outputs.profile
         else ""
     )
+    section = (
+        f"params.yaml's section `{info.name}`"
+        if info.own_section
+        else "`tune.base`'s params.yaml section with the study's best knobs (`src.config.design`)"
+    )
     lines += [
         f"### {t}: hyperparameters",
         "",
-        f"params.yaml's section `{info.name}` as the stage read it, from "
-        f"{outputs.config_source}.{profile}",
+        f"{section} as the stage read it, from {outputs.config_source}.{profile}",
         "",
         markdown_table(hyper),
         "",
