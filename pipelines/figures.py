@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     layout = Layout()
+    layout.check_inside()  # a reports/ linked out of the project: refused, nothing written
     paths = StagePaths.for_stage(args.stage, layout.root)
     metrics = read_metrics(args.stage, paths)
     if args.stage == "download":

@@ -41,10 +41,15 @@ def exp_run_command(
 
 
 def set_param_args(overrides: dict[str, Any]) -> list[str]:
-    """Dotted overrides as `dvc exp run` arguments: ["-S", "key=value", ...]."""
+    """Dotted overrides as `dvc exp run` arguments: ["-S", "++key=value", ...].
+
+    `++` (Hydra's force-add) sets a key whether or not params.yaml spells it out: a
+    trial's knob with a schema default (e.g. `train.label_smoothing`) is absent from the
+    file, and a plain `key=value` on an absent key is refused by DVC. A misspelt key
+    still fails: the stage's params load refuses keys the schema does not know."""
     args = []
     for key, value in overrides.items():
-        args += ["-S", f"{key}={hydra_value(value)}"]
+        args += ["-S", f"++{key}={hydra_value(value)}"]
     return args
 
 

@@ -298,6 +298,30 @@ def test_dvc_repro_keeps_a_model_behind_a_models_folder_linked_out(repo: Path):
     assert _snapshot(repo) == before
 
 
+@pytest.mark.parametrize("stage", ["figures-download", "report"])
+def test_dvc_repro_keeps_figures_and_the_report_behind_a_reports_folder_linked_out(
+    repo: Path, stage: str
+):
+    """Figures and the report are persistent outs too: with `reports/` a symlink out of
+    the project, a forced `dvc repro` of a figures stage or of the report deletes nothing
+    at the link's target (DVC would, before the command runs); the stage refuses."""
+    assert _repro(repo, "figures-download").returncode == 0
+    outside = repo.parent / "outside" / "reports"
+    (repo / "reports").rename(outside)
+    (repo / "reports").symlink_to(outside)
+    for name in ("report.md", "report.html", "report/keep.png"):  # a user's, at the target
+        (outside / name).parent.mkdir(parents=True, exist_ok=True)
+        (outside / name).write_text(f"{name}: keep me")
+    kept = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    assert outside / "download/samples.png" in kept
+    before = _snapshot(repo)
+    proc = _repro(repo, "-f", "-s", stage)
+    assert proc.returncode != 0, proc.stdout
+    assert f"{repo / 'reports'} resolves to {outside}" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == kept
+    assert _snapshot(repo) == before
+
+
 @pytest.mark.slow  # a download, then two `dvc exp run --temp`: about 30 s
 def test_a_killed_dvc_exp_run_temp_leaves_one_writer_and_a_copy_to_clean(repo: Path):
     """kill -9 of `dvc exp run --temp baseline` leaves its stage training in the temporary

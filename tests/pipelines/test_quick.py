@@ -32,7 +32,7 @@ def test_the_quick_command_sets_every_profile_value_as_a_real_param(tmp_path):
     command = quick.quick_command(raw)
     assert command[:6] == ["dvc", "exp", "run", "--temp", "-n", "quick"]
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "-S"]
-    assert [s.split("=")[0] for s in sets] == list(raw["profiles"]["quick"])
+    assert [s.split("=")[0] for s in sets] == [f"++{k}" for k in raw["profiles"]["quick"]]
     # what DVC writes into the experiment's params.yaml is what the profile means
     copy = tmp_path / "params.yaml"
     shutil.copy(PROJECT_ROOT / "params.yaml", copy)
@@ -50,8 +50,8 @@ def test_quick_and_tune_apply_build_dvc_exp_run_in_one_place():
     from src.tune.apply import dvc_command
 
     overrides = {"improved.model.filters": [8, 16], "common.experiment": "a b", "x.on": True}
-    sets = ["-S", "improved.model.filters=[8,16]", "-S", "common.experiment='a b'"]
-    sets += ["-S", "x.on=true"]
+    sets = ["-S", "++improved.model.filters=[8,16]", "-S", "++common.experiment='a b'"]
+    sets += ["-S", "++x.on=true"]
     assert exp_run_command("q", overrides, temp=True, extra=["-f"]) == [
         *("dvc", "exp", "run", "--temp", "-n", "q"),
         *sets,
@@ -94,7 +94,8 @@ def test_print_shows_the_command_and_runs_nothing():
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert line.startswith("dvc exp run --temp -n quick -S ") and line.endswith(" -f")
-    assert "-S resnet.weights=none" in line and "'improved.model.filters=[16,32,64,128]'" in line
+    assert "-S ++resnet.weights=none" in line
+    assert "'++improved.model.filters=[16,32,64,128]'" in line
 
 
 def test_a_relative_source_is_resolved_where_the_user_typed_it(tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_the_report_declares_what_it_reads():
     report = DVC_YAML["stages"]["report"]
     deps = set(report["deps"])
     assert {"reports/tune", "reports/discussion.md"} <= deps
-    outs = set(report["outs"])
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in report["outs"]}
     assert "reports/report.html" in outs
     for path in ("reports/tune/README.md", "reports/discussion.md"):
         tracked = subprocess.run(

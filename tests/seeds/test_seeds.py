@@ -16,9 +16,9 @@ from src.seeds import spread as spread_record
 
 def test_one_queued_experiment_per_seed():
     assert seeds.queue_commands("baseline", [0, 2], extra=["--pull"]) == [
-        ["dvc", "exp", "run", "-n", "baseline-seed0", "-S", "common.seed=0"]
+        ["dvc", "exp", "run", "-n", "baseline-seed0", "-S", "++common.seed=0"]
         + ["--queue", "--pull", "baseline"],
-        ["dvc", "exp", "run", "-n", "baseline-seed2", "-S", "common.seed=2"]
+        ["dvc", "exp", "run", "-n", "baseline-seed2", "-S", "++common.seed=2"]
         + ["--queue", "--pull", "baseline"],
     ]
 
@@ -116,7 +116,7 @@ def test_the_command_queues_runs_then_summarises(monkeypatch, capsys, tmp_path):
     seeds.main(["baseline", "--seeds", "0", "1", "2"])
     assert calls == [*seeds.queue_commands("baseline", [0, 1, 2]), seeds.RUN_ALL, seeds.EXP_SHOW]
     out = capsys.readouterr().out
-    assert "dvc exp run -n baseline-seed2 -S common.seed=2 --queue baseline" in out
+    assert "dvc exp run -n baseline-seed2 -S ++common.seed=2 --queue baseline" in out
     assert "0.7206 ± 0.0064 (n=2)" in out
     assert "wrote reports/seeds/baseline.json" in out
 
@@ -157,7 +157,7 @@ def test_print_and_queue_only_run_less(monkeypatch, capsys, tmp_path):
     seeds.main(["improved", "--seeds", "3", "--print", "--", "--pull"])
     assert calls == []
     assert capsys.readouterr().out.splitlines() == [
-        "dvc exp run -n improved-seed3 -S common.seed=3 --queue --pull improved",
+        "dvc exp run -n improved-seed3 -S ++common.seed=3 --queue --pull improved",
         "dvc exp run --run-all",
     ]
     seeds.main(["improved", "--seeds", "3", "--queue-only"])

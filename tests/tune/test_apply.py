@@ -51,11 +51,11 @@ def test_a_quick_study_retrains_the_full_design_with_its_knobs(tmp_path):
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "-S"]
     assert command[:5] == ["dvc", "exp", "run", "-n", "tuned-cpu"] and command[-1] == "improved"
     # the full design's widths halved, not the quick profile's narrow network
-    assert "improved.model.filters=[64,128,256,512]" in sets
+    assert "++improved.model.filters=[64,128,256,512]" in sets
     assert sorted(s.split("=")[0] for s in sets) == [
-        "improved.model.filters",
-        "improved.model.kernel_size",
-        "improved.train.lr",
+        "++improved.model.filters",
+        "++improved.model.kernel_size",
+        "++improved.train.lr",
     ]  # no profile override (fc, subset, epochs) is carried over
 
     from dvc.utils.hydra import apply_overrides
