@@ -73,10 +73,10 @@ def parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=("search", "apply"),
         default="search",
-        help="search (default): run trials. apply: put the best trial's knobs into "
-        "params.yaml's own base design (whatever profile the study ran under), write the "
-        "changed keys to reports/tune/<study>/best_params.yaml and print the `dvc exp run` "
-        "command that retrains the base stage with them at its own budget",
+        help="search (default): run trials. apply: write the best trial's knobs to "
+        "reports/tune/<study>/best_params.yaml (what `dvc repro tuned` trains) and print "
+        "the `dvc exp run` command that retrains params.yaml's own base design with them "
+        "(whatever profile the study ran under) at its own budget",
     )
     p.add_argument(
         "--study-name",
