@@ -160,6 +160,23 @@ def chosen_variant(placement: Placement) -> str:
     return ("bf16" if placement.bf16 else "fp32") + ("+cl" if placement.channels_last else "")
 
 
+def project_variant(
+    params: Params,
+    name: str,
+    data: BenchData,
+    device: torch.device,
+    *,
+    resnet_size: int,
+    cache: bool | None,
+) -> str:
+    """The variant a stage trains in: `common.precision` resolved, and with `auto` its
+    own step measured with and without autocast (`src.training.autocast_probe`)."""
+    bench = make_bench(params, name, device, resnet_size, cache)
+    cfg = dataclasses.replace(bench.cfg, subset=bench.cfg.batch_size, epochs=1)
+    recipe, _ = bench.prepare(data.splits, cfg)
+    return chosen_variant(recipe.placement)
+
+
 def bench_step_variants(
     params: Params,
     name: str,
@@ -185,7 +202,7 @@ def bench_step_variants(
         )
         for n, bf16, cl, _ in variants
     }
-    chosen = chosen_variant(Placement.for_device(device, precision=params.common.precision))
+    chosen = project_variant(params, name, data, device, resnet_size=resnet_size, cache=cache)
     flops = step_flops_per_image(benches["fp32"], data)
     rounds = []
     for r in range(repeats):

@@ -24,7 +24,7 @@ from src.tracking.datasets import log_datasets
 from src.tracking.runs import ValidationLogger, run_params, stage_run
 from src.training.checkpoint import load_checkpoint
 from src.training.loop import FitResult
-from src.training.recipe import StageRecipe, fit_recipe
+from src.training.recipe import StageRecipe, fit_recipe, with_autocast
 
 
 def run_training_stage(
@@ -41,7 +41,10 @@ def run_training_stage(
     logged = {"common": params.common, stage: section}
     key = config_hash(logged)
     previous = load_checkpoint(paths.checkpoint, key)
-    resume_id = (previous or {}).get("extra", {}).get("run_id")
+    extra = (previous or {}).get("extra", {})
+    resume_id = extra.get("run_id")
+    if isinstance(extra.get("bf16"), bool):  # resumes in what it trained in
+        recipe = with_autocast(recipe, extra["bf16"], f"{extra.get('numerics_reason')} (resumed)")
     if resume_id and not dead_runs.mark_run_killed(resume_id):  # a SIGKILLed run: KILLED
         print(
             f"[{stage}] note: MLflow run {resume_id} of the checkpoint is not in the MLflow "
@@ -63,7 +66,11 @@ def run_training_stage(
             seed=params.common.seed,
             on_validation=log_validation,
             checkpoint_path=paths.checkpoint,
-            checkpoint_extra={"run_id": run.run_id},
+            checkpoint_extra={
+                "run_id": run.run_id,
+                "bf16": recipe.placement.bf16,
+                "numerics_reason": recipe.placement.reason,
+            },
             config_key=key,
             progress=progress,
             name=stage,

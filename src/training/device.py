@@ -3,10 +3,11 @@
 `Placement.for_device` is the one place that decides, from `common.precision`:
 `auto` runs bf16 autocast with channels_last where the processor computes bf16
 natively (CUDA; a CPU with AVX512_BF16 or AMX-BF16, `cpu_bf16_flags`) and float32 in
-the default memory format elsewhere (emulated bf16 costs more than it saves); `fp32`
-and `bf16` force one or the other. Weights, optimizer state and losses stay float32
-either way. The choice and its reason (`Placement.precision`, `Placement.reason`) are
-logged with every run.
+the default memory format elsewhere (emulated bf16 costs more than it saves); a stage
+then times its own step with and without autocast and keeps the faster
+(`src.training.autocast_probe`). `fp32` and `bf16` force one or the other. Weights,
+optimizer state and losses stay float32 either way. The choice and its reason
+(`Placement.precision`, `Placement.reason`) are logged with every run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Placement:
     bf16: bool = False  # forward passes under bf16 autocast; weights and losses stay float32
     channels_last: bool = False  # 4-D activations in NHWC memory format
     reason: str = field(default="", compare=False)  # why this precision: logged with the run
+    auto: bool = field(default=False, compare=False)  # chosen by `common.precision: auto`
 
     @classmethod
     def for_device(
@@ -88,6 +90,7 @@ class Placement:
             bf16=fast if bf16 is None else bf16,
             channels_last=fast if channels_last is None else channels_last,
             reason=reason,
+            auto=precision == "auto" and bf16 is None,
         )
 
     @property

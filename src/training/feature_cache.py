@@ -54,7 +54,9 @@ class TransferTraining:
 
 class FeatureInput:
     """The pipeline for cached features: nothing to augment or normalise; 4-D features
-    go into the memory format the placement runs, as the InputPipeline's images do."""
+    go into the memory format the placement runs, as the InputPipeline's images do, and
+    to float32 when the head trains without autocast (features are cached in bf16 when
+    the prefix ran in it)."""
 
     def __init__(self, placement: Placement):
         self.placement = placement
@@ -62,7 +64,8 @@ class FeatureInput:
     def __call__(
         self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        return self.placement.memory_format(x)
+        x = self.placement.memory_format(x)
+        return x if self.placement.bf16 else x.float()
 
 
 def describe_weights(weights: str, backbone: str = "resnet18") -> dict[str, str]:

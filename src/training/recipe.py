@@ -23,8 +23,13 @@ from src.config.schema import CNNStageConfig, TrainConfig, TransferConfig
 from src.config.stages import Stage
 from src.data.prepare import Dataset
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
+from src.training.autocast_probe import measured_placement
 from src.training.device import Placement
-from src.training.feature_cache import describe_weights, prepare_transfer_training
+from src.training.feature_cache import (
+    FeatureInput,
+    describe_weights,
+    prepare_transfer_training,
+)
 from src.training.loop import FitResult, fit
 from src.training.models import build_stage_network, count_parameters
 from src.training.splits import TensorSplits, check_train_size, load_splits
@@ -88,14 +93,11 @@ def prepare_fit(
     check_train_size(len(data.train_y), cfg, params_key or f"{net.stage.name}.train")
     model, device = net.model, net.placement.device
     n_params = count_parameters(model)
-    tags = {"n_parameters": n_params, "device": str(device), **net.placement.describe()}
-    numerics = net.placement.precision + (" channels_last" if net.placement.channels_last else "")
-    where = f"{device} in {numerics} ({net.placement.reason or 'set by the caller'})"
     if net.stage.kind != "transfer":
-        note = f"{n_params:,} parameters on {where}"
-        return StageRecipe(
-            model, model, net.pipeline, cfg, data, net.placement, tags=tags, note=note
-        )
+        placement = measured_placement(model, net.pipeline, data, cfg.batch_size, net.placement)
+        tags = {"n_parameters": n_params, "device": str(device), **placement.describe()}
+        note = f"{n_params:,} parameters on {_where(placement)}"
+        return StageRecipe(model, model, net.pipeline, cfg, data, placement, tags=tags, note=note)
     section = dataclasses.replace(net.section, train=cfg)
     training = prepare_transfer_training(
         model,
@@ -107,28 +109,57 @@ def prepare_fit(
         label=net.stage.name,
         progress=progress,
     )
+    # the prefix cached its features in what auto chose; the head's own step is measured
+    placement = measured_placement(
+        training.fit_model,
+        training.pipeline,
+        training.data,
+        training.train_cfg.batch_size,
+        net.placement,
+    )
+    pipeline = FeatureInput(placement) if training.cached else training.pipeline
     n_trainable = count_parameters(model, trainable_only=True)
     cache = training.note if training.cached else f"off: {training.note}"
     tags = {
         **describe_weights(section.weights, section.backbone),
-        **tags,
+        "n_parameters": n_params,
+        "device": str(device),
+        **placement.describe(),
         "n_trainable_parameters": n_trainable,
     }
     return StageRecipe(
         model,
         training.fit_model,
-        training.pipeline,
+        pipeline,
         training.train_cfg,
         training.data,
-        net.placement,
+        placement,
         tags={**tags, "feature_cache": cache},
         metrics=training.metrics(),
         note=(
             f"{section.backbone}, weights {section.weights}; {n_trainable:,} of "
-            f"{n_params:,} parameters train "
-            f"on {where}; {'cached ' if training.cached else 'not cached: '}{training.note}"
+            f"{n_params:,} parameters train on {_where(placement)}; "
+            f"{'cached ' if training.cached else 'not cached: '}{training.note}"
         ),
     )
+
+
+def _where(placement: Placement) -> str:
+    numerics = placement.precision + (" channels_last" if placement.channels_last else "")
+    return f"{placement.device} in {numerics} ({placement.reason or 'set by the caller'})"
+
+
+def with_autocast(recipe: StageRecipe, bf16: bool, reason: str) -> StageRecipe:
+    """`recipe` training with bf16 autocast on or off (a resumed run keeps what its
+    checkpoint trained in, whatever a new measurement would say)."""
+    if recipe.placement.bf16 == bf16:
+        return recipe
+    placement = dataclasses.replace(recipe.placement, bf16=bf16, reason=reason)
+    pipeline = recipe.pipeline
+    if isinstance(pipeline, FeatureInput):
+        pipeline = FeatureInput(placement)
+    tags = {**recipe.tags, **placement.describe()}
+    return dataclasses.replace(recipe, placement=placement, pipeline=pipeline, tags=tags)
 
 
 def stage_recipe(

@@ -27,7 +27,7 @@ def set_train_mode(model: nn.Module) -> None:
             module.eval()
 
 
-@torch.no_grad()
+@torch.inference_mode()  # nothing it returns feeds autograd (a feature cache does: no_grad)
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
