@@ -19,6 +19,7 @@ from src.config.schema import Params
 from src.config.typed import config_hash, to_dict
 from src.data.prepare import Dataset
 from src.data.sources import source_location
+from src.runtime.machine import machine
 from src.tracking import dead_runs, registry
 from src.tracking.datasets import log_datasets
 from src.tracking.runs import ValidationLogger, run_params, stage_run
@@ -135,6 +136,7 @@ def stage_metrics(result: FitResult, run_id: str | None) -> dict:
         "train_images_per_s": round(result.images_per_s, 1),
         "resumed_from_step": result.resumed_from_step,
         "mlflow_run_id": run_id,
+        "machine": machine(),  # throughput and times are this machine's
     }
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.config.layout import Layout, repo_root
+from src.runtime.machine import machine
 
 METRIC = "test_accuracy"
 
@@ -54,19 +53,6 @@ class Spread:
 
 
 # --------------------------------------------------------------------------- records
-
-
-def machine() -> str:
-    """This machine in words: its CPU model and core count (Linux), else the platform."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def record_path(stage: str, root: Path | None = None) -> Path:

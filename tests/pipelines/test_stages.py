@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import pytest
@@ -84,6 +85,7 @@ def test_cnn_stage_writes_outs_and_tracks_everything(prepared, stage):
         "mlflow_run_id",
     ):
         assert key in metrics
+    assert metrics["machine"].endswith(f", {os.cpu_count()} cores")  # whose times these are
     # conftest: a CPU without native bf16, so `auto` resolves to float32
     assert metrics["numerics"] == "fp32" and metrics["numerics_reason"] == "cpu without native bf16"
     shares = metrics["time_shares"]
