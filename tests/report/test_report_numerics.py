@@ -157,6 +157,21 @@ def test_a_stage_is_shown_beside_its_float32_run(tmp_path):
     assert list(accuracy.get_lines()[1].get_ydata()) == pytest.approx([0.1, 0.4, 0.5])
 
 
+def test_runs_on_other_machines_compare_accuracy_not_speed(tmp_path):
+    _record(tmp_path, "improved", FP32_METRICS, _history([0.9, 0.6, 0.5]))  # names none
+    now = {**BF16_METRICS, "machine": "Intel(R) Xeon(R) Processor, 2 cores"}
+    text, _ = _render(_inputs(tmp_path, "improved", now, _history([0.8, 0.55])), "improved")
+    rows = {
+        r["Measure"]: r
+        for r in _table(_section(text, "### Task 3 (improved): numerics against the float32 run"))
+    }
+    speed = "Speed-up (accuracy: difference)"
+    assert rows["Machine"]["This run"] == "Intel(R) Xeon(R) Processor, 2 cores"
+    assert rows["Machine"]["Float32 run"] == "not recorded (reports/numerics/fp32/README.md)"
+    assert rows["Training images/s"][speed] == rows["Training time"][speed] == "— (other machine)"
+    assert rows["Test accuracy"][speed] == "+0.0050"
+
+
 def test_feature_caching_is_compared_where_a_stage_caches(tmp_path):
     _record(tmp_path, "lite", {**FP32_METRICS, "feature_cache_time_s": 900.0}, _history([0.5]))
     now = {**BF16_METRICS, "feature_cache_time_s": 300.0}

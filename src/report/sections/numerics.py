@@ -90,20 +90,26 @@ def numerics_section(
         },
         f"Task {info.task} ({info.name})",
     )
+    # times compare numerics only on one machine (files written before metrics.json named
+    # it name none: the fp32 record's README says where they ran)
+    one_machine = now.get("machine") == then.get("machine")
+    speed_up = _speed_up if one_machine else (lambda *_: "— (other machine)")
+    unnamed = f"not recorded ({fp32.files['metrics'].rsplit('/', 2)[0]}/README.md)"
     rows = [
+        ("Machine", then.get("machine") or unnamed, now.get("machine") or "not recorded", "—"),
         ("Numerics", numerics_label(then), numerics_label(now), "—"),
         (
             "Training images/s",
             fmt_value(then.get("train_images_per_s")),
             fmt_value(now.get("train_images_per_s")),
-            _speed_up(now.get("train_images_per_s"), then.get("train_images_per_s")),
+            speed_up(now.get("train_images_per_s"), then.get("train_images_per_s")),
         ),
         ("Training steps", fmt_value(then.get("steps")), fmt_value(now.get("steps")), "—"),
         (
             "Training time",
             fmt_seconds(then.get("train_time_s")),
             fmt_seconds(now.get("train_time_s")),
-            _speed_up(then.get("train_time_s"), now.get("train_time_s")),
+            speed_up(then.get("train_time_s"), now.get("train_time_s")),
         ),
     ]
     if "feature_cache_time_s" in then or "feature_cache_time_s" in now:
@@ -112,7 +118,7 @@ def numerics_section(
                 "Feature caching time",
                 fmt_seconds(then.get("feature_cache_time_s")),
                 fmt_seconds(now.get("feature_cache_time_s")),
-                _speed_up(then.get("feature_cache_time_s"), now.get("feature_cache_time_s")),
+                speed_up(then.get("feature_cache_time_s"), now.get("feature_cache_time_s")),
             )
         )
     before, after = then.get("test_accuracy"), now.get("test_accuracy")
@@ -130,8 +136,8 @@ def numerics_section(
         "",
         f"This run (`{outputs.files['metrics']}`, `{outputs.files['history']}`) against the "
         f"float32 run kept in `{fp32.files['metrics']}` and `{fp32.files['history']}`. A "
-        "speed-up compares numerics only where both ran on one machine (the float32 run's "
-        "is named in the README beside it).",
+        "speed-up compares numerics only where both ran on one machine; across machines the "
+        "benchmark's variants on one machine do (BENCHMARKS.md).",
         "",
         markdown_table(pd.DataFrame(rows, columns=columns), right=columns[1:]),
         "",
