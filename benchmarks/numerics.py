@@ -170,7 +170,7 @@ def project_variant(
     cache: bool | None,
 ) -> str:
     """The variant a stage trains in: `common.precision` resolved, and with `auto` its
-    own step measured with and without autocast (`src.training.autocast_probe`)."""
+    own step measured with and without autocast (`src.training.numerics_probe`)."""
     bench = make_bench(params, name, device, resnet_size, cache)
     cfg = dataclasses.replace(bench.cfg, subset=bench.cfg.batch_size, epochs=1)
     recipe, _ = bench.prepare(data.splits, cfg)

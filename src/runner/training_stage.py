@@ -25,7 +25,7 @@ from src.tracking.datasets import log_datasets
 from src.tracking.runs import ValidationLogger, run_params, stage_run
 from src.training.checkpoint import load_checkpoint
 from src.training.loop import FitResult
-from src.training.recipe import StageRecipe, fit_recipe, with_autocast
+from src.training.recipe import StageRecipe, fit_recipe, with_numerics
 
 
 def run_training_stage(
@@ -44,8 +44,9 @@ def run_training_stage(
     previous = load_checkpoint(paths.checkpoint, key)
     extra = (previous or {}).get("extra", {})
     resume_id = extra.get("run_id")
-    if isinstance(extra.get("bf16"), bool):  # resumes in what it trained in
-        recipe = with_autocast(recipe, extra["bf16"], f"{extra.get('numerics_reason')} (resumed)")
+    if isinstance(extra.get("bf16"), bool) and isinstance(extra.get("channels_last"), bool):
+        reason = f"{extra.get('numerics_reason')} (resumed in the checkpoint's numerics)"
+        recipe = with_numerics(recipe, extra["bf16"], extra["channels_last"], reason)
     if resume_id and not dead_runs.mark_run_killed(resume_id):  # a SIGKILLed run: KILLED
         print(
             f"[{stage}] note: MLflow run {resume_id} of the checkpoint is not in the MLflow "
@@ -70,6 +71,7 @@ def run_training_stage(
             checkpoint_extra={
                 "run_id": run.run_id,
                 "bf16": recipe.placement.bf16,
+                "channels_last": recipe.placement.channels_last,
                 "numerics_reason": recipe.placement.reason,
             },
             config_key=key,

@@ -5,7 +5,7 @@
 natively (CUDA; a CPU with AVX512_BF16 or AMX-BF16, `cpu_bf16_flags`) and float32 in
 the default memory format elsewhere (emulated bf16 costs more than it saves); a stage
 then times its own step with and without autocast and keeps the faster
-(`src.training.autocast_probe`). `fp32` and `bf16` force one or the other. Weights,
+(`src.training.numerics_probe`). `fp32` and `bf16` force one or the other. Weights,
 optimizer state and losses stay float32 either way. The choice and its reason
 (`Placement.precision`, `Placement.reason`) are logged with every run.
 """

@@ -23,7 +23,6 @@ from src.config.schema import CNNStageConfig, TrainConfig, TransferConfig
 from src.config.stages import Stage
 from src.data.prepare import Dataset
 from src.training.augment import InputPipeline, Pipeline, input_pipeline
-from src.training.autocast_probe import measured_placement
 from src.training.device import Placement
 from src.training.feature_cache import (
     FeatureInput,
@@ -32,6 +31,7 @@ from src.training.feature_cache import (
 )
 from src.training.loop import FitResult, fit
 from src.training.models import build_stage_network, count_parameters
+from src.training.numerics_probe import formatted, measured_variant
 from src.training.splits import TensorSplits, check_train_size, load_splits
 
 Section = CNNStageConfig | TransferConfig
@@ -94,10 +94,10 @@ def prepare_fit(
     model, device = net.model, net.placement.device
     n_params = count_parameters(model)
     if net.stage.kind != "transfer":
-        placement = measured_placement(model, net.pipeline, data, cfg.batch_size, net.placement)
+        placement, pipeline = _measured(model, model, net.pipeline, data, cfg, net.placement)
         tags = {"n_parameters": n_params, "device": str(device), **placement.describe()}
         note = f"{n_params:,} parameters on {_where(placement)}"
-        return StageRecipe(model, model, net.pipeline, cfg, data, placement, tags=tags, note=note)
+        return StageRecipe(model, model, pipeline, cfg, data, placement, tags=tags, note=note)
     section = dataclasses.replace(net.section, train=cfg)
     training = prepare_transfer_training(
         model,
@@ -110,14 +110,14 @@ def prepare_fit(
         progress=progress,
     )
     # the prefix cached its features in what auto chose; the head's own step is measured
-    placement = measured_placement(
+    placement, pipeline = _measured(
+        model,
         training.fit_model,
         training.pipeline,
         training.data,
-        training.train_cfg.batch_size,
+        training.train_cfg,
         net.placement,
     )
-    pipeline = FeatureInput(placement) if training.cached else training.pipeline
     n_trainable = count_parameters(model, trainable_only=True)
     cache = training.note if training.cached else f"off: {training.note}"
     tags = {
@@ -149,15 +149,57 @@ def _where(placement: Placement) -> str:
     return f"{placement.device} in {numerics} ({placement.reason or 'set by the caller'})"
 
 
-def with_autocast(recipe: StageRecipe, bf16: bool, reason: str) -> StageRecipe:
-    """`recipe` training with bf16 autocast on or off (a resumed run keeps what its
-    checkpoint trained in, whatever a new measurement would say)."""
-    if recipe.placement.bf16 == bf16:
-        return recipe
-    placement = dataclasses.replace(recipe.placement, bf16=bf16, reason=reason)
-    pipeline = recipe.pipeline
+def _measured(
+    model: nn.Module,
+    fit_model: nn.Module,
+    pipeline: Pipeline,
+    data: TensorSplits,
+    cfg: TrainConfig,
+    placement: Placement,
+) -> tuple[Placement, Pipeline]:
+    """What `fit_model` trains fastest in here (`numerics_probe`, `common.precision: auto`
+    only), applied to the models and the pipeline."""
+    found = measured_variant(fit_model, pipeline, data, cfg.batch_size, placement)
+    if found is None:
+        return placement, pipeline
+    (bf16, channels_last), reason = found
+    return _apply(model, fit_model, pipeline, placement, bf16, channels_last, reason)
+
+
+def _apply(
+    model: nn.Module,
+    fit_model: nn.Module,
+    pipeline: Pipeline,
+    placement: Placement,
+    bf16: bool,
+    channels_last: bool,
+    reason: str,
+) -> tuple[Placement, Pipeline]:
+    new = dataclasses.replace(placement, bf16=bf16, channels_last=channels_last, reason=reason)
+    if channels_last != placement.channels_last:
+        formatted(model, channels_last)
+        formatted(fit_model, channels_last)
     if isinstance(pipeline, FeatureInput):
-        pipeline = FeatureInput(placement)
+        pipeline = FeatureInput(new)
+    elif isinstance(pipeline, InputPipeline):
+        pipeline = dataclasses.replace(pipeline, channels_last=channels_last)
+    return new, pipeline
+
+
+def with_numerics(recipe: StageRecipe, bf16: bool, channels_last: bool, reason: str) -> StageRecipe:
+    """`recipe` training in the given numerics (a resumed run keeps what its checkpoint
+    trained in, whatever a new measurement would say)."""
+    if (recipe.placement.bf16, recipe.placement.channels_last) == (bf16, channels_last):
+        return recipe
+    placement, pipeline = _apply(
+        recipe.model,
+        recipe.fit_model,
+        recipe.pipeline,
+        recipe.placement,
+        bf16,
+        channels_last,
+        reason,
+    )
     tags = {**recipe.tags, **placement.describe()}
     return dataclasses.replace(recipe, placement=placement, pipeline=pipeline, tags=tags)
 
