@@ -8,7 +8,7 @@
     python -m src.seeds baseline --seeds 3 -- --pull    # after --: more `dvc exp run` arguments
 
 Seed k of stage S is the DVC experiment `S-seed<k>`, queued as
-`dvc exp run --queue -n S-seed<k> -S common.seed=<k> S` (`src.config.overrides` builds it,
+`dvc exp run --queue -n S-seed<k> -S ++common.seed=<k> S` (`src.config.overrides` builds it,
 as for the quick run) and run by `dvc exp run --run-all`: in temporary copies of the
 repository, one at a time (the stages use every core), each logged to MLflow with its
 `dvc_exp_name`. The workspace, params.yaml and dvc.lock are never touched. `--run-all`
@@ -60,7 +60,7 @@ def experiment_name(stage: str, seed: int) -> str:
 
 
 def queue_commands(stage: str, seeds: Sequence[int], extra: Sequence[str] = ()) -> list[list[str]]:
-    """One `dvc exp run --queue -n <stage>-seed<k> -S common.seed=<k> [extra] <stage>` per
+    """One `dvc exp run --queue -n <stage>-seed<k> -S ++common.seed=<k> [extra] <stage>` per
     seed, in order."""
     return [
         exp_run_command(
