@@ -97,12 +97,14 @@ def _seed_run(stage: str, entry: dict) -> SeedRun | None:
     seed = _dig(data, "params", "params.yaml", "data", "common", "seed")
     metrics_file = StagePaths.for_stage(stage, Path()).metrics.as_posix()
     value = _dig(data, "metrics", metrics_file, "data", METRIC)
+    numerics = _dig(data, "metrics", metrics_file, "data", "numerics")
     ok = isinstance(value, (int, float)) and math.isfinite(value) and state != "failed"
     return SeedRun(
         name=match.group(0),
         seed=seed if isinstance(seed, int) else int(match["seed"]),
         value=float(value) if ok else None,
         state=state,
+        numerics=numerics if isinstance(numerics, str) else "",
     )
 
 

@@ -25,6 +25,7 @@ class SeedRun:
     seed: int
     value: float | None  # test accuracy; None while queued or running, or when it failed
     state: str  # DVC's executor state ("success", "failed", "queued", "running", ...)
+    numerics: str = ""  # what its metrics.json says it computed in (bf16 | fp32); "" unknown
 
 
 @dataclass
@@ -37,6 +38,12 @@ class Spread:
     @property
     def values(self) -> list[float]:
         return [r.value for r in self.runs if r.value is not None]
+
+    @property
+    def numerics(self) -> str:
+        """What the finished runs computed in: one value, "mixed", or "" when none says."""
+        kinds = {r.numerics for r in self.runs if r.value is not None and r.numerics}
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
 
     @property
     def n(self) -> int:
@@ -77,6 +84,8 @@ def write_record(spread: Spread, root: Path | None = None) -> Path:
         "mean": spread.mean,
         "std": spread.std,
     }
+    if spread.numerics:  # a record without it predates it: float32 runs
+        record["numerics"] = spread.numerics
     temp = path.with_suffix(".json.tmp")
     temp.write_text(json.dumps(record, indent=2) + "\n")
     temp.replace(path)
@@ -106,5 +115,8 @@ def read_record(path: Path) -> Spread:
             or not math.isfinite(value)
         ):
             raise ValueError(f"{path}: a run without an integer seed and a finite {METRIC}")
-        spread.runs.append(SeedRun(str(run.get("name", "")), seed, float(value), "success"))
+        numerics = str(record.get("numerics", "fp32"))  # a record without it predates bf16
+        spread.runs.append(
+            SeedRun(str(run.get("name", "")), seed, float(value), "success", numerics)
+        )
     return spread

@@ -193,3 +193,18 @@ def test_the_summary_reads_a_committed_record_when_this_commit_has_no_experiment
     assert "0.7220 ± 0.0036 (n=3); seed 0 0.7251, seed 1 0.7228, seed 2 0.7180" in text
     assert "no experiment improved-seed<k> yet" in text
     assert "no experiment baseline-seed<k>" not in text
+
+
+def test_a_record_says_what_its_runs_computed_in(tmp_path):
+    from src.seeds.spread import SeedRun, Spread, read_record, write_record
+
+    runs = [SeedRun(f"improved-seed{k}", k, 0.81 + k / 1000, "success", "bf16") for k in (0, 1)]
+    path = write_record(Spread("improved", runs, commit="abc"), tmp_path)
+    assert json.loads(path.read_text())["numerics"] == "bf16"
+    assert read_record(path).numerics == "bf16"
+    record = json.loads(path.read_text())
+    del record["numerics"]  # written before records said it: float32 runs
+    path.write_text(json.dumps(record))
+    assert read_record(path).numerics == "fp32"
+    mixed = [*runs, SeedRun("improved-seed2", 2, 0.8, "success", "fp32")]
+    assert Spread("improved", mixed).numerics == "mixed"
