@@ -175,10 +175,14 @@ def test_quick_numerics_follow_the_cpu_flags(tiny_params_file, tmp_path, monkeyp
     """--quick --numerics only: no three paths; a CPU with native bf16 chooses bf16 +
     channels_last; a stage's metrics.json gives its evaluation share against 10 %."""
     from benchmarks import numerics as bench_numerics
-    from src.training import device
+    from src.training import device, numerics_probe
+    from src.training.numerics_probe import CANDIDATES
 
     for module in (device, bench_numerics):  # whatever this machine's CPU has
         monkeypatch.setattr(module, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    # the stage's own measurement (tested in tests/training) says bf16+cl, as on most nets
+    rates = dict(zip(CANDIDATES, (2.0, 1.0, 1.0)))
+    monkeypatch.setattr(numerics_probe, "step_rates", lambda *a, **k: rates)
     monkeypatch.chdir(tmp_path)
     reports = tmp_path / "reports"
     (reports / "baseline").mkdir(parents=True)
