@@ -33,6 +33,7 @@ from src.training.device import NATIVE_BF16_FLAGS, Placement, cpu_bf16_flags, sy
 from src.training.feature_cache import compute_features
 from src.training.loop import build_optimizer
 from src.training.models import BackbonePart, split_backbone
+from src.training.numerics_probe import Variant
 from src.training.recipe import build_stage
 from src.training.steps import set_train_mode
 
@@ -157,7 +158,7 @@ def _variants(compiled: bool) -> list[tuple[str, bool, bool, bool]]:
 
 
 def chosen_variant(placement: Placement) -> str:
-    return ("bf16" if placement.bf16 else "fp32") + ("+cl" if placement.channels_last else "")
+    return Variant(placement.bf16, placement.channels_last).name
 
 
 def project_variant(
@@ -169,8 +170,8 @@ def project_variant(
     resnet_size: int,
     cache: bool | None,
 ) -> str:
-    """The variant a stage trains in: `common.precision` resolved, and with `auto` its
-    own step measured with and without autocast (`src.training.numerics_probe`)."""
+    """The variant a stage trains in: `common.precision` resolved, and with `auto` the
+    fastest of its own step's variants (`src.training.numerics_probe`)."""
     bench = make_bench(params, name, device, resnet_size, cache)
     cfg = dataclasses.replace(bench.cfg, subset=bench.cfg.batch_size, epochs=1)
     recipe, _ = bench.prepare(data.splits, cfg)
