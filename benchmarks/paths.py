@@ -28,6 +28,7 @@ from src.tracking import store
 from src.tracking.runs import Run, ValidationLogger, stage_run
 from src.training.device import Placement, synchronize
 from src.training.loop import FitResult, build_optimizer
+from src.training.numerics_probe import Variant
 from src.training.recipe import StageNetwork, StageRecipe, build_stage, fit_recipe, prepare_fit
 from src.training.splits import TensorSplits, load_splits
 from src.training.steps import set_train_mode, train_step
@@ -162,7 +163,12 @@ def time_floor(
         train_step(step_model, optimizer, loss_fn, x, y, placement)
     synchronize(device)
     elapsed = time.perf_counter() - tic
-    return {"images_per_s": steps * len(y) / elapsed, "time_s": elapsed, "steps": steps}
+    return {
+        "images_per_s": steps * len(y) / elapsed,
+        "time_s": elapsed,
+        "steps": steps,
+        "variant": Variant(placement.bf16, placement.channels_last).name,
+    }
 
 
 class CourseDataset(torch.utils.data.Dataset):

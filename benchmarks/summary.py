@@ -110,7 +110,8 @@ def format_numerics(n: dict | None) -> list[str]:
             f"{name:<12}{cells}{e['chosen_over_best']:>9.3f} {mark:<3}"
             f"  ({e['chosen']} vs {e['best']}"
             + (
-                f"; project path {e['project_over_best']:.3f}"
+                f"; project path {e['project_over_best']:.3f}, "
+                f"{e['project_over_best_how'].split(':')[0]}"
                 if math.isfinite(e.get("project_over_best", math.nan))
                 else ""
             )

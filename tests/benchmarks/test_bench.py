@@ -120,7 +120,13 @@ def test_benchmark_writes_every_figure(tiny_params_file, tmp_path, monkeypatch, 
             assert variant["share_of_peak"] > 0, name
         assert entry["chosen"] == "fp32" and entry["best"] in entry["variants"]
         assert entry["chosen_over_best"] > 0 and entry["target_chosen_over_best"] == 0.9
-    assert numerics["models"]["improved"]["project_over_best"] > 0
+    for name, entry in numerics["models"].items():
+        paths = written["models"][name]
+        assert paths["floor"]["variants"] == ["fp32"], name  # as the project chose
+        assert entry["project_over_best_how"].startswith("paired"), name
+        assert entry["project_over_best"] == pytest.approx(
+            paths["ratios"]["project_over_floor"] * entry["chosen_over_best"]
+        )
     assert numerics["lite_prefix"]["image_size"] == 32
     assert not (tmp_path / "mlruns").exists()
     # tracked into its own temporary store, named explicitly: what once redirected it
@@ -149,6 +155,31 @@ def test_eval_epoch_splits_validation_and_final_evaluation(tiny_params_file, tmp
     assert epoch["steps"] == 96 // 16 and epoch["validations"] == 2
     assert epoch["validation_s"] > 0 and epoch["final_eval_s"] > 0
     assert 0 < epoch["eval_share_one_epoch"] < 1
+
+
+def test_project_over_best_pairs_through_the_floor():
+    """The two sections' drift cancels: project/floor and chosen/best are each paired
+    within rounds; an unpaired ratio only where the floor ran another variant."""
+    paths = {
+        "floor": {"variants": ["bf16+cl"]},
+        "project": {"images_per_s": 50.0},
+        "ratios": {"project_over_floor": 0.95},
+    }
+    entry = {
+        "variants": {"bf16+cl": {"images_per_s": 100.0}, "fp32": {"images_per_s": 40.0}},
+        "best": "bf16+cl",
+        "chosen": "bf16+cl",
+        "chosen_over_best": 0.98,
+    }
+    paired = bench.project_over_best(paths, entry)
+    assert paired["project_over_best"] == pytest.approx(0.95 * 0.98)
+    assert paired["project_target_met"] is True
+    assert paired["project_over_best_unpaired"] == pytest.approx(0.5)
+    other = bench.project_over_best({**paths, "floor": {"variants": ["fp32"]}}, entry)
+    assert other["project_over_best"] == pytest.approx(0.5)
+    assert other["project_over_best_how"] == "unpaired"
+    assert other["project_target_met"] is False
+    assert bench.project_over_best(None, entry) == {}
 
 
 def test_steps_argument():
