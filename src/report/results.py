@@ -50,8 +50,7 @@ def stage_seconds(metrics: dict) -> float:
 def results_table(root: Path) -> list[str]:
     """One row per training stage: course value, test accuracy, the seed spread, its time."""
     lines = [
-        "| stage (course task) | course test accuracy | test accuracy | over seeds | "
-        "time | file |",
+        "| stage (course task) | course test accuracy | test accuracy | over seeds | time | file |",
         "| --- | ---: | ---: | --- | ---: | --- |",
     ]
     for info in TRAINING_STAGES:

@@ -743,3 +743,27 @@ def test_the_network_is_rebuilt_once_per_config():
     model, size = stage_network(baseline, "baseline")
     assert stage_network(dict(baseline), "baseline")[0] is model and size == 32
     assert n_parameters(model) == REFERENCE["baseline"]["n_parameters"]
+
+
+def test_summary_cells_of_a_stage_without_a_course_value_read_as_dashes():
+    """A stage the course has no figure for (tuned) sits in float columns beside stages
+    that have one: pandas holds its missing numbers as NaN, and they read as dashes."""
+    import pandas as pd
+
+    from src.report.formats import format_frame
+    from src.report.sections.overview import SUMMARY_FORMATS
+
+    frame = pd.DataFrame(
+        [
+            {"Course test accuracy": 0.811, "Test − course": 0.0068, "Training time (s)": 1183.6},
+            {"Course test accuracy": None, "Test − course": None, "Training time (s)": None},
+        ]
+    )
+    formats = {k: SUMMARY_FORMATS[k] for k in frame.columns}
+    cells = format_frame(frame, formats).to_dict("records")
+    assert cells[0] == {
+        "Course test accuracy": "0.811",
+        "Test − course": "+0.0068",
+        "Training time (s)": "1,184",
+    }
+    assert set(cells[1].values()) == {"—"}

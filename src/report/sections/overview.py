@@ -72,11 +72,12 @@ SUMMARY_FORMATS: dict[str, Callable[[Any], str]] = {
     "Validation accuracy": fmt_metric,
     "Test accuracy": fmt_metric,
     "Test accuracy over seeds": str,
-    "Course test accuracy": lambda v: "—" if v is None else f"{v:.3f}",
+    # pandas holds a missing number of a float column as NaN, not None
+    "Course test accuracy": lambda v: "—" if v is None or pd.isna(v) else f"{v:.3f}",
     "Test − course": lambda v: "—" if v is None or pd.isna(v) else signed(v),
     "Test loss": fmt_metric,
     "Epochs": fmt_value,
-    "Training time (s)": lambda v: "—" if v is None else f"{v:,.0f}",
+    "Training time (s)": lambda v: "—" if v is None or pd.isna(v) else f"{v:,.0f}",
 }
 
 
