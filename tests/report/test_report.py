@@ -449,7 +449,11 @@ def test_report_stage_end_to_end(prepared):
 
     # the fixture's params (weights none, 32 px, 1 epoch), and only fc of the transfer
     # networks trains: the report reads the same outputs in a third of the time
-    update_params(prepared, **{"resnet.trainable": ["fc"], "lite.trainable": ["fc"]})
+    # and a study of the test's own, whatever params.yaml's tune.study is
+    update_params(
+        prepared,
+        **{"resnet.trainable": ["fc"], "lite.trainable": ["fc"], "tune.study": "cifar10-improved"},
+    )
     tune = prepared / "reports/tune/cifar10-improved"  # as src.tune.write_best_params lays it out
     tune.mkdir(parents=True)
     (tune / "best_params.yaml").write_text(  # what the tuned stage trains

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from src.config.design import knobs_into
+from src.config.design import best_params_file, knobs_into
 from src.config.layout import PROJECT_ROOT, Layout
 from src.config.load import load_params
 from src.config.typed import to_dict
@@ -261,11 +263,8 @@ def test_a_fresh_clone_reads_the_tuned_design_from_dvc_lock(tmp_path):
     """No models/tuned.pt: the config is dvc.lock's base section with the knobs of the
     best_params.yaml the lock hashed; another best_params.yaml gives no config."""
     shutil.copy(PROJECT_ROOT / "dvc.lock", tmp_path / "dvc.lock")
-    for rel in (
-        "reports/tuned/metrics.json",
-        "reports/tuned/history.csv",
-        "reports/tune/cifar10-improved/best_params.yaml",
-    ):
+    best_rel = best_params_file(Path("reports/tune"), PARAMS.tune["study"])
+    for rel in ("reports/tuned/metrics.json", "reports/tuned/history.csv", best_rel):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(PROJECT_ROOT / rel, tmp_path / rel)
     tuned = load_inputs(tmp_path, PARAMS, allow_missing=True).stages["tuned"]
@@ -275,8 +274,10 @@ def test_a_fresh_clone_reads_the_tuned_design_from_dvc_lock(tmp_path):
     assert "`dvc.lock`" in tuned.config_source
     assert json.loads((tmp_path / "reports/tuned/metrics.json").read_text()) == tuned.metrics
 
-    best = tmp_path / "reports/tune/cifar10-improved/best_params.yaml"
-    best.write_text(best.read_text().replace("scheduler: cosine", "scheduler: onecycle"))
+    best = tmp_path / best_rel
+    other = yaml.safe_load(best.read_text())
+    other["knobs"]["lr"] *= 2
+    best.write_text(yaml.safe_dump(other))
     assert load_inputs(tmp_path, PARAMS, allow_missing=True).stages["tuned"].config is None
 
 
