@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.paths import BenchData, ModelBench, make_bench, time_floor
+from benchmarks.paths import BenchData, ModelBench, make_bench, time_floor, variant_name
 from src.artifacts import StagePaths
 from src.config.schema import Params
 from src.config.stages import get_stage
@@ -33,7 +33,6 @@ from src.training.device import NATIVE_BF16_FLAGS, Placement, cpu_bf16_flags, sy
 from src.training.feature_cache import compute_features
 from src.training.loop import build_optimizer
 from src.training.models import BackbonePart, split_backbone
-from src.training.numerics_probe import Variant
 from src.training.recipe import build_stage
 from src.training.steps import set_train_mode
 
@@ -157,10 +156,6 @@ def _variants(compiled: bool) -> list[tuple[str, bool, bool, bool]]:
     return out
 
 
-def chosen_variant(placement: Placement) -> str:
-    return Variant(placement.bf16, placement.channels_last).name
-
-
 def project_variant(
     params: Params,
     name: str,
@@ -175,7 +170,7 @@ def project_variant(
     bench = make_bench(params, name, device, resnet_size, cache)
     cfg = dataclasses.replace(bench.cfg, subset=bench.cfg.batch_size, epochs=1)
     recipe, _ = bench.prepare(data.splits, cfg)
-    return chosen_variant(recipe.placement)
+    return variant_name(recipe.placement)
 
 
 def bench_step_variants(
@@ -250,7 +245,7 @@ def bench_prefix_variants(
         net = build_stage(stage, section, placement, params.common.seed)
         prefix = BackbonePart(net.model, section.backbone, prefix_names)
         nets[n] = (prefix, net.pipeline, placement)
-    chosen = chosen_variant(Placement.for_device(device, precision=params.common.precision))
+    chosen = variant_name(Placement.for_device(device, precision=params.common.precision))
     prefix, pipeline, _ = nets["fp32"]
     prefix.eval()
     with torch.no_grad():

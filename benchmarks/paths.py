@@ -139,6 +139,11 @@ def load_bench_data(
     return BenchData(train.images, train.labels, splits.cut_eval(eval_images), str(data_dir))
 
 
+def variant_name(placement: Placement) -> str:
+    """The numerics a placement runs, as the benchmark names them ("bf16+cl", ...)."""
+    return Variant(placement.bf16, placement.channels_last).name
+
+
 def time_floor(
     bench: ModelBench, data: BenchData, steps: int, warmup: int, compiled: bool = False
 ) -> dict:
@@ -167,7 +172,7 @@ def time_floor(
         "images_per_s": steps * len(y) / elapsed,
         "time_s": elapsed,
         "steps": steps,
-        "variant": Variant(placement.bf16, placement.channels_last).name,
+        "variant": variant_name(placement),
     }
 
 
